@@ -1,0 +1,341 @@
+"""Route protocol between cluster nodes: a sans-IO parser and encoders.
+
+How this works: `RouteParser.feed(bytes)` appends to an internal buffer and returns
+every complete operation found so far as small Struct objects (`Info`, `Connect`,
+`RSub`, `RUnsub`, `Msg`, `PING`, `PONG`, `OK`, `Err`). A control line ends at LF
+(an optional CR before it is dropped); RMSG/HMSG payloads are read by their declared
+length, never scanned, and must be followed by CRLF. The parser keeps its state across
+calls, so any split of the byte stream gives the same operations. A peer that breaks
+the protocol gets a `RouteProtocolError` carrying the `-ERR` text nats-server uses.
+
+Frames follow nats-server's route protocol (account always present, `$G`):
+  INFO {json}                      CONNECT {json}
+  RS+ <acct> <subj> [<queue> <weight>]    RS- <acct> <subj> [<queue>]
+  RMSG <acct> <subj> [reply] <size>
+  RMSG <acct> <subj> + <reply> <q1> [q2..] <size>   (queue groups chosen for the receiver)
+  RMSG <acct> <subj> | <q1> [q2..] <size>           (same, no reply)
+  HMSG <acct> <subj> [same forms] <hdr_len> <total_len>
+  PING  PONG  +OK  -ERR '<text>'
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+ACCOUNT = "$G"
+CONTROL_LINE_MAX_BYTES = 64 * 1024
+PAYLOAD_MAX_BYTES = 8 * 1024 * 1024
+
+ERR_UNKNOWN_OP = "Unknown Protocol Operation"
+ERR_CONTROL_LINE = "maximum control line exceeded"
+ERR_MAX_PAYLOAD = "Maximum Payload Violation"
+
+
+class RouteProtocolError(Exception):
+    """The peer broke the protocol; `str(err)` is the -ERR text to send before closing."""
+
+
+class RouteInfo(msgspec.Struct, omit_defaults=True):
+    """Route-flavour INFO. Gossip copies carry `ip` (the member's route URL)."""
+
+    server_id: str
+    server_name: str = ""
+    version: str = ""
+    proto: int = 3
+    host: str = ""
+    port: int = 0
+    headers: bool = True
+    max_payload: int = 1048576
+    cluster: str = ""
+    connect_urls: list[str] = []
+    ip: str = ""
+    gossip_mode: int = 0
+    compression: str = "off"
+    route_pool_size: int = 1
+    lnoc: bool = False
+
+
+class RouteConnect(msgspec.Struct, omit_defaults=True):
+    """CONNECT sent by the soliciting side. A client's CONNECT lacks `cluster`."""
+
+    echo: bool = True
+    verbose: bool = False
+    pedantic: bool = False
+    tls_required: bool = False
+    headers: bool = True
+    name: str = ""
+    cluster: str = ""
+    lang: str = ""
+    lnoc: bool = False
+
+
+class Info(msgspec.Struct, gc=False):
+    info: RouteInfo
+
+
+class Connect(msgspec.Struct, gc=False):
+    connect: RouteConnect
+    raw: dict
+
+
+class RSub(msgspec.Struct, gc=False):
+    account: str
+    subject: str
+    queue: str | None
+    weight: int
+
+
+class RUnsub(msgspec.Struct, gc=False):
+    account: str
+    subject: str
+    queue: str | None
+
+
+class Msg(msgspec.Struct, gc=False):
+    account: str
+    subject: str
+    reply: str
+    queues: list[str] | None
+    hdr: bytes | None
+    payload: bytes
+
+
+class Err(msgspec.Struct, gc=False):
+    text: str
+
+
+class _Simple(msgspec.Struct, gc=False):
+    verb: str
+
+
+PING = _Simple("PING")
+PONG = _Simple("PONG")
+OK = _Simple("OK")
+
+_info_decoder = msgspec.json.Decoder(RouteInfo)
+_connect_decoder = msgspec.json.Decoder(RouteConnect)
+_json_encoder = msgspec.json.Encoder()
+
+
+def _int(tok: bytes) -> int:
+    if not tok.isdigit():
+        raise RouteProtocolError(ERR_UNKNOWN_OP)
+    return int(tok)
+
+
+class RouteParser:
+    """Resumable parser for one direction of a route connection."""
+
+    def __init__(
+        self,
+        control_line_max_bytes: int = CONTROL_LINE_MAX_BYTES,
+        payload_max_bytes: int = PAYLOAD_MAX_BYTES,
+    ) -> None:
+        self._buf = bytearray()
+        self._control_max = control_line_max_bytes
+        self._payload_max = payload_max_bytes
+        # When not None: (account, subject, reply, queues, hdr_len, total_len) of a
+        # message whose payload has not fully arrived yet.
+        self._pending: tuple | None = None
+
+    def feed(self, data: bytes) -> list:
+        buf = self._buf
+        buf += data
+        ops: list = []
+        pos = 0
+        end = len(buf)
+        try:
+            while pos < end:
+                pending = self._pending
+                if pending is not None:
+                    total = pending[5]
+                    if end - pos < total + 2:
+                        break
+                    stop = pos + total
+                    if buf[stop : stop + 2] != b"\r\n":
+                        raise RouteProtocolError(ERR_UNKNOWN_OP)
+                    hdr_len = pending[4]
+                    if hdr_len >= 0:
+                        hdr = bytes(buf[pos : pos + hdr_len])
+                        payload = bytes(buf[pos + hdr_len : stop])
+                    else:
+                        hdr = None
+                        payload = bytes(buf[pos:stop])
+                    ops.append(Msg(pending[0], pending[1], pending[2], pending[3], hdr, payload))
+                    self._pending = None
+                    pos = stop + 2
+                    continue
+                nl = buf.find(b"\n", pos)
+                if nl < 0:
+                    if end - pos > self._control_max:
+                        raise RouteProtocolError(ERR_CONTROL_LINE)
+                    break
+                if nl - pos > self._control_max:
+                    raise RouteProtocolError(ERR_CONTROL_LINE)
+                line = bytes(buf[pos:nl])
+                pos = nl + 1
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                op = self._control(line)
+                if op is not None:
+                    ops.append(op)
+        finally:
+            del buf[:pos]
+        return ops
+
+    def _control(self, line: bytes):
+        head = line[:5].upper()
+        if head == b"RMSG " or head == b"HMSG ":
+            self._msg_args(line[5:].split(), head == b"HMSG ")
+            return None
+        if head.startswith(b"RS+"):
+            return _rsub(line[3:].split())
+        if head.startswith(b"RS-"):
+            return _runsub(line[3:].split())
+        verb, _, rest = line.strip().partition(b" ")
+        verb = verb.upper()
+        if verb == b"PING":
+            return PING
+        if verb == b"PONG":
+            return PONG
+        if verb == b"+OK":
+            return OK
+        if verb == b"-ERR":
+            return Err(rest.strip().strip(b"'").decode("utf-8", "replace"))
+        if verb == b"INFO":
+            try:
+                return Info(_info_decoder.decode(rest))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                raise RouteProtocolError(ERR_UNKNOWN_OP) from None
+        if verb == b"CONNECT":
+            try:
+                return Connect(_connect_decoder.decode(rest), msgspec.json.decode(rest))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                raise RouteProtocolError(ERR_UNKNOWN_OP) from None
+        raise RouteProtocolError(ERR_UNKNOWN_OP)
+
+    def _msg_args(self, args: list[bytes], headers: bool) -> None:
+        tail = 2 if headers else 1
+        if len(args) < 2 + tail:
+            raise RouteProtocolError(ERR_UNKNOWN_OP)
+        if headers:
+            hdr_len = _int(args[-2])
+            total = _int(args[-1])
+            if hdr_len > total:
+                raise RouteProtocolError(ERR_UNKNOWN_OP)
+        else:
+            hdr_len = -1
+            total = _int(args[-1])
+        if total > self._payload_max:
+            raise RouteProtocolError(ERR_MAX_PAYLOAD)
+        try:
+            account = args[0].decode()
+            subject = args[1].decode()
+            middle = args[2:-tail]
+            reply = ""
+            queues = None
+            if middle:
+                mark = middle[0]
+                if mark == b"+" and len(middle) >= 3:
+                    reply = middle[1].decode()
+                    queues = [q.decode() for q in middle[2:]]
+                elif mark == b"|" and len(middle) >= 2:
+                    queues = [q.decode() for q in middle[1:]]
+                elif len(middle) == 1 and mark not in (b"+", b"|"):
+                    reply = mark.decode()
+                else:
+                    raise RouteProtocolError(ERR_UNKNOWN_OP)
+        except UnicodeDecodeError:
+            raise RouteProtocolError(ERR_UNKNOWN_OP) from None
+        self._pending = (account, subject, reply, queues, hdr_len, total)
+
+
+def _rsub(args: list[bytes]) -> RSub:
+    # RS+ <acct> <subj> [<queue> <weight>]
+    try:
+        if len(args) == 2:
+            return RSub(args[0].decode(), args[1].decode(), None, 1)
+        if len(args) == 4:
+            return RSub(args[0].decode(), args[1].decode(), args[2].decode(), _int(args[3]))
+    except UnicodeDecodeError:
+        pass
+    raise RouteProtocolError(ERR_UNKNOWN_OP)
+
+
+def _runsub(args: list[bytes]) -> RUnsub:
+    # RS- <acct> <subj> [<queue>]
+    try:
+        if len(args) == 2:
+            return RUnsub(args[0].decode(), args[1].decode(), None)
+        if len(args) == 3:
+            return RUnsub(args[0].decode(), args[1].decode(), args[2].decode())
+    except UnicodeDecodeError:
+        pass
+    raise RouteProtocolError(ERR_UNKNOWN_OP)
+
+
+# ---------------------------------------------------------------- encoders
+
+
+def encode_info(info: RouteInfo) -> bytes:
+    return b"INFO " + _json_encoder.encode(info) + b"\r\n"
+
+
+def encode_connect(connect: RouteConnect) -> bytes:
+    return b"CONNECT " + _json_encoder.encode(connect) + b"\r\n"
+
+
+def encode_rsub(subject: str, queue: str | None, weight: int, account: str = ACCOUNT) -> bytes:
+    if queue is None:
+        return f"RS+ {account} {subject}\r\n".encode()
+    return f"RS+ {account} {subject} {queue} {weight}\r\n".encode()
+
+
+def encode_runsub(subject: str, queue: str | None, account: str = ACCOUNT) -> bytes:
+    if queue is None:
+        return f"RS- {account} {subject}\r\n".encode()
+    return f"RS- {account} {subject} {queue}\r\n".encode()
+
+
+def encode_err(text: str) -> bytes:
+    return f"-ERR '{text}'\r\n".encode()
+
+
+PING_FRAME = b"PING\r\n"
+PONG_FRAME = b"PONG\r\n"
+
+
+def append_msg(
+    out: bytearray,
+    subject: str,
+    reply: str,
+    hdr: bytes | None,
+    payload: bytes,
+    queues: list[str] | None,
+    account: str = ACCOUNT,
+) -> None:
+    """Append one RMSG (or HMSG when `hdr` is not None) frame to `out`."""
+    if queues:
+        qs = " ".join(queues)
+        mid = f" + {reply} {qs}" if reply else f" | {qs}"
+    elif reply:
+        mid = " " + reply
+    else:
+        mid = ""
+    if hdr is None:
+        out += f"RMSG {account} {subject}{mid} {len(payload)}\r\n".encode()
+        out += payload
+    else:
+        hl = len(hdr)
+        out += f"HMSG {account} {subject}{mid} {hl} {hl + len(payload)}\r\n".encode()
+        out += hdr
+        out += payload
+    out += b"\r\n"
+
+
+def encode_msg(
+    subject: str, reply: str, hdr: bytes | None, payload: bytes, queues: list[str] | None
+) -> bytes:
+    out = bytearray()
+    append_msg(out, subject, reply, hdr, payload, queues)
+    return bytes(out)
