@@ -1,0 +1,941 @@
+"""Command-line flags and the config file, as nats-server 2.15 reads them.
+
+`parse_args(argv)` gives one `Options`; the config file named by -c is applied first and
+the flags given on the command line then override it, as nats-server does.  After both,
+`finalize` applies nats-server's baseline rules (port 0 -> 4222, port -1 -> 0 meaning
+"a random port", monitoring host defaults to the client host, ...) and validates.
+
+Port conventions in the final Options: `port` 0 means bind a random port (from `-p -1`);
+`http_port` and `cluster_port` 0 mean off and -1 means a random port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import urllib.parse
+from dataclasses import dataclass, field
+
+VERSION = "2.15.1"
+MAX_PAYLOAD_MAX_SIZE = 8 * 1024 * 1024  # above this nats-server only warns
+
+
+class ConfigError(Exception):
+    """A bad flag or config file.  `usage` is True for flag-syntax errors, after which
+    nats-server prints the message, then its usage text on stdout, and exits 0."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+@dataclass
+class Options:
+    host: str = "0.0.0.0"
+    port: int = 4222
+    server_name: str = ""
+    http_host: str = "0.0.0.0"
+    http_port: int = 0
+    config_file: str = ""
+    username: str = ""
+    password: str = ""
+    token: str = ""
+    debug: bool = False
+    trace: bool = False
+    log_file: str = ""
+    tls: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_verify: bool = False
+    tls_ca: str = ""
+    tls_timeout_s: float = 2.0
+    max_payload: int = 1048576
+    max_control_line: int = 4096
+    max_pending: int = 67108864
+    max_connections: int = 65536
+    max_subscriptions: int = 0
+    ping_interval_s: float = 120.0
+    ping_max: int = 2
+    auth_timeout_s: float = 2.0
+    write_deadline_s: float = 10.0
+    lame_duck_duration_s: float = 120.0
+    lame_duck_grace_period_s: float = 10.0
+    jetstream: bool = False
+    store_dir: str = ""
+    max_memory_store: int = -1
+    max_file_store: int = -1
+    sync_interval: str = "always"
+    cluster_name: str = ""
+    cluster_host: str = ""
+    cluster_port: int = 0
+    routes: list[str] = field(default_factory=list)
+    cluster_advertise: str = ""
+    no_advertise: bool = False
+    client_advertise: str = ""
+    pedantic: bool = False
+    # Further nats-server options, accepted so that its command lines and files work.
+    trace_verbose: bool = False
+    logtime: bool = True
+    logtime_utc: bool = False
+    syslog: bool = False
+    remote_syslog: str = ""
+    log_size_limit: int = 0
+    max_traced_msg_len: int = 0
+    pid_file: str = ""
+    ports_file_dir: str = ""
+    https_port: int = 0
+    prof_port: int = 0
+    check_config: bool = False  # -t: the caller reports the file valid and exits 0
+    cluster_username: str = ""
+    cluster_password: str = ""
+    connect_retries: int = 0
+    http_base_path: str = "/"
+    # Internal: which defaults were overridden, for the baseline rules.
+    _http_host_set: bool = field(default=False, repr=False, compare=False)
+    _auth_timeout_set: bool = field(default=False, repr=False, compare=False)
+
+
+# --------------------------------------------------------------------- durations, sizes
+
+_DUR_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DUR_PART = re.compile(r"(\d*)(?:\.(\d*))?(ns|us|µs|μs|ms|s|m|h)?")
+
+
+def _go_duration(text: str) -> float:
+    """time.ParseDuration; raises ValueError worded as Go does."""
+    orig, s = text, text
+    quoted = '"' + orig + '"'
+    neg = False
+    if s[:1] in "+-" and s:
+        neg, s = s[0] == "-", s[1:]
+    if s == "0":
+        return 0.0
+    if not s:
+        raise ValueError(f"time: invalid duration {quoted}")
+    total = 0.0
+    while s:
+        m = _DUR_PART.match(s)
+        whole, frac, unit = m.group(1), m.group(2), m.group(3)
+        if not whole and not frac:
+            raise ValueError(f"time: invalid duration {quoted}")
+        if unit is None:
+            if m.end() == len(s):
+                raise ValueError(f"time: missing unit in duration {quoted}")
+            raise ValueError(f"time: unknown unit {s[m.end():m.end() + 1]!r} in duration {quoted}".replace("'", '"'))
+        total += float((whole or "0") + "." + (frac or "0")) * _DUR_UNITS[unit]
+        s = s[m.end():]
+    if total > 9223372036.854775807:
+        raise ValueError(f"time: invalid duration {quoted}")
+    return -total if neg else total
+
+
+def parse_duration(text: str | int | float) -> float:
+    """A Go duration ("2m", "1.5s", "500ms", "1h2m") or a bare number of seconds."""
+    if isinstance(text, bool):
+        raise ValueError(f"invalid duration {text!r}")
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip()
+    try:
+        return float(s) if re.fullmatch(r"[+-]?\d+(\.\d+)?", s) and s not in ("0",) else _go_duration(s)
+    except ValueError:
+        raise
+
+
+_SIZE = re.compile(r"([+-]?\d+)\s*([A-Za-z]*)")
+_SIZE_MULT = {"": 1}
+for _i, _letter in enumerate("kmgtpe", start=1):
+    _SIZE_MULT[_letter] = 1000**_i
+    for _suf in ("b", "i", "ib"):
+        _SIZE_MULT[_letter + _suf] = 1024**_i
+
+
+def parse_size(value) -> int:
+    """1024, "1MB", "64MiB", "1G", "1K" ... as the nats-server config grammar reads them:
+    K/M/G/T/P/E alone are powers of 1000, with B, I or IB powers of 1024 (case-insensitive).
+    A trailing "B" alone ("512B") means bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid size {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    m = _SIZE.fullmatch(str(value).strip())
+    if not m:
+        raise ValueError(f"invalid size {value!r}")
+    suffix = m.group(2).lower()
+    if suffix == "b":
+        suffix = ""
+    if suffix not in _SIZE_MULT:
+        raise ValueError(f"invalid size {value!r}")
+    return int(m.group(1)) * _SIZE_MULT[suffix]
+
+
+# --------------------------------------------------------------------------- the flags
+
+# name -> (kind, action); aliases share an action.  Kinds: bool, int, str.
+_FLAGS: dict[str, tuple[str, str]] = {}
+
+
+def _flag(kind: str, action: str, *names: str) -> None:
+    for n in names:
+        _FLAGS[n] = (kind, action)
+
+
+_flag("bool", "help", "h", "help")
+_flag("bool", "version", "v", "version")
+_flag("bool", "help_tls", "help_tls")
+_flag("int", "port", "port", "p")
+_flag("str", "server_name", "n", "name", "server_name")
+_flag("str", "host", "addr", "a", "net")
+_flag("str", "client_advertise", "client_advertise")
+_flag("bool", "debug", "D", "debug")
+_flag("bool", "trace", "V", "trace")
+_flag("bool", "VV", "VV")
+_flag("bool", "DV", "DV")
+_flag("bool", "DVV", "DVV")
+_flag("bool", "logtime", "T", "logtime")
+_flag("bool", "logtime_utc", "logtime_utc")
+_flag("str", "username", "user")
+_flag("str", "password", "pass")
+_flag("str", "token", "auth")
+_flag("int", "http_port", "m", "http_port")
+_flag("int", "https_port", "ms", "https_port")
+_flag("str", "config_file", "c", "config")
+_flag("bool", "check_config", "t")
+_flag("str", "signal", "sl", "signal")
+_flag("str", "pid_file", "P", "pid")
+_flag("str", "ports_file_dir", "ports_file_dir")
+_flag("str", "log_file", "l", "log")
+_flag("int", "log_size_limit", "log_size_limit")
+_flag("bool", "syslog", "s", "syslog")
+_flag("str", "remote_syslog", "r", "remote_syslog")
+_flag("int", "prof_port", "profile")
+_flag("str", "routes", "routes")
+_flag("str", "cluster", "cluster", "cluster_listen")
+_flag("str", "cluster_advertise", "cluster_advertise")
+_flag("bool", "no_advertise", "no_advertise")
+_flag("int", "connect_retries", "connect_retries")
+_flag("str", "cluster_name", "cluster_name")
+_flag("bool", "tls", "tls")
+_flag("bool", "tlsverify", "tlsverify")
+_flag("str", "tlscert", "tlscert")
+_flag("str", "tlskey", "tlskey")
+_flag("str", "tlscacert", "tlscacert")
+_flag("int", "max_traced_msg_len", "max_traced_msg_len")
+_flag("bool", "jetstream", "js", "jetstream")
+_flag("str", "store_dir", "sd", "store_dir")
+
+_GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+_INT_RE = re.compile(r"[+-]?(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|0[0-7_]*|[1-9][0-9_]*)")
+
+
+def _go_int(text: str, bits: int = 64) -> int:
+    """strconv.ParseInt(text, 0, bits); raises ValueError("parse error"/"value out of range")."""
+    if not _INT_RE.fullmatch(text) or "__" in text or text.rstrip("_") != text:
+        raise ValueError("parse error")
+    body = text.lstrip("+-")
+    neg = text.startswith("-")
+    if len(body) > 1 and body[0] == "0" and body[1] not in "xXoObB":
+        n = int(body[1:].replace("_", "") or "0", 8)
+    else:
+        try:
+            n = int(body, 0)
+        except ValueError:
+            raise ValueError("parse error") from None
+    n = -n if neg else n
+    if not -(2 ** (bits - 1)) <= n < 2 ** (bits - 1):
+        raise ValueError("value out of range")
+    return n
+
+
+def _scan_flags(argv: list[str]) -> tuple[list[tuple[str, str, object]], list[str]]:
+    """Go's flag.Parse: returns [(name, action, value)] in order, and the leftover args."""
+    seen: list[tuple[str, str, object]] = []
+    args = list(argv)
+    while args:
+        s = args[0]
+        if len(s) < 2 or s[0] != "-":
+            break
+        dashes = 1
+        if s[1] == "-":
+            dashes = 2
+            if len(s) == 2:
+                args.pop(0)
+                break
+        name = s[dashes:]
+        if not name or name[0] in "-=":
+            raise ConfigError(f"bad flag syntax: {s}", usage=True)
+        args.pop(0)
+        has_value, value = False, ""
+        if "=" in name:
+            name, value = name.split("=", 1)
+            has_value = True
+        if name not in _FLAGS:
+            raise ConfigError(f"flag provided but not defined: -{name}", usage=True)
+        kind, action = _FLAGS[name]
+        if kind == "bool":
+            if has_value:
+                if value in _GO_TRUE:
+                    parsed: object = True
+                elif value in _GO_FALSE:
+                    parsed = False
+                else:
+                    raise ConfigError(f'invalid boolean value "{value}" for -{name}: parse error', usage=True)
+            else:
+                parsed = True
+        else:
+            if not has_value:
+                if not args:
+                    raise ConfigError(f"flag needs an argument: -{name}", usage=True)
+                value = args.pop(0)
+            if kind == "int":
+                try:
+                    parsed = _go_int(value)
+                except ValueError as e:
+                    raise ConfigError(f'invalid value "{value}" for flag -{name}: {e}', usage=True) from None
+            else:
+                parsed = value
+        seen.append((name, action, parsed))
+    return seen, args
+
+
+USAGE = """
+Usage: nats-server [options]
+
+Server Options:
+    -a, --addr, --net <host>         Bind to host address (default: 0.0.0.0)
+    -p, --port <port>                Use port for clients (default: 4222)
+    -n, --name
+        --server_name <server_name>  Server name (default: auto)
+    -P, --pid <file>                 File to store PID
+    -m, --http_port <port>           Use port for http monitoring
+    -ms,--https_port <port>          Use port for https monitoring
+    -c, --config <file>              Configuration file
+    -t                               Test configuration and exit
+    -sl,--signal <signal>[=<pid>]    Send signal to nats-server process (ldm, stop, quit, term, reopen, reload)
+                                     <pid> can be either a PID (e.g. 1) or the path to a PID file (e.g. /var/run/nats-server.pid)
+        --client_advertise <string>  Client URL to advertise to other servers
+        --ports_file_dir <dir>       Creates a ports file in the specified directory (<executable_name>_<pid>.ports).
+
+Logging Options:
+    -l, --log <file>                 File to redirect log output
+    -T, --logtime                    Timestamp log entries (default: true)
+        --logtime_utc                Timestamps in UTC instead of local timezone (default: false)
+    -s, --syslog                     Log to syslog or windows event log
+    -r, --remote_syslog <addr>       Syslog server addr (udp://localhost:514)
+    -D, --debug                      Enable debugging output
+    -V, --trace                      Trace the raw protocol
+    -VV                              Verbose trace (traces system account as well)
+    -DV                              Debug and trace
+    -DVV                             Debug and verbose trace (traces system account as well)
+        --log_size_limit <limit>     Logfile size limit (default: auto)
+        --max_traced_msg_len <len>   Maximum printable length for traced messages (default: unlimited)
+
+JetStream Options:
+    -js, --jetstream                 Enable JetStream functionality
+    -sd, --store_dir <dir>           Set the storage directory
+
+Authorization Options:
+        --user <user>                User required for connections
+        --pass <password>            Password required for connections
+        --auth <token>               Authorization token required for connections
+
+TLS Options:
+        --tls                        Enable TLS, do not verify clients (default: false)
+        --tlscert <file>             Server certificate file
+        --tlskey <file>              Private key for server certificate
+        --tlsverify                  Enable TLS, verify client certificates
+        --tlscacert <file>           Client certificate CA for verification
+
+Cluster Options:
+        --routes <rurl-1, rurl-2>    Routes to solicit and connect
+        --cluster <cluster-url>      Cluster URL for solicited routes
+        --cluster_name <string>      Cluster Name, if not set one will be dynamically generated
+        --no_advertise <bool>        Do not advertise known cluster information to clients
+        --cluster_advertise <string> Cluster URL to advertise to other servers
+        --connect_retries <number>   For implicit routes, number of connect retries
+        --cluster_listen <url>       Cluster url from which members can solicit routes
+
+Profiling Options:
+        --profile <port>             Profiling HTTP port
+
+Common Options:
+    -h, --help                       Show this message
+    -v, --version                    Show version
+        --help_tls                   TLS help
+"""
+
+TLS_USAGE = """
+TLS Options:
+        --tls                        Enable TLS, do not verify clients (default: false)
+        --tlscert <file>             Server certificate file
+        --tlskey <file>              Private key for server certificate
+        --tlsverify                  Enable TLS, verify client certificates
+        --tlscacert <file>           Client certificate CA for verification
+"""
+
+
+def report_and_exit(err: ConfigError, exe: str = "nats-server") -> None:
+    """Print a ConfigError from parse_args the way nats-server does, and exit."""
+    if err.usage:
+        print(str(err), file=sys.stderr)
+        print(USAGE)
+        sys.exit(0)
+    print(f"{exe}: {err}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _split_routes(text: str) -> list[str]:
+    return [normalize_url(r) for r in text.split(",") if r.strip()]
+
+
+def normalize_url(raw: str) -> str:
+    """A route URL as nats-server keeps it: trimmed, scheme lower-cased."""
+    u = raw.strip()
+    parts = urllib.parse.urlsplit(u)
+    if parts.scheme:
+        u = parts.scheme.lower() + u[len(parts.scheme):]
+    return u
+
+
+def _cluster_from_url(opts: Options, text: str) -> None:
+    """--cluster nats://[user:pass@]host:port (port may be -1 for random)."""
+    if text == "":
+        opts.cluster_port = 0
+        return
+    random = text.endswith(":-1")
+    if random:
+        text = text[:-3] + ":0"
+    try:
+        u = urllib.parse.urlsplit(text)
+        host, port = u.hostname, u.port
+        netloc = u.netloc.rsplit("@", 1)[-1]
+    except ValueError as e:
+        raise ConfigError(f"parse {text!r}: {e}".replace("'", '"')) from None
+    if not netloc or port is None and not random:
+        raise ConfigError(f"address {netloc}: missing port in address")
+    opts.cluster_host = host or ""
+    opts.cluster_port = -1 if random else port
+    if u.username is not None:
+        if u.password is None:
+            raise ConfigError("expected cluster password to be set")
+        opts.cluster_username = urllib.parse.unquote(u.username)
+        opts.cluster_password = urllib.parse.unquote(u.password)
+    else:
+        opts.cluster_username = opts.cluster_password = ""
+
+
+_SIMPLE = {
+    "port", "server_name", "host", "client_advertise", "debug", "trace", "logtime", "logtime_utc",
+    "username", "password", "token", "http_port", "https_port", "config_file", "check_config",
+    "pid_file", "ports_file_dir", "log_file", "log_size_limit", "syslog", "remote_syslog",
+    "prof_port", "cluster_advertise", "no_advertise", "connect_retries", "cluster_name",
+    "max_traced_msg_len", "jetstream", "store_dir",
+}
+
+
+def _send_signal(spec: str) -> None:
+    """-sl command[=pid|pidfile]: signal a running server and exit, as nats-server does."""
+    import signal as _sig
+
+    parts = spec.split("=")
+    if len(parts) > 2:
+        raise ConfigError(f"invalid signal parameters: [{' '.join(parts[2:])}]")
+    cmds = {"stop": _sig.SIGKILL, "quit": _sig.SIGINT, "term": _sig.SIGTERM, "reopen": _sig.SIGUSR1,
+            "reload": _sig.SIGHUP, "ldm": _sig.SIGUSR2}
+    if parts[0] not in cmds:
+        raise ConfigError(f'unknown signal "{parts[0]}"')
+    if len(parts) < 2:
+        raise ConfigError("no nats-server processes running")  # we do not search the process table
+    pid = parts[1]
+    try:
+        with open(pid) as f:
+            pid = f.read()
+    except OSError:
+        pass
+    try:
+        n = int(pid.strip())
+    except ValueError:
+        raise ConfigError(f"invalid pid: {pid}") from None
+    try:
+        os.kill(n, cmds[parts[0]])
+    except OSError as e:
+        raise ConfigError(str(e)) from None
+    sys.exit(0)
+
+
+def parse_args(argv: list[str]) -> Options:
+    """nats-server's command line -> Options (config file first, then the flags)."""
+    seen, rest = _scan_flags(argv)
+    last = {action: value for _name, action, value in seen}
+    if last.get("version"):
+        print(f"nats-server: v{VERSION}")
+        sys.exit(0)
+    if last.get("help"):
+        print(USAGE)
+        sys.exit(0)
+    if last.get("help_tls"):
+        print(TLS_USAGE)
+        sys.exit(0)
+    if rest:
+        cmd = rest[0].lower()
+        if cmd == "version":
+            print(f"nats-server: v{VERSION}")
+            sys.exit(0)
+        if cmd == "help":
+            print(USAGE)
+            sys.exit(0)
+        raise ConfigError(f'unrecognized command: "{rest[0]}"')
+    if last.get("signal"):
+        _send_signal(str(last["signal"]))
+
+    opts = Options()
+    config_file = str(last.get("config_file", ""))
+    if config_file:
+        _apply_config_file(opts, config_file)
+    elif last.get("check_config"):
+        raise ConfigError("must specify [-c, --config] option to check configuration file syntax")
+    _apply_flags(opts, seen, last)
+    finalize(opts)
+    return opts
+
+
+def _apply_flags(opts: Options, seen: list[tuple[str, str, object]], last: dict[str, object]) -> None:
+    tls_flags: dict[str, object] = {}
+    for _name, action, value in seen:
+        if action in _SIMPLE:
+            setattr(opts, action, value)
+        elif action.startswith("tls"):
+            tls_flags[action] = value
+    # nats-server then visits the set flags in name order for the special cases.
+    for action in sorted(a for a in last if a in ("DV", "DVV", "VV", "cluster", "routes")):
+        value = last[action]
+        if action == "VV":
+            opts.trace = opts.trace_verbose = bool(value)
+        elif action == "DV":
+            opts.debug = opts.trace = bool(value)
+        elif action == "DVV":
+            opts.debug = opts.trace = opts.trace_verbose = bool(value)
+        elif action == "cluster":
+            _cluster_from_url(opts, str(value))
+        elif action == "routes":
+            opts.routes = _split_routes(str(value))
+    if tls_flags:
+        if tls_flags.get("tls") is False:
+            opts.tls = False
+        else:
+            # Any -tls* flag rebuilds TLS from the flags alone (the file's tls block is dropped).
+            cert, key = str(tls_flags.get("tlscert", "")), str(tls_flags.get("tlskey", ""))
+            if not cert:
+                raise ConfigError("TLS Server certificate must be present and valid")
+            if not key:
+                raise ConfigError("TLS Server private key must be present and valid")
+            opts.tls, opts.tls_cert, opts.tls_key = True, cert, key
+            opts.tls_ca = str(tls_flags.get("tlscacert", ""))
+            opts.tls_verify = bool(tls_flags.get("tlsverify", False))
+    if last.get("routes") and not (last.get("cluster") or opts.cluster_host or opts.cluster_port):
+        raise ConfigError("solicited routes require cluster capabilities, e.g. --cluster")
+
+
+def finalize(opts: Options) -> Options:
+    """nats-server's baseline defaults and option validation."""
+    if not opts.host:
+        opts.host = "0.0.0.0"
+    if not opts._http_host_set:
+        opts.http_host = opts.host
+    if opts.port == 0:
+        opts.port = 4222
+    elif opts.port == -1:
+        opts.port = 0
+    if opts.max_connections == 0:
+        opts.max_connections = 65536
+    if opts.ping_interval_s == 0:
+        opts.ping_interval_s = 120.0
+    if opts.ping_max == 0:
+        opts.ping_max = 2
+    if opts.tls_timeout_s == 0:
+        opts.tls_timeout_s = 2.0
+    if opts.auth_timeout_s == 0 or not opts._auth_timeout_set:
+        opts.auth_timeout_s = opts.tls_timeout_s + 1.0 if opts.tls else 2.0
+    if opts.cluster_port and not opts.cluster_host:
+        opts.cluster_host = "0.0.0.0"
+    for name in ("port", "http_port", "https_port", "cluster_port"):
+        value = getattr(opts, name)
+        if not -1 <= value <= 65535:
+            raise ConfigError(f'{name} {value} out of range: must be between -1 and 65535')
+    if opts.lame_duck_duration_s > 0 and opts.lame_duck_grace_period_s >= opts.lame_duck_duration_s:
+        raise ConfigError(
+            f"lame duck grace period ({_fmt_go_duration(opts.lame_duck_grace_period_s)}) should be strictly "
+            f"lower than lame duck duration ({_fmt_go_duration(opts.lame_duck_duration_s)})")
+    if opts.max_payload > opts.max_pending:
+        raise ConfigError(f"max_payload ({opts.max_payload}) cannot be higher than max_pending ({opts.max_pending})")
+    if " " in opts.server_name:
+        raise ConfigError("server name cannot contain spaces")
+    return opts
+
+
+def _fmt_go_duration(seconds: float) -> str:
+    """Go's Duration.String() for the common cases (whole or fractional seconds)."""
+    if seconds == 0:
+        return "0s"
+    neg, s = seconds < 0, abs(seconds)
+    if s < 1:
+        ms = s * 1000
+        out = f"{ms:g}ms" if ms >= 1 else f"{s * 1e6:g}µs"
+    else:
+        h, rem = divmod(s, 3600)
+        m, sec = divmod(rem, 60)
+        sec_s = f"{sec:.9f}".rstrip("0").rstrip(".") + "s"
+        out = (f"{int(h)}h{int(m)}m" if h else f"{int(m)}m" if m else "") + sec_s
+    return "-" + out if neg else out
+
+
+def load_config_file(path: str, opts: Options | None = None) -> Options:
+    """Apply a nats-server config file onto `opts` (or fresh defaults), then validate."""
+    opts = opts if opts is not None else Options()
+    _apply_config_file(opts, path)
+    return finalize(opts)
+
+
+# ------------------------------------------------------------------------- config file
+
+_GO_TYPES = {str: "string", int: "int64", float: "float64", bool: "bool", dict: "map[string]interface {}",
+             list: "[]interface {}"}
+
+
+class _Bad(Exception):
+    def __init__(self, item, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.item, self.reason, self.field = item, reason, field
+
+    def render(self) -> str:
+        where = self.item.where() if self.item is not None else ""
+        if self.field is not None:
+            return f'{where}: unknown field "{self.field}"'
+        return f"{where}: {self.reason}" if where else self.reason
+
+
+def _want(item, typ: type):
+    v = item.value
+    ok = isinstance(v, typ) and not (typ is int and isinstance(v, bool))
+    if not ok:
+        got = _GO_TYPES.get(type(v), type(v).__name__)
+        raise _Bad(item, f"interface conversion: interface {{}} is {got}, not {_GO_TYPES[typ]}")
+    return v
+
+
+def _listen(item) -> tuple[str, int]:
+    v = item.value
+    if isinstance(v, int) and not isinstance(v, bool):
+        return "", v
+    if isinstance(v, str):
+        host, sep, port = v.rpartition(":")
+        if not sep or (":" in host and not (host.startswith("[") and host.endswith("]"))):
+            raise _Bad(item, f'could not parse address string "{v}"')
+        try:
+            return host.strip("[]"), int(port)
+        except ValueError:
+            raise _Bad(item, f'could not parse port "{port}"') from None
+    raise _Bad(item, f"expected port or host:port, got {_GO_TYPES.get(type(v), type(v).__name__)}")
+
+
+def _duration(field_name: str, item, warnings: list[str]) -> float:
+    v = item.value
+    if isinstance(v, str):
+        try:
+            return _go_duration(v)
+        except ValueError as e:
+            raise _Bad(item, f"error parsing {field_name}: {e}") from None
+    seconds = _want(item, int)
+    warnings.append(f'{item.where()}: invalid use of field "{field_name}": {field_name} should be converted to a duration')
+    return float(seconds)
+
+
+def _storage_size(item, what: str) -> int:
+    v = item.value
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if not isinstance(v, str):
+        raise _Bad(item, f"{what} must be int64 or string")
+    if v == "":
+        return 0
+    try:
+        num = _go_int10(v[:-1])
+    except ValueError as e:
+        raise _Bad(item, f'{what} strconv.ParseInt: parsing "{v[:-1]}": {e}') from None
+    mult = {"K": 10, "M": 20, "G": 30, "T": 40}.get(v[-1])
+    if mult is None:
+        raise _Bad(item, f"{what} sizes defined as strings must end in K, M, G, T")
+    return num << mult
+
+
+def _go_int10(s: str) -> int:
+    if not re.fullmatch(r"[+-]?\d+", s):
+        raise ValueError("invalid syntax")
+    return int(s)
+
+
+def _unknown(k: str, item) -> None:
+    if not item.used:
+        raise _Bad(item, "", field=k)
+
+
+def _lame_duck(k: str, item) -> float:
+    try:
+        return _go_duration(_want(item, str))
+    except ValueError as e:
+        raise _Bad(item, f"error parsing {k}: {e}") from None
+
+
+def _auth_block(o: Options, item, warnings: list[str]) -> None:
+    user = pw = token = ""
+    timeout = None
+    for k, it in _want(item, dict).items():
+        lk = k.lower()
+        if lk in ("user", "username"):
+            user = _want(it, str)
+        elif lk in ("pass", "password"):
+            pw = _want(it, str)
+        elif lk == "token":
+            token = _want(it, str)
+        elif lk == "timeout":
+            v = it.value
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                timeout = float(v)
+            elif isinstance(v, str):
+                try:
+                    timeout = _go_duration(v)
+                except ValueError as e:
+                    raise _Bad(it, f"error parsing authorization config, 'timeout' {e}") from None
+            else:
+                raise _Bad(it, "error parsing authorization config, 'timeout' wrong type")
+            if timeout > 60:
+                warnings.append(
+                    f'{it.where()}: invalid use of field "{k}": timeout of {v} ({timeout:f} seconds) is high, '
+                    "consider keeping it under 60 seconds. possibly caused by unquoted duration; "
+                    "use '1m' instead of 1m, for example")
+        else:
+            _unknown(k, it)
+    if (user or pw) and token:
+        raise _Bad(item, "Cannot have a user/pass and token")
+    o.username, o.password, o.token = user, pw, token
+    o.auth_timeout_s, o._auth_timeout_set = (timeout or 0.0), bool(timeout)
+
+
+def _tls_block(o: Options, item) -> None:
+    cert = key = ca = ""
+    verify = False
+    timeout = 0.0
+    for k, it in _want(item, dict).items():
+        lk = k.lower()
+        if lk in ("cert_file", "key_file", "ca_file"):
+            if not isinstance(it.value, str):
+                raise _Bad(it, f"error parsing tls config, expected '{lk}' to be filename")
+            cert, key, ca = (it.value, key, ca) if lk == "cert_file" else \
+                (cert, it.value, ca) if lk == "key_file" else (cert, key, it.value)
+        elif lk == "verify":
+            if not isinstance(it.value, bool):
+                raise _Bad(it, "error parsing tls config, expected 'verify' to be a boolean")
+            verify = it.value
+        elif lk == "timeout":
+            v = it.value
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                timeout = float(v)
+            elif isinstance(v, str):
+                try:
+                    timeout = _go_duration(v)
+                except ValueError as e:
+                    raise _Bad(it, f"error parsing tls config, 'timeout' {e}") from None
+            else:
+                raise _Bad(it, "error parsing tls config, 'timeout' wrong type")
+        else:
+            raise _Bad(it, f"error parsing tls config, unknown field [\"{k}\"]")
+    if not cert and not key and not ca:
+        raise _Bad(item, "missing 'cert_file' in TLS configuration")
+    if not cert:
+        raise _Bad(item, "missing 'cert_file' in TLS configuration")
+    if not key:
+        raise _Bad(item, "missing 'key_file' in TLS configuration")
+    o.tls, o.tls_cert, o.tls_key, o.tls_ca, o.tls_verify = True, cert, key, ca, verify
+    o.tls_timeout_s = timeout
+
+
+def _jetstream_block(o: Options, item, warnings: list[str]) -> None:
+    v = item.value
+    if isinstance(v, bool):
+        o.jetstream = v
+        return
+    if isinstance(v, str):
+        if v.lower() in ("enabled", "enable"):
+            o.jetstream = True
+        elif v.lower() in ("disabled", "disable"):
+            o.jetstream = False
+        else:
+            raise _Bad(item, f"Expected 'enabled' or 'disabled' for string value, got '{v}'")
+        return
+    enable = True
+    for k, it in _want(item, dict).items():
+        lk = k.lower()
+        if lk in ("store", "store_dir", "storedir"):
+            if o.store_dir:
+                raise _Bad(it, "Duplicate 'store_dir' configuration")
+            o.store_dir = _want(it, str)
+        elif lk in ("sync", "sync_interval"):
+            if isinstance(it.value, str) and it.value.lower() == "always":
+                o.sync_interval = "always"
+            else:
+                _duration(k, it, warnings)
+                o.sync_interval = it.value if isinstance(it.value, str) else f"{it.value}s"
+        elif lk in ("max_memory_store", "max_mem_store", "max_mem"):
+            o.max_memory_store = _storage_size(it, "max_mem_store")
+        elif lk in ("max_file_store", "max_file"):
+            o.max_file_store = _storage_size(it, "max_file_store")
+        elif lk in ("enable", "enabled"):
+            enable = _want(it, bool)
+        else:
+            _unknown(k, it)
+    o.jetstream = enable
+
+
+def _cluster_block(o: Options, item, warnings: list[str]) -> None:
+    if not isinstance(item.value, dict):
+        raise _Bad(item, f"Expected map to define cluster, got {_GO_TYPES.get(type(item.value))}")
+    for k, it in item.value.items():
+        lk = k.lower()
+        if lk == "name":
+            if " " in _want(it, str):
+                raise _Bad(it, "cluster name cannot contain spaces")
+            o.cluster_name = it.value
+        elif lk == "listen":
+            o.cluster_host, o.cluster_port = _listen(it)
+        elif lk == "port":
+            o.cluster_port = _want(it, int)
+        elif lk in ("host", "net"):
+            o.cluster_host = _want(it, str)
+        elif lk == "routes":
+            urls = []
+            for r in _want(it, list):
+                u = _want(r, str)
+                if normalize_url(u) in urls:
+                    warnings.append(f'{r.where()}: invalid use of field "{u}": Duplicate route entry detected')
+                    continue
+                urls.append(normalize_url(u))
+            o.routes = urls
+        elif lk in ("cluster_advertise", "advertise"):
+            o.cluster_advertise = _want(it, str)
+        elif lk == "no_advertise":
+            o.no_advertise = _want(it, bool)
+        elif lk == "connect_retries":
+            o.connect_retries = _want(it, int)
+        elif lk == "authorization":
+            for ak, av in _want(it, dict).items():
+                if ak.lower() in ("user", "username"):
+                    o.cluster_username = _want(av, str)
+                elif ak.lower() in ("pass", "password"):
+                    o.cluster_password = _want(av, str)
+                elif ak.lower() == "timeout":
+                    pass
+                else:
+                    _unknown(ak, av)
+        else:
+            _unknown(k, it)
+
+
+_INT_KEYS = {"port": "port", "http_port": "http_port", "monitor_port": "http_port", "https_port": "https_port",
+             "prof_port": "prof_port", "max_pending": "max_pending", "max_traced_msg_len": "max_traced_msg_len",
+             "max_subscriptions": "max_subscriptions", "max_subs": "max_subscriptions", "ping_max": "ping_max",
+             "logfile_size_limit": "log_size_limit", "log_size_limit": "log_size_limit"}
+_STR_KEYS = {"client_advertise": "client_advertise", "host": "host", "net": "host", "logfile": "log_file",
+             "log_file": "log_file", "remote_syslog": "remote_syslog", "pidfile": "pid_file",
+             "pid_file": "pid_file", "ports_file_dir": "ports_file_dir", "http_base_path": "http_base_path"}
+_BOOL_KEYS = {"debug": "debug", "trace": "trace", "logtime": "logtime", "logtime_utc": "logtime_utc",
+              "syslog": "syslog", "pedantic": "pedantic"}
+
+
+def _top_key(o: Options, k: str, item, warnings: list[str]) -> None:
+    lk = k.lower()
+    if lk in _INT_KEYS:
+        setattr(o, _INT_KEYS[lk], _want(item, int))
+    elif lk in _STR_KEYS:
+        setattr(o, _STR_KEYS[lk], _want(item, str))
+    elif lk in _BOOL_KEYS:
+        setattr(o, _BOOL_KEYS[lk], _want(item, bool))
+    elif lk == "trace_verbose":
+        o.trace = o.trace_verbose = _want(item, bool)
+    elif lk == "listen":
+        o.host, o.port = _listen(item)
+    elif lk in ("http", "https"):
+        host, port = _listen(item)
+        o.http_host, o._http_host_set = host, bool(host)
+        if lk == "http":
+            o.http_port = port
+        else:
+            o.https_port = port
+    elif lk == "server_name":
+        if " " in _want(item, str):
+            raise _Bad(item, "server name cannot contain spaces")
+        o.server_name = item.value
+    elif lk in ("max_payload", "max_control_line"):
+        if _want(item, int) > 2**31 - 1:
+            raise _Bad(item, f"{k} value is too big")
+        setattr(o, lk, item.value)
+    elif lk in ("max_connections", "max_conn"):
+        o.max_connections = _want(item, int) or -1
+    elif lk == "ping_interval":
+        o.ping_interval_s = _duration("ping_interval", item, warnings)
+    elif lk == "write_deadline":
+        o.write_deadline_s = _duration("write_deadline", item, warnings)
+    elif lk == "lame_duck_duration":
+        d = _lame_duck(lk, item)
+        if d < 30:
+            raise _Bad(item, f"invalid lame_duck_duration of {_fmt_go_duration(d)}, minimum is 30 seconds")
+        o.lame_duck_duration_s = d
+    elif lk == "lame_duck_grace_period":
+        d = _lame_duck(lk, item)
+        if d < 0:
+            raise _Bad(item, "invalid lame_duck_grace_period, needs to be positive")
+        o.lame_duck_grace_period_s = d
+    elif lk == "authorization":
+        _auth_block(o, item, warnings)
+    elif lk == "tls":
+        _tls_block(o, item)
+    elif lk == "jetstream":
+        _jetstream_block(o, item, warnings)
+    elif lk in ("store_dir", "storedir"):
+        if o.store_dir:
+            raise _Bad(item, "Duplicate 'store_dir' configuration")
+        o.store_dir = _want(item, str)
+    elif lk == "cluster":
+        _cluster_block(o, item, warnings)
+    else:
+        _unknown(k, item)
+
+
+def _apply_config_file(opts: Options, path: str) -> None:
+    from broker import confparse
+
+    opts.config_file = path
+    try:
+        tree = confparse.parse_file(path)
+    except OSError as e:
+        raise ConfigError(f"open {path}: {(e.strerror or str(e)).lower()}") from None
+    except confparse.ConfParseError as e:
+        raise ConfigError(str(e)) from None
+    warnings: list[str] = []
+    errors: list[tuple[int, str]] = []
+    if not tree:
+        warnings.append(f"{path}: config has no values or is empty")
+    # jetstream first so that a top-level store_dir meets the block's in a fixed order
+    for k in sorted(tree, key=lambda key: (key.lower() != "jetstream", tree[key].line)):
+        try:
+            _top_key(opts, k, tree[k], warnings)
+        except _Bad as e:
+            errors.append((e.item.line if e.item is not None else 0, e.render()))
+    if errors:
+        errors.sort(key=lambda e: e[0])
+        raise ConfigError("\n".join(warnings + [m for _, m in errors]))
+    if warnings:
+        print("\n".join(warnings) + "\n", file=sys.stderr)
