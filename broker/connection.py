@@ -1,0 +1,343 @@
+"""One client connection: a trio nursery with a reader, a writer and a pinger.
+
+The reader feeds socket bytes to the sans-IO Parser and applies the operations in
+plain (non-async) code, so each batch is atomic with respect to other tasks. Every
+byte bound for this client (MSG frames from any publisher, PONG, -ERR) is appended to
+one outbound bytearray; the writer task sends whatever accumulated in one send_all.
+A publisher therefore never waits on this client: if the buffer passes max_pending,
+or one write takes longer than write_deadline, the client is a slow consumer and is
+closed, exactly as nats-server does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import trio
+
+from broker import protocol
+from broker.protocol import (OP_CONNECT, OP_INFO, OP_PING, OP_PONG, OP_PUB, OP_SUB, OP_UNSUB,
+                             Parser, err_frame)
+from broker.subjects import valid_literal, valid_subject
+from broker.sublist import Subscription
+
+log = logging.getLogger("broker")
+
+READ_CHUNK_BYTES = 65536
+FIRST_PING_S = 2.0
+
+_PONG = b"PONG\r\n"
+_PING = b"PING\r\n"
+_OK = b"+OK\r\n"
+
+
+class ClientConn:
+    is_route = False
+    kind = "Client"
+
+    def __init__(self, server, stream, cid: int, ip: str, port: int):
+        self.server = server
+        self.stream = stream
+        self.cid = cid
+        self.ip = ip
+        self.port = port
+        self.start = time.time()
+        self.last_activity = self.start
+        opts = server.opts
+        self.parser = Parser(opts.max_control_line, opts.max_payload)
+        self.max_pending = opts.max_pending
+        self.out = bytearray()
+        self._wake = trio.Event()
+        self._kicked = False
+        self._closing = False
+        self.closed = False
+        self.close_reason = ""
+        self._cancel: trio.CancelScope | None = None
+        # CONNECT state
+        self.connected = False
+        self.verbose = False
+        self.pedantic = False
+        self.echo = True
+        self.headers = False
+        self.no_responders = False
+        self.protocol = 0
+        self.name = ""
+        self.lang = ""
+        self.version = ""
+        self.user = ""
+        self.subs: dict[bytes, Subscription] = {}
+        self.pings_out = 0
+        self.rtt_s = 0.0
+        self._ping_sent_at = 0.0
+        # counters
+        self.in_msgs = 0
+        self.in_bytes = 0
+        self.out_msgs = 0
+        self.out_bytes = 0
+
+    # ---- lifecycle -----------------------------------------------------------------
+    async def run(self, info_line: bytes) -> None:
+        server = self.server
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                await self.stream.send_all(info_line)
+                if server.ssl_context is not None:
+                    ssl_stream = trio.SSLStream(self.stream, server.ssl_context, server_side=True)
+                    with trio.move_on_after(server.opts.tls_timeout_s) as cs:
+                        await ssl_stream.do_handshake()
+                    if cs.cancelled_caught:
+                        raise trio.BrokenResourceError("TLS handshake timeout")
+                    self.stream = ssl_stream
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._pinger)
+                if server.auth_required:
+                    nursery.start_soon(self._auth_timer)
+                await self._reader()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            if not self.close_reason:
+                self.close_reason = f"Client Closed ({e.__class__.__name__})"
+        finally:
+            self.closed = True
+            server.client_closed(self)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    await self.stream.aclose()
+
+    async def _reader(self) -> None:
+        receive = self.stream.receive_some
+        while not self._closing:
+            data = await receive(READ_CHUNK_BYTES)
+            if not data:
+                self.close_reason = self.close_reason or "Client Closed"
+                self._cancel.cancel()
+                return
+            self.last_activity = time.time()
+            ops = self.parser.feed(data)
+            if ops:
+                self.process(ops)
+            err = self.parser.error
+            if err is not None:
+                self.fail(err.text)
+                return
+
+    async def _writer(self) -> None:
+        deadline = self.server.opts.write_deadline_s
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            self._kicked = False
+            if self.out:
+                data = self.out
+                self.out = bytearray()
+                with trio.move_on_after(deadline) as cs:
+                    await self.stream.send_all(data)
+                if cs.cancelled_caught:
+                    self.server.slow_consumer(self, f"WriteDeadline of {deadline:g}s exceeded")
+                    self.close_reason = "Slow Consumer (Write Deadline)"
+                    self._cancel.cancel()
+                    return
+            if self._closing and not self.out:
+                self._cancel.cancel()
+                return
+
+    async def _pinger(self) -> None:
+        opts = self.server.opts
+        await trio.sleep(FIRST_PING_S)
+        while True:
+            if self.pings_out + 1 > opts.ping_max:
+                self.server.stale_connections += 1
+                self.fail("Stale Connection")
+                return
+            self.pings_out += 1
+            self._ping_sent_at = time.monotonic()
+            self.send(_PING)
+            await trio.sleep(opts.ping_interval_s)
+
+    async def _auth_timer(self) -> None:
+        await trio.sleep(self.server.opts.auth_timeout_s)
+        if not self.connected:
+            self.fail("Authentication Timeout")
+
+    # ---- output ------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if self.closed or self._closing:
+            return
+        self.out += data
+        if not self._kicked:
+            self._kicked = True
+            self._wake.set()
+
+    def fail(self, text: str | None) -> None:
+        """Send -ERR (when text) and close once it is flushed."""
+        if text:
+            self.send(err_frame(text))
+        self.close_reason = self.close_reason or (text or "Protocol Violation")
+        self.close()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._kicked = True
+        self._wake.set()
+
+    def deliver(self, sub: Subscription, subject: bytes, reply: bytes, hdr, payload: bytes) -> None:
+        """Append one MSG/HMSG frame for `sub`; never blocks."""
+        if self._closing:
+            return
+        out = self.out
+        if hdr is None or not self.headers:
+            if reply:
+                out += b"MSG %b %b %b %d\r\n" % (subject, sub.sid, reply, len(payload))
+            else:
+                out += b"MSG %b %b %d\r\n" % (subject, sub.sid, len(payload))
+            n = len(payload)
+        else:
+            hl = len(hdr)
+            n = hl + len(payload)
+            if reply:
+                out += b"HMSG %b %b %b %d %d\r\n" % (subject, sub.sid, reply, hl, n)
+            else:
+                out += b"HMSG %b %b %d %d\r\n" % (subject, sub.sid, hl, n)
+            out += hdr
+        out += payload
+        out += b"\r\n"
+        self.out_msgs += 1
+        self.out_bytes += n
+        if len(out) > self.max_pending:
+            self.server.slow_consumer(self, f"MaxPending of {self.max_pending} Exceeded")
+            self.close_reason = "Slow Consumer (Pending Bytes)"
+            self.out = bytearray()
+            self._closing = True
+            self._cancel.cancel()
+            return
+        if not self._kicked:
+            self._kicked = True
+            self._wake.set()
+
+    # ---- protocol operations ---------------------------------------------------------
+    def process(self, ops: list[tuple]) -> None:
+        server = self.server
+        route = server.route_msg
+        for op in ops:
+            code = op[0]
+            if code == OP_PUB:
+                if not self.connected and server.auth_required:
+                    self.fail("Authorization Violation")
+                    return
+                subject = op[1]
+                payload = op[4]
+                hdr = op[3]
+                size = len(payload) if hdr is None else len(payload) + len(hdr)
+                self.in_msgs += 1
+                self.in_bytes += size
+                if self.pedantic and not valid_literal(subject.decode("utf-8", "replace")):
+                    self.send(err_frame("Invalid Publish Subject"))
+                    continue
+                route(self, subject, op[2], hdr, payload, size)
+                if self.verbose:
+                    self.send(_OK)
+            elif code == OP_PING:
+                self.send(_PONG)
+            elif code == OP_PONG:
+                self.pings_out = 0
+                if self._ping_sent_at:
+                    self.rtt_s = time.monotonic() - self._ping_sent_at
+                    self._ping_sent_at = 0.0
+            elif code == OP_SUB:
+                if not self._pre_connect_ok():
+                    return
+                self._sub(op[1], op[2], op[3])
+            elif code == OP_UNSUB:
+                if not self._pre_connect_ok():
+                    return
+                self._unsub(op[1], op[2])
+            elif code == OP_CONNECT:
+                if not self._connect(op[1]):
+                    return
+            elif code == OP_INFO:
+                pass  # clients may send INFO; nats-server ignores it from clients
+            if self._closing:
+                return
+
+    def _pre_connect_ok(self) -> bool:
+        if not self.connected and self.server.auth_required:
+            self.fail("Authorization Violation")
+            return False
+        return True
+
+    def _connect(self, raw: bytes) -> bool:
+        try:
+            opts = json.loads(raw or b"{}")
+            if not isinstance(opts, dict):
+                raise ValueError("CONNECT must be an object")
+        except ValueError:
+            self.close_reason = "Protocol Violation (bad CONNECT)"
+            self.close()
+            return False
+        server = self.server
+        if server.auth_required and not server.check_auth(opts):
+            self.fail("Authorization Violation")
+            return False
+        self.verbose = bool(opts.get("verbose", False))
+        self.pedantic = bool(opts.get("pedantic", False))
+        self.echo = bool(opts.get("echo", True))
+        self.headers = bool(opts.get("headers", False))
+        self.no_responders = bool(opts.get("no_responders", False))
+        self.protocol = int(opts.get("protocol", 0) or 0)
+        self.name = str(opts.get("name", "") or "")
+        self.lang = str(opts.get("lang", "") or "")
+        self.version = str(opts.get("version", "") or "")
+        self.user = str(opts.get("user", "") or "")
+        if self.no_responders and not self.headers:
+            self.fail("no responders requires headers support")
+            return False
+        self.connected = True
+        if self.verbose:
+            self.send(_OK)
+        return True
+
+    def _sub(self, subject_b: bytes, queue_b: bytes | None, sid: bytes) -> None:
+        subject = subject_b.decode("utf-8", "replace")
+        if not valid_subject(subject):
+            self.send(err_frame("Invalid Subject"))
+            return
+        queue = None
+        if queue_b is not None:
+            queue = queue_b.decode("utf-8", "replace")
+        if sid in self.subs:
+            if self.verbose:
+                self.send(_OK)
+            return
+        opts = self.server.opts
+        if opts.max_subscriptions and len(self.subs) >= opts.max_subscriptions:
+            self.send(err_frame("maximum subscriptions exceeded"))
+            return
+        sub = Subscription(self, subject, queue, sid)
+        self.subs[sid] = sub
+        self.server.add_sub(sub)
+        if self.verbose:
+            self.send(_OK)
+
+    def _unsub(self, sid: bytes, max_msgs: int) -> None:
+        sub = self.subs.get(sid)
+        if sub is not None:
+            if max_msgs and sub.delivered < max_msgs:
+                sub.max_msgs = max_msgs
+            else:
+                self.remove_sub(sub)
+        if self.verbose:
+            self.send(_OK)
+
+    def remove_sub(self, sub: Subscription) -> None:
+        if self.subs.pop(sub.sid, None) is not None:
+            self.server.remove_sub(sub)
+
+    def send_info(self, info: dict) -> None:
+        self.send(b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n")
+
+
+__all__ = ["ClientConn", "protocol"]

@@ -1,0 +1,217 @@
+"""Sans-IO parser for the client side of the NATS text protocol.
+
+How this works: `Parser.feed(data)` takes whatever bytes the socket produced (any
+split, even one byte at a time) and returns the complete operations found, as
+small tuples whose first item is an OP_* code. Partial input is kept until more
+arrives. A payload is read by its declared length, never scanned, and must be
+followed by CRLF. On a protocol violation the parser stops, returns the operations
+that preceded it and sets `error` to a ProtocolError carrying nats-server's exact
+-ERR text (or None for violations nats-server answers by closing silently).
+
+Ops (subjects, reply and sid stay bytes: the router keys its cache by the raw
+subject and writes them back out unchanged):
+  (OP_PUB, subject, reply, hdr_or_None, payload)      PUB and HPUB
+  (OP_SUB, subject, queue_or_None, sid)
+  (OP_UNSUB, sid, max_msgs)                            max_msgs 0 = none
+  (OP_PING,) (OP_PONG,) (OP_CONNECT, json_bytes) (OP_INFO, json_bytes)
+"""
+
+from __future__ import annotations
+
+OP_PUB = 1
+OP_SUB = 2
+OP_UNSUB = 3
+OP_PING = 4
+OP_PONG = 5
+OP_CONNECT = 6
+OP_INFO = 7
+
+ERR_UNKNOWN_OP = "Unknown Protocol Operation"
+ERR_MAX_PAYLOAD = "Maximum Payload Violation"
+ERR_MAX_CONTROL_LINE = "maximum control line exceeded"
+
+_PING = (OP_PING,)
+_PONG = (OP_PONG,)
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol. `text` is the -ERR text, or None to close silently."""
+
+    def __init__(self, text: str | None):
+        super().__init__(text or "protocol violation")
+        self.text = text
+
+
+class Parser:
+    __slots__ = ("max_control_line", "max_payload", "error", "_pending", "_need")
+
+    def __init__(self, max_control_line: int = 4096, max_payload: int = 1048576):
+        self.max_control_line = max_control_line
+        self.max_payload = max_payload
+        self.error: ProtocolError | None = None
+        self._pending: list[bytes] = []  # unconsumed input, oldest first
+        self._need = 0  # bytes the pending op needs before parsing is worth retrying
+
+    def feed(self, data: bytes) -> list[tuple]:
+        if self.error is not None:
+            return []
+        if self._pending:
+            self._pending.append(data)
+            if self._need and sum(map(len, self._pending)) < self._need:
+                return []
+            data = b"".join(self._pending)
+            self._pending = []
+        self._need = 0
+        ops: list[tuple] = []
+        try:
+            pos = self._parse(data, ops)
+        except ProtocolError as e:
+            self.error = e
+            return ops
+        if pos < len(data):
+            self._pending.append(data[pos:])
+        return ops
+
+    def _parse(self, data: bytes, ops: list[tuple]) -> int:
+        pos = 0
+        end = len(data)
+        find = data.find
+        mcl = self.max_control_line
+        append = ops.append
+        while pos < end:
+            eol = find(b"\n", pos)
+            if eol < 0:
+                if end - pos > mcl:
+                    raise ProtocolError(ERR_MAX_CONTROL_LINE)
+                return pos
+            line_end = eol - 1 if eol > pos and data[eol - 1] == 13 else eol
+            if line_end - pos > mcl:
+                raise ProtocolError(ERR_MAX_CONTROL_LINE)
+            c = data[pos] | 0x20  # lower-case the first letter
+            if c == 0x70:  # p: PUB, PING, PONG
+                c2 = data[pos + 1] | 0x20 if pos + 1 < end else 0
+                if c2 == 0x75:  # pu
+                    args = data[pos:line_end].split()
+                    if args[0].upper() != b"PUB":
+                        raise ProtocolError(ERR_UNKNOWN_OP)
+                    n = len(args)
+                    if n == 3:
+                        reply = b""
+                    elif n == 4:
+                        reply = args[2]
+                    else:
+                        raise ProtocolError(ERR_UNKNOWN_OP)
+                    size = _size(args[-1])
+                    if size > self.max_payload:
+                        raise ProtocolError(ERR_MAX_PAYLOAD)
+                    start = eol + 1
+                    stop = start + size
+                    if stop + 2 > end:
+                        self._need = stop + 2 - pos
+                        return pos
+                    if data[stop:stop + 2] != b"\r\n":
+                        raise ProtocolError(ERR_UNKNOWN_OP)
+                    append((OP_PUB, args[1], reply, None, data[start:stop]))
+                    pos = stop + 2
+                    continue
+                word = data[pos:line_end].strip().upper()
+                if word == b"PING":
+                    append(_PING)
+                elif word == b"PONG":
+                    append(_PONG)
+                else:
+                    raise ProtocolError(ERR_UNKNOWN_OP)
+                pos = eol + 1
+            elif c == 0x68:  # h: HPUB
+                args = data[pos:line_end].split()
+                if args[0].upper() != b"HPUB":
+                    raise ProtocolError(ERR_UNKNOWN_OP)
+                n = len(args)
+                if n == 4:
+                    reply = b""
+                elif n == 5:
+                    reply = args[2]
+                else:
+                    raise ProtocolError(ERR_UNKNOWN_OP)
+                hsize = _size(args[-2])
+                size = _size(args[-1])
+                if size > self.max_payload:
+                    raise ProtocolError(ERR_MAX_PAYLOAD)
+                if hsize > size:
+                    raise ProtocolError(None)
+                start = eol + 1
+                stop = start + size
+                if stop + 2 > end:
+                    self._need = stop + 2 - pos
+                    return pos
+                if data[stop:stop + 2] != b"\r\n":
+                    raise ProtocolError(ERR_UNKNOWN_OP)
+                append((OP_PUB, args[1], reply, data[start:start + hsize], data[start + hsize:stop]))
+                pos = stop + 2
+            elif c == 0x73:  # s: SUB
+                args = data[pos:line_end].split()
+                if args[0].upper() != b"SUB":
+                    raise ProtocolError(ERR_UNKNOWN_OP)
+                n = len(args)
+                if n == 3:
+                    append((OP_SUB, args[1], None, args[2]))
+                elif n == 4:
+                    append((OP_SUB, args[1], args[2], args[3]))
+                else:
+                    raise ProtocolError(None)
+                pos = eol + 1
+            elif c == 0x75:  # u: UNSUB
+                args = data[pos:line_end].split()
+                if args[0].upper() != b"UNSUB":
+                    raise ProtocolError(ERR_UNKNOWN_OP)
+                n = len(args)
+                if n == 2:
+                    append((OP_UNSUB, args[1], 0))
+                elif n == 3:
+                    append((OP_UNSUB, args[1], _size(args[2])))
+                else:
+                    raise ProtocolError(None)
+                pos = eol + 1
+            elif c == 0x63 or c == 0x69:  # c: CONNECT, i: INFO
+                head, _, rest = data[pos:line_end].partition(b" ")
+                if not rest:
+                    head, _, rest = data[pos:line_end].partition(b"\t")
+                word = head.upper()
+                if word == b"CONNECT":
+                    append((OP_CONNECT, rest.strip()))
+                elif word == b"INFO":
+                    append((OP_INFO, rest.strip()))
+                else:
+                    raise ProtocolError(ERR_UNKNOWN_OP)
+                pos = eol + 1
+            elif data[pos] in b"\r\n\t ":
+                # blank line or stray whitespace between ops: skip it
+                pos = eol + 1
+            else:
+                raise ProtocolError(ERR_UNKNOWN_OP)
+        return pos
+
+
+def _size(tok: bytes) -> int:
+    if not tok.isdigit():
+        raise ProtocolError(ERR_UNKNOWN_OP)
+    return int(tok)
+
+
+# ---- encoders for what the server sends -------------------------------------------
+
+def msg_frame(subject: bytes, sid: bytes, reply: bytes, payload: bytes) -> bytes:
+    if reply:
+        return b"MSG %b %b %b %d\r\n%b\r\n" % (subject, sid, reply, len(payload), payload)
+    return b"MSG %b %b %d\r\n%b\r\n" % (subject, sid, len(payload), payload)
+
+
+def hmsg_frame(subject: bytes, sid: bytes, reply: bytes, hdr: bytes, payload: bytes) -> bytes:
+    hl = len(hdr)
+    if reply:
+        return b"HMSG %b %b %b %d %d\r\n%b%b\r\n" % (subject, sid, reply, hl, hl + len(payload), hdr, payload)
+    return b"HMSG %b %b %d %d\r\n%b%b\r\n" % (subject, sid, hl, hl + len(payload), hdr, payload)
+
+
+def err_frame(text: str) -> bytes:
+    return b"-ERR '%b'\r\n" % text.encode()

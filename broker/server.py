@@ -1,0 +1,463 @@
+"""The composition root: listeners, the router, and the services wired around it.
+
+Routing: `route_msg` is the hot path. It looks the raw subject up in the sublist's
+match cache, appends one frame per local subscriber (each connection's outbound
+buffer, or an internal callback), picks one member per queue group (weighted, remote
+members included) and hands the message once to each interested route peer. Nothing
+here awaits, so a publisher's batch is routed atomically and never stalls on a reader.
+
+Other parts of the broker (JetStream, the cluster glue, the monitor) use the
+in-process API: publish / subscribe / unsubscribe / has_interest, plus the route
+hooks add_route_sub / remove_route_sub / remove_peer_subs / deliver_routed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import secrets
+import signal
+import ssl
+import time
+
+import trio
+
+from broker import headers as hdrs
+from broker.config import VERSION, Options
+from broker.connection import ClientConn
+from broker.protocol import err_frame
+from broker.sublist import Sublist, Subscription
+
+log = logging.getLogger("broker")
+
+GIT_COMMIT = "pybroker"
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+
+
+def new_server_id() -> str:
+    return "N" + "".join(secrets.choice(_B32) for _ in range(55))
+
+
+class InternalConn:
+    """The owner of in-process subscriptions: deliveries become callback calls."""
+    is_route = False
+    kind = "Internal"
+    cid = 0
+    echo = True
+
+    def deliver(self, sub: Subscription, subject: bytes, reply: bytes, hdr, payload: bytes) -> None:
+        try:
+            sub.callback(subject.decode("utf-8", "surrogateescape"), reply.decode("utf-8", "surrogateescape"),
+                         hdr, payload)
+        except Exception:  # our own bug: log it loudly, never let it break the publisher
+            log.exception("internal subscriber for %r failed", sub.subject)
+
+
+class Server:
+    def __init__(self, opts: Options | None = None):
+        self.opts = opts or Options()
+        self.server_id = new_server_id()
+        self.server_name = self.opts.server_name or self.server_id
+        self.sublist = Sublist()
+        self.clients: dict[int, ClientConn] = {}
+        self.internal = InternalConn()
+        self.nursery: trio.Nursery | None = None
+        self.jetstream = None
+        self.cluster = None
+        self.port = self.opts.port
+        self.http_port = self.opts.http_port
+        self.start_time = time.time()
+        self._next_cid = 0
+        self._interest: dict[tuple[str, str | None], int] = {}
+        self._cluster_urls: list[str] = []
+        self._route_subs: dict = {}
+        self.stopped = trio.Event()
+        self.lame_duck = False
+        self.shutting_down = False
+        self.ready = trio.Event()
+        # counters (/varz)
+        self.in_msgs = 0
+        self.in_bytes = 0
+        self.out_msgs = 0
+        self.out_bytes = 0
+        self.total_connections = 0
+        self.slow_consumers = 0
+        self.stale_connections = 0
+        self.auth_required = bool(self.opts.username or self.opts.token)
+        self.ssl_context = self._make_ssl_context() if self.opts.tls else None
+        self._listeners: list = []
+        self._listen_scope: trio.CancelScope | None = None
+
+    # ---- startup / shutdown ----------------------------------------------------------
+    def _make_ssl_context(self) -> ssl.SSLContext:
+        o = self.opts
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(o.tls_cert, o.tls_key)
+        if o.tls_ca:
+            ctx.load_verify_locations(o.tls_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED if o.tls_verify else ssl.CERT_NONE
+        return ctx
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        host = self.opts.host if self.opts.host not in ("", "0.0.0.0") else None
+        listeners = await trio.open_tcp_listeners(self.opts.port, host=host or "0.0.0.0")
+        self._listeners = listeners
+        self.port = listeners[0].socket.getsockname()[1]
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                await self._start_services(nursery)
+                task_status.started(self.port)
+        finally:
+            self.stopped.set()
+
+    async def _start_services(self, nursery) -> None:
+        if self.opts.jetstream:
+            from broker.jetstream.manager import JetStream
+            self.jetstream = JetStream(self)
+            await nursery.start(self.jetstream.run)
+        if self.opts.cluster_port or self.opts.cluster_host or self.opts.routes:
+            from broker.cluster_glue import ClusterGlue
+            self.cluster = ClusterGlue(self)
+            await nursery.start(self.cluster.run)
+        if self.opts.http_port:
+            from broker.monitor import serve_http
+            self.http_port = await nursery.start(serve_http, self)
+        await nursery.start(self._accept, self._listeners)
+        log.info("Server is ready")
+        self.ready.set()
+
+    async def _accept(self, listeners, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._listen_scope = scope
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=self.nursery,
+                                       task_status=task_status)
+
+    async def _handle(self, stream) -> None:
+        try:
+            ip, port = stream.socket.getpeername()[:2]
+        except OSError:
+            return
+        self._next_cid += 1
+        cid = self._next_cid
+        info = self.client_info(cid, ip)
+        line = b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
+        if len(self.clients) >= self.opts.max_connections or self.lame_duck:
+            try:
+                await stream.send_all(line + err_frame("maximum connections exceeded"))
+            except (trio.BrokenResourceError, OSError):
+                pass
+            await stream.aclose()
+            return
+        conn = ClientConn(self, stream, cid, ip, port)
+        self.clients[cid] = conn
+        self.total_connections += 1
+        await conn.run(line)
+
+    def client_info(self, cid: int, ip: str) -> dict:
+        o = self.opts
+        info = {
+            "server_id": self.server_id,
+            "server_name": self.server_name,
+            "version": VERSION,
+            "proto": 1,
+            "git_commit": GIT_COMMIT,
+            "go": "python" + platform.python_version(),
+            "host": o.host or "0.0.0.0",
+            "port": self.port,
+            "headers": True,
+            "max_payload": o.max_payload,
+        }
+        if o.jetstream:
+            info["jetstream"] = True
+        info["client_id"] = cid
+        info["client_ip"] = ip
+        if self.auth_required:
+            info["auth_required"] = True
+        if o.tls:
+            info["tls_required"] = True
+            info["tls_verify"] = bool(o.tls_verify)
+        if self.cluster is not None:
+            info["cluster"] = o.cluster_name
+            if self._cluster_urls and not o.no_advertise:
+                info["connect_urls"] = [self.client_url()] + self._cluster_urls
+        if self.lame_duck:
+            info["ldm"] = True
+        return info
+
+    def client_url(self) -> str:
+        if self.opts.client_advertise:
+            return self.opts.client_advertise
+        host = self.opts.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    def check_auth(self, c: dict) -> bool:
+        o = self.opts
+        if o.token:
+            return secrets.compare_digest(str(c.get("auth_token", "")), o.token)
+        return (secrets.compare_digest(str(c.get("user", "")), o.username)
+                and secrets.compare_digest(str(c.get("pass", "")), o.password))
+
+    def client_closed(self, conn: ClientConn) -> None:
+        self.clients.pop(conn.cid, None)
+        for sub in list(conn.subs.values()):
+            self.remove_sub(sub)
+        conn.subs.clear()
+        log.debug("%s:%d - cid:%d - Client connection closed: %s", conn.ip, conn.port, conn.cid,
+                  conn.close_reason)
+
+    def slow_consumer(self, conn: ClientConn, why: str) -> None:
+        self.slow_consumers += 1
+        log.warning("%s:%d - cid:%d - Slow Consumer Detected: %s", conn.ip, conn.port, conn.cid, why)
+
+    def send_async_info(self) -> None:
+        for c in list(self.clients.values()):
+            if c.protocol >= 1 and c.connected:
+                c.send_info(self.client_info(c.cid, c.ip))
+
+    async def enter_lame_duck(self) -> None:
+        """SIGUSR2: stop accepting, tell clients (INFO ldm), then close them over the duration."""
+        if self.lame_duck:
+            return
+        self.lame_duck = True
+        log.info("Entering lame duck mode, stop accepting new clients")
+        if self._listen_scope is not None:
+            self._listen_scope.cancel()
+        self.send_async_info()
+        await trio.sleep(self.opts.lame_duck_grace_period_s)
+        clients = list(self.clients.values())
+        if clients:
+            step = max(0.0, (self.opts.lame_duck_duration_s - self.opts.lame_duck_grace_period_s)) / len(clients)
+            for c in clients:
+                c.close_reason = "Server Shutdown"
+                c.close()
+                if step:
+                    await trio.sleep(min(step, 1.0))
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Graceful stop: close clients after flushing what is queued, stop services."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        if self._listen_scope is not None:
+            self._listen_scope.cancel()
+        for c in list(self.clients.values()):
+            c.close_reason = c.close_reason or "Server Shutdown"
+            c.close()
+        with trio.move_on_after(2):
+            while self.clients:
+                await trio.sleep(0.01)
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    async def handle_signals(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR2) as sigs:
+            task_status.started()
+            async for sig in sigs:
+                if sig == signal.SIGUSR2:
+                    self.nursery.start_soon(self.enter_lame_duck)
+                else:
+                    log.info("Trapped %s signal", signal.Signals(sig).name)
+                    await self.shutdown()
+                    return
+
+    # ---- subscriptions ---------------------------------------------------------------
+    def add_sub(self, sub: Subscription) -> None:
+        self.sublist.insert(sub)
+        key = (sub.subject, sub.queue)
+        n = self._interest.get(key, 0) + 1
+        self._interest[key] = n
+        if self.cluster is not None:
+            self.cluster.local_interest_changed(sub.subject, sub.queue, n)
+
+    def remove_sub(self, sub: Subscription) -> None:
+        if not self.sublist.remove(sub):
+            return
+        key = (sub.subject, sub.queue)
+        n = self._interest.get(key, 0) - 1
+        if n <= 0:
+            self._interest.pop(key, None)
+            n = 0
+        else:
+            self._interest[key] = n
+        if self.cluster is not None:
+            self.cluster.local_interest_changed(sub.subject, sub.queue, n)
+
+    def local_interest(self) -> list[tuple[str, str | None, int]]:
+        return [(s, q, n) for (s, q), n in self._interest.items()]
+
+    def subscribe(self, subject: str, callback, queue: str | None = None) -> Subscription:
+        sub = Subscription(self.internal, subject, queue, b"", callback=callback)
+        self.add_sub(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.remove_sub(sub)
+
+    def has_interest(self, subject: str) -> bool:
+        return not self.sublist.match(subject.encode()).empty
+
+    # ---- routing -----------------------------------------------------------------------
+    def publish(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        size = len(payload) + (len(hdr) if hdr else 0)
+        self.route_msg(None, subject.encode(), reply.encode() if reply else b"", hdr, payload, size)
+
+    def route_msg(self, client, subject: bytes, reply: bytes, hdr, payload: bytes, size: int) -> None:
+        """Deliver a published message to every local match and each interested route once."""
+        self.in_msgs += 1
+        self.in_bytes += size
+        m = self.sublist.match(subject)
+        if m.empty:
+            if reply and client is not None and client.no_responders:
+                self._no_responders(client, subject, reply)
+            return
+        n = 0
+        for sub in m.plain:
+            conn = sub.conn
+            if conn is client and not client.echo:
+                continue
+            conn.deliver(sub, subject, reply, hdr, payload)
+            n += 1
+            if sub.max_msgs:
+                self._count_max(sub)
+        if m.queues or m.peers:
+            n += self._route_queues_and_peers(client, m, subject, reply, hdr, payload)
+        self.out_msgs += n
+        self.out_bytes += n * size
+
+    def _route_queues_and_peers(self, client, m, subject, reply, hdr, payload) -> int:
+        peer_queues: dict = {p: None for p in m.peers}
+        n = 0
+        for group in m.queues:
+            sub = group.pick()
+            if sub.conn is client and not client.echo:
+                sub = next((s for s in group.members if s.conn is not client), None)
+                if sub is None:
+                    continue
+            if sub.conn.is_route:
+                qs = peer_queues.get(sub.conn)
+                if qs is None:
+                    peer_queues[sub.conn] = [group.name]
+                else:
+                    qs.append(group.name)
+                continue
+            sub.conn.deliver(sub, subject, reply, hdr, payload)
+            n += 1
+            if sub.max_msgs:
+                self._count_max(sub)
+        if peer_queues:
+            s = subject.decode("utf-8", "surrogateescape")
+            r = reply.decode("utf-8", "surrogateescape")
+            for peer, qs in peer_queues.items():
+                peer.forward(s, r, hdr, payload, qs)
+        return n
+
+    def _count_max(self, sub: Subscription) -> None:
+        sub.delivered += 1
+        if sub.delivered >= sub.max_msgs:
+            conn = sub.conn
+            if isinstance(conn, ClientConn):
+                conn.remove_sub(sub)
+            else:
+                self.remove_sub(sub)
+
+    def _no_responders(self, client: ClientConn, subject: bytes, reply: bytes) -> None:
+        hdr = hdrs.build([("Nats-Subject", subject.decode("utf-8", "replace"))], status="503")
+        m = self.sublist.match(reply)
+        for sub in m.plain:
+            if sub.conn is client:
+                client.deliver(sub, reply, b"", hdr, b"")
+                return
+        for group in m.queues:
+            for sub in group.members:
+                if sub.conn is client:
+                    client.deliver(sub, reply, b"", hdr, b"")
+                    return
+
+    # ---- cluster hooks -------------------------------------------------------------------
+    def add_route_sub(self, peer, subject: str, queue: str | None, weight: int) -> None:
+        subs = self._route_subs.setdefault(peer, {})
+        key = (subject, queue)
+        old = subs.get(key)
+        if old is not None:
+            if old.weight == weight:
+                return
+            self.sublist.remove(old)
+        sub = Subscription(peer, subject, queue, b"", weight=max(1, weight))
+        subs[key] = sub
+        self.sublist.insert(sub)
+
+    def remove_route_sub(self, peer, subject: str, queue: str | None) -> None:
+        sub = self._route_subs.get(peer, {}).pop((subject, queue), None)
+        if sub is not None:
+            self.sublist.remove(sub)
+
+    def remove_peer_subs(self, peer) -> None:
+        for sub in self._route_subs.pop(peer, {}).values():
+            self.sublist.remove(sub)
+
+    def deliver_routed(self, subject: str, reply: str, hdr: bytes | None, payload: bytes,
+                       queues: list[str] | None) -> None:
+        subject_b = subject.encode()
+        reply_b = reply.encode() if reply else b""
+        size = len(payload) + (len(hdr) if hdr else 0)
+        self.in_msgs += 1
+        self.in_bytes += size
+        m = self.sublist.match(subject_b)
+        n = 0
+        for sub in m.plain:
+            sub.conn.deliver(sub, subject_b, reply_b, hdr, payload)
+            n += 1
+            if sub.max_msgs:
+                self._count_max(sub)
+        if queues:
+            wanted = set(queues)
+            for group in m.queues:
+                if group.name in wanted:
+                    sub = group.pick(exclude_routes=True)
+                    if sub is not None:
+                        sub.conn.deliver(sub, subject_b, reply_b, hdr, payload)
+                        n += 1
+                        if sub.max_msgs:
+                            self._count_max(sub)
+        self.out_msgs += n
+        self.out_bytes += n * size
+
+    def set_cluster_urls(self, urls: list[str]) -> None:
+        urls = sorted(set(urls) - {self.client_url()})
+        if urls != self._cluster_urls:
+            self._cluster_urls = urls
+            self.send_async_info()
+
+
+def setup_logging(opts: Options) -> None:
+    level = logging.INFO
+    if opts.debug or opts.trace:
+        level = logging.DEBUG
+    fmt = f"[{os.getpid()}] %(asctime)s.%(msecs)03d [%(levelname).3s] %(message)s"
+    handler: logging.Handler
+    if opts.log_file:
+        handler = logging.FileHandler(opts.log_file)
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%Y/%m/%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+async def run_server(opts: Options) -> None:
+    server = Server(opts)
+    async with trio.open_nursery() as n:
+        await n.start(server.handle_signals)
+        await n.start(server.serve)
+        log.info("Listening for client connections on %s:%d", opts.host or "0.0.0.0", server.port)
+        if server.http_port:
+            log.info("Starting http monitor on %s:%d", opts.http_host or "0.0.0.0", server.http_port)
+        await server.stopped.wait()
+        n.cancel_scope.cancel()
