@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from broker.jetstream.filestore import CorruptStoreError, FileStore
 from broker.jetstream.store import MemoryStore
 from broker.jetstream.storetypes import StoreState, file_msg_size, memory_msg_size
 
-KINDS = ["memory"]
+KINDS = ["memory", "file", "file-tiny-blocks"]
 
 SEED_SUBJECTS = [
     "events.page_loaded", "events.mouse_clicked", "events.mouse_clicked", "events.page_loaded",
@@ -28,7 +29,10 @@ class Harness:
     def _open(self):
         if self.kind == "memory":
             return MemoryStore()
-        raise AssertionError(self.kind)
+        if self.kind == "file":
+            return FileStore(str(self.path))
+        # a block holds a handful of messages: exercises rollover and block drops
+        return FileStore(str(self.path), block_size_max_bytes=200)
 
     @property
     def durable(self) -> bool:

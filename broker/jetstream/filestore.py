@@ -1,0 +1,601 @@
+"""Durable JetStream message store: append-only block files with checksummed records.
+
+How this works
+- The directory holds block files `<num>.blk` (num ascending, never reused) and a LOCK.
+  Every record is `crc32 u32 | body_len u32 | type u8 | body`; the crc covers
+  everything after itself. Types:
+    META  first record of each block: magic, last_seq, last_ts, purge_below
+    MSG   seq, ts, subject, optional header, payload
+    DEL   seq of a message stored in the *same* block (tombstone)
+  Because a tombstone always lives next to its message, every block is
+  self-contained: a block whose messages are all removed can simply be unlinked
+  (the current block never is: it carries last_seq). Purging everything, or moving
+  the sequence (skip_to), starts a new block whose META says "drop every older
+  block"; the old files are unlinked only after that META is durable.
+- Memory holds an index, not payloads: per block, parallel arrays of seq, offset,
+  length, ts and accounted size plus the interned subject and a live flag (~40 bytes
+  a message). get() reads the record back with pread and checks its crc.
+- Appends go to a per-block bytearray. sync() takes the lock only to hand those
+  buffers to the OS (pwrite), then fdatasyncs outside it, so the event loop can keep
+  appending the next batch while a worker thread waits on the disk (group commit).
+- Opening replays every block. A bad record at the end of a file (torn write after
+  a crash: never acknowledged) is truncated; a bad record followed by a valid one is
+  corruption and raises CorruptStoreError naming the file and offset.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import struct
+import sys
+import threading
+import zlib
+from array import array
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+
+from broker.jetstream.store import SubjectIndex, _IndexedStore
+from broker.jetstream.storetypes import StoredMsg
+
+__all__ = ["CorruptStoreError", "FileStore"]
+
+BLOCK_SIZE_MAX_BYTES_DEFAULT = 8 * 1024 * 1024
+_PENDING_FLUSH_BYTES = 1024 * 1024  # hand appends to the OS once this much is buffered
+_OPEN_FDS_MAX = 64
+_RECORD_BYTES_MAX = 256 * 1024 * 1024
+
+_META, _MSG, _DEL = 1, 2, 3
+_MAGIC = b"NJSB"
+_VERSION = 1
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_REC = struct.Struct("<IIB")  # crc, body_len, type
+# body_len, type, then the MSG body header: seq, ts, subject len, flags, header len
+_MSG_HEAD = struct.Struct("<IBQqHBI")
+_MSG_BODY = struct.Struct("<QqHBI")
+_MSG_BODY_LEN = _MSG_BODY.size  # 23
+_DEL_HEAD = struct.Struct("<IBQ")
+_META_HEAD = struct.Struct("<IB4sBQqQ")
+_META_BODY = struct.Struct("<4sBQqQ")
+_FLAG_HDR = 1
+_MIN_BODY = {_META: _META_BODY.size, _MSG: _MSG_BODY_LEN, _DEL: 8}
+
+
+class CorruptStoreError(Exception):
+    """A block file holds a damaged record that is not a torn tail."""
+
+    def __init__(self, path: str, offset: int, why: str) -> None:
+        super().__init__(f"corrupt message store file {path} at offset {offset}: {why}")
+        self.path = path
+        self.offset = offset
+
+
+class StoreLockedError(Exception):
+    """Another FileStore (maybe in another process) has this directory open."""
+
+
+def _meta_record(last_seq: int, last_ts: int, purge_below: int) -> bytes:
+    head = _META_HEAD.pack(_META_BODY.size, _META, _MAGIC, _VERSION, last_seq, last_ts, purge_below)
+    return _U32.pack(zlib.crc32(head)) + head
+
+
+def _del_record(seq: int) -> bytes:
+    head = _DEL_HEAD.pack(8, _DEL, seq)
+    return _U32.pack(zlib.crc32(head)) + head
+
+
+class _Block:
+    __slots__ = ("num", "path", "base", "size", "seqs", "offs", "lens", "tss", "msz", "subs",
+                 "live", "nlive", "dense", "pend", "pend_off")
+
+    def __init__(self, num: int, path: str, base: int) -> None:
+        self.num = num
+        self.path = path
+        self.base = base  # every seq in this block is >= base
+        self.size = 0  # file length including what is still buffered in pend
+        self.seqs = array("Q")
+        self.offs = array("I")
+        self.lens = array("I")
+        self.tss = array("q")
+        self.msz = array("I")
+        self.subs: list[str] = []
+        self.live = bytearray()
+        self.nlive = 0
+        self.dense = True  # seqs are consecutive: index = seq - seqs[0]
+        self.pend = bytearray()
+        self.pend_off = 0  # file offset of pend[0]
+
+    def index(self, seq: int) -> int:
+        """Position of a live `seq` in this block's arrays, -1 if absent."""
+        seqs = self.seqs
+        n = len(seqs)
+        if not n:
+            return -1
+        if self.dense:
+            j = seq - seqs[0]
+            if j < 0 or j >= n:
+                return -1
+        else:
+            j = bisect_left(seqs, seq)
+            if j == n or seqs[j] != seq:
+                return -1
+        return j if self.live[j] else -1
+
+    def add(self, seq: int, off: int, ln: int, ts: int, size: int, subject: str) -> None:
+        seqs = self.seqs
+        if seqs and seq != seqs[-1] + 1:
+            self.dense = False
+        seqs.append(seq)
+        self.offs.append(off)
+        self.lens.append(ln)
+        self.tss.append(ts)
+        self.msz.append(size)
+        self.subs.append(subject)
+        self.live.append(1)
+        self.nlive += 1
+
+
+class FileStore(_IndexedStore):
+    def __init__(self, directory: str, *,
+                 block_size_max_bytes: int = BLOCK_SIZE_MAX_BYTES_DEFAULT) -> None:
+        assert block_size_max_bytes > 0
+        self._dir = os.fspath(directory)
+        self._block_size_max = block_size_max_bytes
+        self._lock = threading.Lock()  # pend buffers, fds, pending/unsynced/unlink sets
+        self._sync_lock = threading.Lock()  # one sync at a time
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._pending: dict[int, _Block] = {}  # blocks with buffered bytes
+        self._unsynced: set[str] = set()  # written to the OS, not yet fdatasynced
+        self._unlink: list[str] = []  # dropped blocks, unlinked after the next fsync
+        self._dir_dirty = False
+        self._closed = False
+        self._idx = SubjectIndex()
+        self._n = 0
+        self._bytes = 0
+        self._first = 1
+        self._last = 0
+        self._last_ts = 0
+        self._blocks: list[_Block] = []
+        self._bases: list[int] = []
+        os.makedirs(self._dir, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self._dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StoreLockedError(f"message store {self._dir} is open elsewhere") from None
+        try:
+            self._recover()
+        except BaseException:
+            self._release()
+            raise
+
+    # ------------------------------------------------------------------ recovery
+    def _block_path(self, num: int) -> str:
+        return os.path.join(self._dir, f"{num:010d}.blk")
+
+    def _recover(self) -> None:
+        nums = sorted(int(f[:-4]) for f in os.listdir(self._dir)
+                      if f.endswith(".blk") and f[:-4].isdigit())
+        stale: list[str] = []
+        for num in nums:
+            path = self._block_path(num)
+            b, purge_below = self._load_block(num, path)
+            if purge_below:
+                # A purge/skip that may have crashed before unlinking the older blocks.
+                stale.extend(x.path for x in self._blocks)
+                self._blocks.clear()
+                self._idx.clear()
+                self._n = 0
+                self._bytes = 0
+            self._blocks.append(b)
+            for j in range(len(b.seqs)):
+                if b.live[j]:
+                    self._idx.add(b.subs[j], b.seqs[j])
+                    self._n += 1
+                    self._bytes += b.msz[j]
+        # Emptied blocks that were not unlinked before a crash; keep the newest.
+        keep = [b for i, b in enumerate(self._blocks) if b.nlive or i == len(self._blocks) - 1]
+        stale.extend(b.path for b in self._blocks if b.nlive == 0 and b not in keep)
+        self._blocks = keep
+        if self._blocks and self._blocks[-1].size == 0:
+            stale.append(self._blocks.pop().path)
+        for p in stale:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        self._bases = [b.base for b in self._blocks]
+        self._recompute_first(0)
+        if stale:
+            self._fsync_dir()
+        if not self._blocks:
+            num = nums[-1] + 1 if nums else 1
+            with self._lock:
+                self._new_block(num, self._last, self._last_ts, 0)
+
+    def _load_block(self, num: int, path: str) -> tuple[_Block, int]:
+        with open(path, "rb") as f:
+            data = f.read()
+        n = len(data)
+        mv = memoryview(data)
+        b = _Block(num, path, self._last + 1)
+        purge_below = 0
+        crc32 = zlib.crc32
+        rec_unpack = _REC.unpack_from
+        msg_unpack = _MSG_BODY.unpack_from
+        intern = sys.intern
+        off = 0
+        first_rec = True
+        try:
+            while off < n:
+                bad = n - off < 9
+                if not bad:
+                    crc, blen, typ = rec_unpack(data, off)
+                    end = off + 9 + blen
+                    bad = (end > n or blen < _MIN_BODY.get(typ, 1 << 40)
+                           or crc32(mv[off + 4:end]) != crc)
+                if bad:
+                    if self._valid_record_after(data, off + 1):
+                        raise CorruptStoreError(path, off, "bad checksum or length before valid data")
+                    with open(path, "r+b") as f:  # torn tail: never acknowledged
+                        f.truncate(off)
+                    n = off
+                    break
+                if typ == _MSG:
+                    seq, ts, slen, flags, hlen = msg_unpack(data, off + 9)
+                    if seq <= self._last:
+                        raise CorruptStoreError(path, off, f"sequence {seq} not above {self._last}")
+                    p = off + 9 + _MSG_BODY_LEN
+                    dlen = blen - _MSG_BODY_LEN - slen - hlen
+                    if dlen < 0:
+                        raise CorruptStoreError(path, off, "record fields exceed its length")
+                    subject = intern(str(data[p:p + slen], "utf-8"))
+                    size = 30 + slen + dlen + (4 + hlen if hlen else 0)
+                    b.add(seq, off, end - off, ts, size, subject)
+                    self._last = seq
+                    self._last_ts = ts
+                elif typ == _DEL:
+                    (seq,) = _U64.unpack_from(data, off + 9)
+                    j = b.index(seq)
+                    if j >= 0:
+                        b.live[j] = 0
+                        b.nlive -= 1
+                else:  # META
+                    magic, version, last_seq, last_ts, pb = _META_BODY.unpack_from(data, off + 9)
+                    if magic != _MAGIC or version != _VERSION:
+                        raise CorruptStoreError(path, off, "unknown block format")
+                    if not first_rec:
+                        raise CorruptStoreError(path, off, "META record inside a block")
+                    if last_seq >= self._last or pb:
+                        self._last = last_seq
+                        self._last_ts = last_ts
+                    b.base = last_seq + 1
+                    purge_below = pb
+                first_rec = False
+                off = end
+        finally:
+            mv.release()
+        b.size = b.pend_off = n
+        return b, purge_below
+
+    @staticmethod
+    def _valid_record_after(data: bytes, start: int) -> bool:
+        """Is there any well-formed record starting at or after `start`?"""
+        n = len(data)
+        rec_unpack = _REC.unpack_from
+        crc32 = zlib.crc32
+        for p in range(start, n - 8):
+            crc, blen, typ = rec_unpack(data, p)
+            mb = _MIN_BODY.get(typ)
+            if mb is None or blen < mb or p + 9 + blen > n:
+                continue
+            if crc32(data[p + 4:p + 9 + blen]) == crc:
+                return True
+        return False
+
+    # ------------------------------------------------------------------ blocks and I/O
+    def _new_block(self, num: int, last_seq: int, last_ts: int, purge_below: int) -> _Block:
+        """Start block `num` as the current one. Caller holds _lock."""
+        path = self._block_path(num)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._remember_fd(num, fd)
+        b = _Block(num, path, last_seq + 1)
+        b.pend += _meta_record(last_seq, last_ts, purge_below)
+        b.size = len(b.pend)
+        self._blocks.append(b)
+        self._bases.append(b.base)
+        self._pending[num] = b
+        self._dir_dirty = True
+        return b
+
+    def _remember_fd(self, num: int, fd: int) -> None:
+        fds = self._fds
+        fds[num] = fd
+        if len(fds) > _OPEN_FDS_MAX:
+            cur = self._blocks[-1].num if self._blocks else -1
+            for old in list(fds):
+                if old != num and old != cur:
+                    os.close(fds.pop(old))
+                    break
+
+    def _fd(self, b: _Block) -> int:
+        """Open descriptor for block b. Caller holds _lock."""
+        fd = self._fds.get(b.num)
+        if fd is None:
+            fd = os.open(b.path, os.O_RDWR)
+            self._remember_fd(b.num, fd)
+        else:
+            self._fds.move_to_end(b.num)
+        return fd
+
+    def _write_out(self, b: _Block) -> None:
+        """Hand b's buffered bytes to the OS. Caller holds _lock."""
+        pend = b.pend
+        if pend:
+            fd = self._fd(b)
+            view = memoryview(pend)
+            done = 0
+            while done < len(pend):
+                done += os.pwrite(fd, view[done:], b.pend_off + done)
+            view.release()
+            b.pend_off += len(pend)
+            pend.clear()
+            self._unsynced.add(b.path)
+        self._pending.pop(b.num, None)
+
+    def _buffer(self, b: _Block, *parts: bytes) -> int:
+        """Append record bytes to block b; returns the record's file offset. Holds no lock."""
+        with self._lock:
+            off = b.size
+            pend = b.pend
+            for x in parts:
+                pend += x
+            b.size = b.pend_off + len(pend)
+            self._pending[b.num] = b
+            if len(pend) >= _PENDING_FLUSH_BYTES:
+                self._write_out(b)
+        return off
+
+    def _drop_block(self, b: _Block) -> None:
+        """Forget an emptied (non-current) block; its file goes at the next sync."""
+        with self._lock:
+            i = self._blocks.index(b)
+            del self._blocks[i]
+            del self._bases[i]
+            self._pending.pop(b.num, None)
+            b.pend.clear()
+            fd = self._fds.pop(b.num, None)
+            if fd is not None:
+                os.close(fd)
+            self._unsynced.discard(b.path)
+            self._unlink.append(b.path)
+
+    def _locate(self, seq: int) -> tuple[_Block, int] | None:
+        i = bisect_right(self._bases, seq) - 1
+        if i < 0:
+            return None
+        b = self._blocks[i]
+        j = b.index(seq)
+        return (b, j) if j >= 0 else None
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ hooks for _IndexedStore
+    def _subject_of(self, seq: int) -> str | None:
+        i = bisect_right(self._bases, seq) - 1
+        if i < 0:
+            return None
+        b = self._blocks[i]
+        j = b.index(seq)
+        return b.subs[j] if j >= 0 else None
+
+    def _ts_of(self, seq: int) -> int:
+        b, j = self._locate(seq)
+        return b.tss[j]
+
+    def _recompute_first(self, start: int) -> None:
+        for b in self._blocks:
+            if b.nlive:
+                self._first = b.seqs[b.live.index(1)]
+                return
+        self._first = self._last + 1
+
+    def _remove_seqs(self, seqs) -> int:
+        """Remove live sequences (ascending), block by block."""
+        by_block: dict[int, tuple[_Block, list[int]]] = {}
+        for seq in seqs:
+            loc = self._locate(seq)
+            if loc is None:
+                continue
+            b, j = loc
+            ent = by_block.get(b.num)
+            if ent is None:
+                by_block[b.num] = ent = (b, [])
+            ent[1].append(j)
+        removed = 0
+        first_hit = False
+        cur = self._blocks[-1]
+        idx = self._idx
+        for b, js in by_block.values():
+            live, seqs_a, subs, msz = b.live, b.seqs, b.subs, b.msz
+            for j in js:
+                live[j] = 0
+                seq = seqs_a[j]
+                idx.remove(subs[j], seq)
+                self._bytes -= msz[j]
+                if seq == self._first:
+                    first_hit = True
+            b.nlive -= len(js)
+            self._n -= len(js)
+            removed += len(js)
+            if b.nlive == 0 and b is not cur:
+                self._drop_block(b)
+            elif len(js) == 1:
+                self._buffer(b, _del_record(seqs_a[js[0]]))
+            else:
+                self._buffer(b, b"".join(_del_record(seqs_a[j]) for j in js))
+        if first_hit:
+            self._recompute_first(0)
+        return removed
+
+    def _restart(self, last_seq: int, purge_below: int) -> None:
+        """Drop every block and start a new one whose META records the new range."""
+        old = list(self._blocks)
+        with self._lock:
+            num = old[-1].num + 1 if old else 1
+            self._new_block(num, last_seq, self._last_ts, purge_below)
+        for b in old:
+            self._drop_block(b)
+        self._idx.clear()
+        self._n = 0
+        self._bytes = 0
+        self._last = last_seq
+        self._first = last_seq + 1
+
+    def _purge_all(self) -> None:
+        self._restart(self._last, self._last + 1)
+
+    # ------------------------------------------------------------------ Store protocol
+    def append(self, subject: str, hdr: bytes | None, data: bytes, ts: int) -> int:
+        seq = self._last + 1
+        self._append(seq, subject, hdr, data, ts)
+        return seq
+
+    def append_at(self, seq: int, subject: str, hdr: bytes | None, data: bytes, ts: int) -> None:
+        if seq <= self._last:
+            raise ValueError(f"append_at({seq}): sequence must be > last_seq {self._last}")
+        self._append(seq, subject, hdr, data, ts)
+
+    def _append(self, seq: int, subject: str, hdr: bytes | None, data: bytes, ts: int) -> None:
+        if self._closed:
+            raise ValueError("store is closed")
+        sb = subject.encode()
+        slen = len(sb)
+        hlen = len(hdr) if hdr else 0
+        dlen = len(data)
+        body_len = _MSG_BODY_LEN + slen + hlen + dlen
+        head = _MSG_HEAD.pack(body_len, _MSG, seq, ts, slen,
+                              _FLAG_HDR if hdr is not None else 0, hlen)
+        crc = zlib.crc32(sb, zlib.crc32(head))
+        if hlen:
+            crc = zlib.crc32(hdr, crc)
+        crc = zlib.crc32(data, crc)
+        b = self._blocks[-1]
+        if b.size >= self._block_size_max:
+            with self._lock:
+                b = self._new_block(b.num + 1, self._last, self._last_ts, 0)
+            prev = self._blocks[-2]
+            if prev.nlive == 0:
+                self._drop_block(prev)
+        if hlen:
+            off = self._buffer(b, _U32.pack(crc), head, sb, hdr, data)
+        else:
+            off = self._buffer(b, _U32.pack(crc), head, sb, data)
+        b.add(seq, off, 9 + body_len, ts, 30 + slen + dlen + (4 + hlen if hlen else 0),
+              sys.intern(subject))
+        self._idx.add(subject, seq)
+        if self._n == 0:
+            self._first = seq
+        self._n += 1
+        self._bytes += 30 + slen + dlen + (4 + hlen if hlen else 0)
+        self._last = seq
+        self._last_ts = ts
+
+    def skip_to(self, seq: int) -> None:
+        """Next append gets `seq`. Messages still stored are removed (like nats-server's
+        Compact past the end); moving backwards is a caller bug."""
+        if seq <= self._last:
+            raise ValueError(f"skip_to({seq}): sequence must be > last_seq {self._last}")
+        self._restart(seq - 1, seq)
+
+    def sync(self) -> None:
+        with self._sync_lock:
+            with self._lock:
+                if self._closed:
+                    return
+                for b in list(self._pending.values()):
+                    self._write_out(b)
+                paths = list(self._unsynced)
+                self._unsynced.clear()
+                dir_dirty = self._dir_dirty
+                self._dir_dirty = False
+                unlinks = self._unlink
+                self._unlink = []
+            for p in paths:
+                try:
+                    fd = os.open(p, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            if dir_dirty:
+                self._fsync_dir()
+            for p in unlinks:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+            if unlinks:
+                self._fsync_dir()
+
+    def get(self, seq: int) -> StoredMsg | None:
+        i = bisect_right(self._bases, seq) - 1
+        if i < 0:
+            return None
+        b = self._blocks[i]
+        j = b.index(seq)
+        if j < 0:
+            return None
+        off, ln = b.offs[j], b.lens[j]
+        raw = None
+        with self._lock:
+            if off >= b.pend_off:
+                p = off - b.pend_off
+                raw = bytes(b.pend[p:p + ln])
+            else:
+                fd = self._fd(b)
+        if raw is None:
+            raw = os.pread(fd, ln, off)
+        if len(raw) != ln or zlib.crc32(memoryview(raw)[4:]) != _U32.unpack_from(raw)[0]:
+            raise CorruptStoreError(b.path, off, f"checksum mismatch reading seq {seq}")
+        _, ts, slen, flags, hlen = _MSG_BODY.unpack_from(raw, 9)
+        p = 9 + _MSG_BODY_LEN + slen
+        hdr = raw[p:p + hlen] if flags & _FLAG_HDR else None
+        return StoredMsg(seq, b.subs[j], hdr, raw[p + hlen:], ts)
+
+    def remove(self, seq: int) -> bool:
+        return self._remove_seqs((seq,)) == 1
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.sync()
+        with self._lock:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # also drops the flock
+            self._lock_fd = -1
+
+    def delete(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._pending.clear()
+            self._release()
+        shutil.rmtree(self._dir, ignore_errors=True)
