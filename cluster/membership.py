@@ -125,6 +125,13 @@ class Membership:
             del self.members[m.server_id]
         return gone
 
+    def forget(self, server_id: str) -> None:
+        self.members.pop(server_id, None)
+
+    def down_at_url(self, route_url: str) -> list[str]:
+        """Ids of down members last seen at `route_url` (a restarted server gets a new id)."""
+        return [m.server_id for m in self.members.values() if m.state == DOWN and m.route_url == route_url]
+
     def is_up(self, server_id: str) -> bool:
         m = self.members.get(server_id)
         return m is not None and m.state == UP

@@ -47,6 +47,7 @@ class RouteInfo(msgspec.Struct, omit_defaults=True):
     headers: bool = True
     max_payload: int = 1048576
     cluster: str = ""
+    cluster_dynamic: bool = False
     connect_urls: list[str] = []
     ip: str = ""
     gossip_mode: int = 0
