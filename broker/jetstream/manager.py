@@ -1,0 +1,459 @@
+"""JetStream runtime for one node: stream lifecycle, the publish path, persistence.
+
+How this works: every stream subject gets an internal subscription whose callback only
+appends (subject, reply, hdr, payload) to that stream's inbox and wakes the stream's
+writer task. The writer takes the whole inbox as one batch, applies each message to the
+pure `Stream` (checks, dedupe, limits, store append), then - for file streams with
+`sync_interval: always` - fsyncs once for the batch in a worker thread, and only then
+publishes the PubAcks and tells consumers. While one fsync runs the next batch piles
+up, so one fsync covers many publishes (group commit). API requests on `$JS.API.>` are
+queued to one API task (streamapi.py handles the STREAM.* verbs), so admin operations
+are applied in arrival order and may wait for a writer (stream delete).
+Stream configs live in <store_dir>/jetstream/$G/streams/<name>/meta.json (written
+atomically); file streams keep messages in msgs/ next to it. Memory streams are not
+persisted, as with a standalone nats-server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+import msgspec
+import trio
+
+from broker.jetstream import api, errors, streamapi
+from broker.jetstream.filestore import FileStore
+from broker.jetstream.store import MemoryStore
+from broker.jetstream.stream import Stream, parse_go_duration
+
+log = logging.getLogger("broker.jetstream")
+
+API_SUBJECTS = ("$JS.API.*", "$JS.API.STREAM.>", "$JS.API.CONSUMER.>", "$JS.API.ACCOUNT.>",
+                "$JS.API.META.>", "$JS.API.SERVER.>")
+
+
+class StreamMeta(msgspec.Struct):
+    config: api.StreamConfig
+    created: int
+
+
+_meta_decoder = msgspec.json.Decoder(StreamMeta)
+
+
+class _Runner:
+    """Runtime attachments of one stream: inbox, subscriptions, writer task."""
+
+    __slots__ = ("stream", "inbox", "wake", "subs", "direct_subs", "cancel", "done", "err_prefix")
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.inbox: list[tuple[str, str, bytes | None, bytes]] = []
+        self.wake = trio.Event()
+        self.subs: list = []
+        self.direct_subs: list = []
+        self.cancel = trio.CancelScope()
+        self.done = trio.Event()
+        self.err_prefix = b'{"error":'
+
+    def push(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        self.inbox.append((subject, reply, hdr, payload))
+        self.wake.set()
+
+
+class _NoConsumers:
+    """Stand-in used only while broker/jetstream/consumers.py is absent: a node without
+    consumer support has no consumers, and consumer API requests get no reply."""
+
+    def handle(self, op, tokens, reply, hdr, payload) -> None:
+        log.warning("consumer API %s ignored: consumer support is not installed", op)
+
+    def on_stored(self, stream, seq, subject) -> None:
+        pass
+
+    def stream_deleted(self, stream) -> None:
+        pass
+
+    def stream_purged(self, stream) -> None:
+        pass
+
+    def needs_msg(self, stream, seq, subject) -> bool:
+        return False
+
+    def consumer_count(self, stream_name) -> int:
+        return 0
+
+    async def restore(self, stream) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _consumer_manager(js):
+    try:
+        from broker.jetstream.consumers import ConsumerManager
+    except ImportError:
+        return _NoConsumers()
+    return ConsumerManager(js)
+
+
+class JetStream:
+    def __init__(self, server) -> None:
+        self.server = server
+        opts = server.opts
+        self.store_dir = opts.store_dir or os.path.join(tempfile.gettempdir(), "nats", "jetstream")
+        self.streams: dict[str, Stream] = {}
+        self._runners: dict[str, _Runner] = {}
+        self.api_total = 0
+        self.api_errors = 0
+        self.max_memory = opts.max_memory_store
+        self.max_storage = opts.max_file_store
+        interval = (opts.sync_interval or "always").strip()
+        self.sync_always = interval.lower() == "always"
+        self.sync_interval_ns = 0 if self.sync_always else (parse_go_duration(interval) or 120_000_000_000)
+        self._api_inbox: list[tuple[str, str, bytes | None, bytes]] = []
+        self._api_wake = trio.Event()
+        self._api_subs: list = []
+        self._timer_wake = trio.Event()
+        self._timer_at = 0
+        self._nursery: trio.Nursery | None = None
+        self.write_error: str | None = None
+        self.consumers = _consumer_manager(self)
+
+    # ---- paths and persistence ----
+    @property
+    def jetstream_dir(self) -> str:
+        return os.path.join(self.store_dir, "jetstream")
+
+    def streams_dir(self) -> str:
+        return os.path.join(self.jetstream_dir, "$G", "streams")
+
+    def stream_dir(self, name: str) -> str:
+        return os.path.join(self.streams_dir(), name)
+
+    def save_meta(self, stream: Stream) -> None:
+        if stream.config.storage != "file":
+            return
+        d = self.stream_dir(stream.name)
+        os.makedirs(d, exist_ok=True)
+        body = msgspec.json.encode(StreamMeta(stream.config, stream.created_ns))
+        tmp = os.path.join(d, "meta.json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, os.path.join(d, "meta.json"))
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def open_store(self, config: api.StreamConfig):
+        if config.storage == "memory":
+            return MemoryStore()
+        return FileStore(os.path.join(self.stream_dir(config.name), "msgs"))
+
+    def _load_streams(self) -> list[Stream]:
+        root = self.streams_dir()
+        if not os.path.isdir(root):
+            return []
+        loaded = []
+        for name in sorted(os.listdir(root)):
+            path = os.path.join(root, name, "meta.json")
+            if not os.path.isfile(path):
+                continue
+            with open(path, "rb") as f:
+                meta = _meta_decoder.decode(f.read())
+            stream = Stream(meta.config, self.open_store(meta.config), meta.created)
+            stream.expire(time.time_ns())
+            self.streams[stream.name] = stream
+            loaded.append(stream)
+            log.info("Restored %d messages for stream '$G > %s'", stream.store.state().messages, name)
+        return loaded
+
+    # ---- lifecycle ----
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for stream in self._load_streams():
+                    self.attach(stream)
+                for subject in API_SUBJECTS:
+                    self._api_subs.append(self.server.subscribe(subject, self._on_api))
+                nursery.start_soon(self._api_loop)
+                nursery.start_soon(self._expiry_loop)
+                if not self.sync_always:
+                    nursery.start_soon(self._sync_loop)
+                for stream in list(self.streams.values()):
+                    await self.consumers.restore(stream)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._close_all()
+
+    def _close_all(self) -> None:
+        try:
+            self.consumers.close()
+        finally:
+            for stream in self.streams.values():
+                try:
+                    stream.store.sync()
+                finally:
+                    stream.store.close()
+
+    # ---- stream attachment ----
+    def attach(self, stream: Stream) -> None:
+        """Subscribe a stream's subjects and start its writer task."""
+        runner = _Runner(stream)
+        self._runners[stream.name] = runner
+        self.streams[stream.name] = stream
+        self._subscribe(runner)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._writer, runner)
+        self.kick_timer()
+
+    def _subscribe(self, runner: _Runner) -> None:
+        stream = runner.stream
+        for subject in stream.config.subject_list():
+            runner.subs.append(self.server.subscribe(subject, runner.push))
+        if stream.config.allow_direct:
+            on_direct = streamapi.direct_get_handler(self, stream)
+            for subject in (f"$JS.API.DIRECT.GET.{stream.name}", f"$JS.API.DIRECT.GET.{stream.name}.>"):
+                runner.direct_subs.append(self.server.subscribe(subject, on_direct))
+
+    def _unsubscribe(self, runner: _Runner) -> None:
+        for sub in runner.subs + runner.direct_subs:
+            self.server.unsubscribe(sub)
+        runner.subs.clear()
+        runner.direct_subs.clear()
+
+    def resubscribe(self, stream: Stream) -> None:
+        runner = self._runners[stream.name]
+        self._unsubscribe(runner)
+        self._subscribe(runner)
+
+    async def detach(self, stream: Stream) -> None:
+        """Stop ingest and wait for the writer (it may be inside an fsync) to finish."""
+        runner = self._runners.pop(stream.name)
+        self._unsubscribe(runner)
+        runner.cancel.cancel()
+        await runner.done.wait()
+        self.streams.pop(stream.name, None)
+
+    def remove_files(self, name: str) -> None:
+        shutil.rmtree(self.stream_dir(name), ignore_errors=True)
+
+    # ---- the publish path ----
+    async def _writer(self, runner: _Runner) -> None:
+        stream = runner.stream
+        try:
+            with runner.cancel:
+                while True:
+                    await runner.wake.wait()
+                    runner.wake = trio.Event()
+                    batch, runner.inbox = runner.inbox, []
+                    if batch:
+                        await self._commit(stream, batch)
+        finally:
+            runner.done.set()
+
+    async def _commit(self, stream: Stream, batch) -> None:
+        acks: list[tuple[str, bytes]] = []
+        stored: list[tuple[int, str]] = []
+        process = stream.process
+        now = time.time_ns()
+        for subject, reply, hdr, payload in batch:
+            try:
+                seq, dup = process(subject, hdr, payload, now)
+            except errors.JSError as e:
+                if reply:
+                    acks.append((reply, self.pub_error(stream, e)))
+                continue
+            if reply:
+                acks.append((reply, stream.pub_ack(seq, dup)))
+            if not dup:
+                stored.append((seq, subject))
+        if stored and self.sync_always and stream.config.storage == "file":
+            await trio.to_thread.run_sync(stream.store.sync)
+        publish = self.server.publish
+        for reply, body in acks:
+            publish(reply, "", None, body)
+        if stored:
+            self._after_store(stream, stored)
+
+    def _after_store(self, stream: Stream, stored: list[tuple[int, str]]) -> None:
+        cfg = stream.config
+        if isinstance(cfg.republish, dict):
+            streamapi.republish(self, stream, stored)
+        on_stored = self.consumers.on_stored
+        for seq, subject in stored:
+            on_stored(stream, seq, subject)
+        if cfg.retention == "interest" and self.consumers.consumer_count(stream.name) == 0:
+            for seq, _ in stored:
+                stream.remove_acked(seq)
+        if cfg.max_age > 0 or cfg.allow_msg_ttl:
+            at = stream.next_expiry_ns()
+            if at and (self._timer_at == 0 or at < self._timer_at):
+                self.kick_timer()
+
+    @staticmethod
+    def pub_error(stream: Stream, e: errors.JSError) -> bytes:
+        return msgspec.json.encode({"error": e.as_dict(), "stream": stream.name, "seq": 0})
+
+    # ---- timers ----
+    def kick_timer(self) -> None:
+        self._timer_wake.set()
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            now = time.time_ns()
+            nxt = 0
+            for stream in list(self.streams.values()):
+                if stream.expire(now):
+                    self.consumers.stream_purged(stream)
+                at = stream.next_expiry_ns()
+                if at and (nxt == 0 or at < nxt):
+                    nxt = at
+            self._timer_at = nxt
+            delay = 1.0 if nxt == 0 else min(1.0, max(0.0, (nxt - time.time_ns()) / 1e9))
+            with trio.move_on_after(delay):
+                await self._timer_wake.wait()
+            self._timer_wake = trio.Event()
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await trio.sleep(self.sync_interval_ns / 1e9)
+            for stream in list(self.streams.values()):
+                if stream.config.storage == "file" and stream.name in self._runners:
+                    await trio.to_thread.run_sync(stream.store.sync)
+
+    # ---- the API ----
+    def _on_api(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        if subject.startswith("$JS.API.DIRECT."):
+            return
+        self._api_inbox.append((subject, reply, hdr, payload))
+        self._api_wake.set()
+
+    async def _api_loop(self) -> None:
+        while True:
+            await self._api_wake.wait()
+            self._api_wake = trio.Event()
+            batch, self._api_inbox = self._api_inbox, []
+            for subject, reply, hdr, payload in batch:
+                try:
+                    await self._dispatch(subject, reply, hdr, payload)
+                except Exception:  # our bug: log it, keep serving the API
+                    log.exception("JetStream API request on %s failed", subject)
+
+    async def _dispatch(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        tokens = subject.split(".")
+        if len(tokens) < 3:
+            return
+        kind = tokens[2]
+        if kind == "INFO" and len(tokens) == 3:
+            self.count_api(False)
+            self.reply_json(reply, self.account_info())
+        elif kind == "STREAM" and len(tokens) >= 4:
+            await streamapi.handle(self, tokens[3:], reply, hdr, payload)
+        elif kind == "CONSUMER" and len(tokens) >= 4:
+            op = tokens[3]
+            rest = tokens[4:]
+            if op in ("DURABLE", "MSG", "LEADER") and rest:
+                op, rest = op + "." + rest[0], rest[1:]
+            self.consumers.handle(op, rest, reply, hdr, payload)
+
+    # ---- the interface J2 (consumers) relies on ----
+    def stream_acked(self, stream_name: str, seq: int) -> None:
+        stream = self.streams.get(stream_name)
+        if stream is None or stream.config.retention == "limits":
+            return
+        msg = stream.store.get(seq)
+        if msg is None:
+            return
+        if stream.config.retention == "workqueue" or not self.consumers.needs_msg(stream, seq, msg.subject):
+            stream.remove_acked(seq)
+
+    def count_api(self, error: bool) -> None:
+        self.api_total += 1
+        if error:
+            self.api_errors += 1
+
+    def reply_json(self, reply: str, obj) -> None:
+        if reply:
+            self.server.publish(reply, "", None, api.encoder.encode(obj))
+
+    # ---- accounting and monitoring ----
+    def usage(self) -> tuple[int, int, int, int, int]:
+        """(memory bytes, file bytes, streams, consumers, messages)."""
+        mem = disk = msgs = cons = 0
+        for stream in self.streams.values():
+            st = stream.store.state()
+            msgs += st.messages
+            if stream.config.storage == "memory":
+                mem += st.bytes
+            else:
+                disk += st.bytes
+            cons += self.consumers.consumer_count(stream.name)
+        return mem, disk, len(self.streams), cons, msgs
+
+    def account_info(self) -> api.AccountInfoResponse:
+        mem, disk, nstreams, ncons, _ = self.usage()
+        return api.AccountInfoResponse(memory=mem, storage=disk, streams=nstreams, consumers=ncons,
+                                       api=api.ApiStats(total=self.api_total, errors=self.api_errors))
+
+    def _config_block(self) -> dict:
+        return {"max_memory": self.max_memory if self.max_memory > 0 else _default_max_memory(),
+                "max_storage": self.max_storage if self.max_storage > 0 else _default_max_storage(self.store_dir),
+                "store_dir": self.jetstream_dir,
+                "sync_interval": self.sync_interval_ns, "strict": True}
+
+    def varz(self) -> dict:
+        mem, disk, _, _, _ = self.usage()
+        stats = {"memory": mem, "storage": disk, "reserved_memory": 0, "reserved_storage": 0,
+                 "accounts": 1, "ha_assets": 0,
+                 "api": {"level": api.API_LEVEL, "total": self.api_total, "errors": self.api_errors}}
+        return {"config": self._config_block(), "stats": stats, "limits": {"default_max_consumers": 1000}}
+
+    def jsz(self, query: dict) -> dict:
+        mem, disk, nstreams, ncons, msgs = self.usage()
+        out = {"memory": mem, "storage": disk, "reserved_memory": 0, "reserved_storage": 0,
+               "accounts": 1, "ha_assets": 0,
+               "api": {"level": api.API_LEVEL, "total": self.api_total, "errors": self.api_errors},
+               "server_id": self.server.server_id, "now": api.rfc3339(time.time_ns()),
+               "config": self._config_block(), "limits": {"default_max_consumers": 1000},
+               "streams": nstreams, "consumers": ncons, "messages": msgs, "bytes": mem + disk}
+        if _truthy(query.get("accounts")) or _truthy(query.get("streams")):
+            out["account_details"] = [streamapi.account_detail(self, query)]
+        return out
+
+    def healthz(self) -> str | None:
+        return self.write_error
+
+
+def _truthy(value) -> bool:
+    if isinstance(value, list):
+        value = value[0] if value else ""
+    return str(value).lower() in ("1", "true", "yes")
+
+
+def _default_max_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4
+    except (ValueError, OSError):
+        return 1 << 30
+
+
+def _default_max_storage(path: str) -> int:
+    try:
+        os.makedirs(path, exist_ok=True)
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize * 3 // 4
+    except OSError:
+        return 1 << 40
