@@ -1,0 +1,698 @@
+"""A JetStream consumer as a pure state machine (no trio, no I/O, no clock).
+
+How this works: a consumer walks a stream's store by sequence. `sseq` is the next
+stream sequence it has not yet looked at; every message it hands out gets the next
+consumer sequence (`dseq`) and, unless the ack policy is `none`, an entry in
+`pending` (stream seq -> [consumer seq, delivery ts, deliver count]) with a deadline
+kept in a heap. Expired deadlines, NAKs and redeliveries go to `redeliver`, which
+is served before new messages. Acks remove pending entries and move the ack floor.
+
+Pull consumers queue `PullRequest`s in `waiting`; push consumers deliver to the
+deliver subject while it has interest. Every method that can produce traffic takes
+`now_ns` and appends `Out` tuples (target subject, message subject, reply, header
+block, payload) to `self.out`; the runtime (consumers.py) drains and publishes them.
+`next_wake(now_ns)` says when timers (ack wait, expires, heartbeats) next need a
+`tick`. The same calls in the same order give the same state on every replica.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import NamedTuple
+
+import msgspec
+
+from broker import headers as hdrs
+from broker import subjects as subj
+from broker.jetstream.errors import JSError
+
+HDR_IDLE_HB = "100 Idle Heartbeat"
+FC_MAX_PENDING_BYTES = 4 * 1024 * 1024  # flow-control window; a request goes out at half of it
+DEFAULT_ACK_WAIT_NS = 30_000_000_000
+DEFAULT_MAX_ACK_PENDING = 1000
+DEFAULT_MAX_WAITING = 512
+DEFAULT_INACTIVE_NS = 5_000_000_000
+DELIVER_POLICIES = ("all", "last", "new", "by_start_sequence", "by_start_time", "last_per_subject")
+ACK_POLICIES = ("none", "all", "explicit")
+
+
+class ConsumerConfig(msgspec.Struct, omit_defaults=True):
+    """Field order and omission follow nats-server's JSON; None-defaults are the always-present fields."""
+    durable_name: str = ""
+    name: str = ""
+    description: str = ""
+    deliver_policy: str | None = None
+    opt_start_seq: int = 0
+    opt_start_time: str | None = None
+    ack_policy: str | None = None
+    ack_wait: int = 0
+    max_deliver: int | None = None
+    backoff: list[int] | None = None
+    filter_subject: str = ""
+    filter_subjects: list[str] | None = None
+    replay_policy: str | None = None
+    rate_limit_bps: int = 0
+    sample_freq: str = ""
+    max_waiting: int = 0
+    max_ack_pending: int = 0
+    flow_control: bool = False
+    headers_only: bool = False
+    max_batch: int = 0
+    max_expires: int = 0
+    max_bytes: int = 0
+    deliver_subject: str = ""
+    deliver_group: str = ""
+    idle_heartbeat: int = 0
+    inactive_threshold: int = 0
+    num_replicas: int | None = None
+    mem_storage: bool = False
+    direct: bool = False
+    metadata: dict[str, str] | None = None
+    pause_until: str | None = None
+    priority_groups: list[str] | None = None
+    priority_policy: str = ""
+    priority_timeout: int = 0
+
+
+class Out(NamedTuple):
+    to: str  # the subject whose subscribers get it (deliver subject / request inbox)
+    subject: str  # subject shown to the client (the stored message's subject, or `to` for status)
+    reply: str
+    hdr: bytes | None
+    payload: bytes
+
+
+class PullRequest:
+    __slots__ = ("reply", "batch", "max_bytes", "expires", "no_wait", "hb", "next_hb", "sent", "sent_bytes")
+
+    def __init__(self, reply: str, batch: int, max_bytes: int, expires: int, no_wait: bool, hb: int,
+                 now_ns: int) -> None:
+        self.reply = reply
+        self.batch = batch  # messages still wanted
+        self.max_bytes = max_bytes  # bytes still allowed (0 = unlimited)
+        self.expires = expires  # absolute ns, 0 = never
+        self.no_wait = no_wait
+        self.hb = hb
+        self.next_hb = now_ns + hb if hb else 0
+        self.sent = 0
+        self.sent_bytes = 0
+
+
+def cerr(code: int, err_code: int, text: str) -> JSError:
+    return JSError(code, err_code, text)
+
+
+def _policy_text(p: str) -> str:
+    return {"all": "deliver all", "last": "deliver last", "new": "deliver new",
+            "by_start_sequence": "deliver by start sequence", "by_start_time": "deliver by start time",
+            "last_per_subject": "deliver last per subject"}[p]
+
+
+def normalize(cfg: ConsumerConfig, stream_cfg) -> ConsumerConfig:
+    """Validate a requested config and fill in nats-server's defaults; raises JSError."""
+    c = msgspec.structs.replace(cfg)
+    c.deliver_policy = c.deliver_policy or "all"
+    c.ack_policy = c.ack_policy or "none"
+    c.replay_policy = c.replay_policy or "instant"
+    if c.deliver_policy not in DELIVER_POLICIES or c.ack_policy not in ACK_POLICIES \
+            or c.replay_policy not in ("instant", "original"):
+        raise cerr(400, 10025, "invalid JSON: bad enum value")
+    if c.num_replicas is None:
+        c.num_replicas = 0
+    if c.max_deliver is None or c.max_deliver == 0:
+        c.max_deliver = -1
+    push = bool(c.deliver_subject)
+    if c.flow_control and not push:
+        raise cerr(400, 10136, "consumer in pull mode can not have flow control set")
+    if c.flow_control and not c.idle_heartbeat:
+        raise cerr(400, 10108, "consumer with flow control also needs heartbeats")
+    if push and c.max_waiting:
+        raise cerr(400, 10080, "consumer in push mode can not set max waiting")
+    if not push and c.deliver_group:
+        raise cerr(400, 10082, "consumer in pull mode requires no deliver group")
+    if not push and c.idle_heartbeat:
+        raise cerr(400, 10083, "consumer idle heartbeat requires a push based consumer")
+    if c.backoff:
+        if c.max_deliver != -1 and len(c.backoff) > c.max_deliver:
+            raise cerr(400, 10116, "max deliver is required to be > length of backoff values")
+        c.ack_wait = c.backoff[0]
+    if c.ack_policy != "none" and not c.ack_wait:
+        c.ack_wait = DEFAULT_ACK_WAIT_NS
+    if c.ack_policy != "none" and not c.max_ack_pending:
+        c.max_ack_pending = DEFAULT_MAX_ACK_PENDING
+    if not push and not c.max_waiting:
+        c.max_waiting = DEFAULT_MAX_WAITING
+    if not c.durable_name and not c.inactive_threshold:
+        c.inactive_threshold = DEFAULT_INACTIVE_NS
+    _check_filters(c, stream_cfg)
+    _check_start(c)
+    md = dict(c.metadata or {})
+    md.setdefault("_nats.req.level", "0")
+    c.metadata = md
+    return c
+
+
+def _check_filters(c: ConsumerConfig, stream_cfg) -> None:
+    if c.filter_subject and c.filter_subjects:
+        raise cerr(400, 10134, "consumer cannot have both FilterSubject and FilterSubjects specified")
+    fs = filters_of(c)
+    for f in fs:
+        if not f or not subj.valid_subject(f):
+            raise cerr(400, 10093, "consumer filter subject is not a valid subset of the interest subjects")
+    for i, a in enumerate(fs):
+        for b in fs[i + 1:]:
+            if subj.overlaps(a, b):
+                raise cerr(400, 10138, "consumer subject filters cannot overlap")
+    if c.filter_subject == ">":
+        c.filter_subject = ""
+
+
+def _check_start(c: ConsumerConfig) -> None:
+    p = c.deliver_policy
+    name = _policy_text(p)
+    if p == "by_start_sequence":
+        if not c.opt_start_seq:
+            raise cerr(400, 10094, f"consumer delivery policy is {name}, but optional start sequence is not set")
+    elif c.opt_start_seq:
+        raise cerr(400, 10094, f"consumer delivery policy is {name}, but optional start sequence is also set")
+    if p == "by_start_time":
+        if not c.opt_start_time:
+            raise cerr(400, 10094, f"consumer delivery policy is {name}, but optional start time is not set")
+    elif c.opt_start_time:
+        raise cerr(400, 10094, f"consumer delivery policy is {name}, but optional start time is also set")
+    if p == "last_per_subject" and not filters_of(c):
+        raise cerr(400, 10094, f"consumer delivery policy is {name}, but optional filter subject is not set")
+
+
+def filters_of(c: ConsumerConfig) -> list[str]:
+    if c.filter_subjects:
+        return [f for f in c.filter_subjects]
+    if c.filter_subject and c.filter_subject != ">":
+        return [c.filter_subject]
+    return []
+
+
+def parse_duration_ns(text: str) -> int:
+    """A Go duration such as `5s`, `1m30s`, `250ms` in nanoseconds; ValueError if malformed."""
+    units = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+    total, i, text = 0.0, 0, text.strip()
+    if not text:
+        raise ValueError("empty duration")
+    while i < len(text):
+        j = i
+        while j < len(text) and (text[j].isdigit() or text[j] == "."):
+            j += 1
+        k = j
+        while k < len(text) and not (text[k].isdigit() or text[k] == "."):
+            k += 1
+        if j == i or text[j:k] not in units:
+            raise ValueError(f"bad duration {text!r}")
+        total += float(text[i:j]) * units[text[j:k]]
+        i = k
+    return int(total)
+
+
+class Consumer:
+    def __init__(self, stream_name: str, name: str, cfg: ConsumerConfig, store, created_ns: int) -> None:
+        self.stream_name = stream_name
+        self.name = name
+        self.cfg = cfg
+        self.store = store
+        self.created_ns = created_ns
+        self.filters = filters_of(cfg)
+        self.push = bool(cfg.deliver_subject)
+        self.ack_none = cfg.ack_policy == "none"
+        self.ack_prefix = f"$JS.ACK.{stream_name}.{name}."
+        self.sseq = 1
+        self.dseq = 0  # last consumer sequence handed out
+        self.dsseq = 0  # stream sequence of the newest first delivery
+        self.adflr = 0
+        self.asflr = 0
+        self.pending: dict[int, list[int]] = {}  # sseq -> [dseq, ts, deliver count, ack deadline]
+        self.rdc: dict[int, int] = {}  # sseq -> deliver count for messages delivered more than once
+        self.deadlines: list[tuple[int, int]] = []  # heap of (deadline, sseq); stale unless it equals pending[3]
+        self.redeliver: deque[int] = deque()
+        self.redeliver_at: list[tuple[int, int]] = []  # NAK delays: heap of (ready ns, sseq)
+        self.lps: deque[int] = deque()  # last-per-subject start sequences still to deliver
+        self.npending = 0  # exact count of matching messages at or after sseq (plus lps queue)
+        self.waiting: deque[PullRequest] = deque()
+        self.out: list[Out] = []
+        self.last_active = 0
+        self.last_delivery_ns = created_ns
+        self.pbytes = 0  # push flow control: bytes sent since the last answered FC
+        self.fc_reply = ""
+        self.fc_seq = 0
+        self.replay_base: tuple[int, int] | None = None  # (now_ns, msg ts) for replay original
+        self.paused_until = 0
+        self.dirty = False  # state changed since the last persist
+
+    # ---- start position --------------------------------------------------------------
+    def start(self, now_ns: int, opt_start_ns: int = 0) -> None:
+        """Set the starting position from the deliver policy (called once, at creation)."""
+        st = self.store.state()
+        p = self.cfg.deliver_policy
+        if p == "all":
+            self.sseq = st.first_seq or 1
+        elif p == "new":
+            self.sseq = st.last_seq + 1
+        elif p == "last":
+            last = max((m.seq for m in (self.store.last_msg(f) for f in (self.filters or [">"])) if m), default=0)
+            self.sseq = last if last else st.last_seq + 1
+        elif p == "by_start_sequence":
+            self.sseq = self.cfg.opt_start_seq
+        elif p == "by_start_time":
+            self.sseq = self._seq_for_time(opt_start_ns, st)
+        else:
+            seqs: list[int] = []
+            for f in self.filters:
+                for s in self.store.subjects(f):
+                    m = self.store.last_msg(s)
+                    if m:
+                        seqs.append(m.seq)
+            seqs.sort()
+            self.lps = deque(seqs)
+            self.sseq = (seqs[-1] + 1) if seqs else st.last_seq + 1
+        self.sseq = max(self.sseq, 1)
+        self.dsseq = self.sseq - 1 if not self.lps else self.lps[0] - 1
+        self.asflr = self.dsseq
+        self.recount()
+
+    def _seq_for_time(self, t_ns: int, st) -> int:
+        lo, hi = st.first_seq or 1, st.last_seq + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            m = self.store.next_msg(mid)
+            if m is None or m.seq >= hi:
+                hi = mid
+            elif m.ts >= t_ns:
+                hi = mid
+            else:
+                lo = m.seq + 1
+        return lo
+
+    def recount(self) -> None:
+        """Recompute num_pending from the store (after start, purge or restore)."""
+        if self.filters:
+            n = sum(self.store.num_pending(self.sseq, f) for f in self.filters)
+        else:
+            n = self.store.num_pending(self.sseq)
+        self.npending = n + len(self.lps)
+
+    def matches(self, subject: str) -> bool:
+        if not self.filters:
+            return True
+        for f in self.filters:
+            if f == subject or subj.match(f, subject):
+                return True
+        return False
+
+    def on_stored(self, seq: int, subject: str) -> bool:
+        """A message was appended; True if this consumer may now have something to deliver."""
+        if seq >= self.sseq and self.matches(subject):
+            self.npending += 1
+            return True
+        return False
+
+    # ---- choosing the next message ----------------------------------------------------
+    def _next_new(self):
+        while self.lps:
+            m = self.store.get(self.lps[0])
+            if m is not None:
+                return m
+            self.lps.popleft()
+            self.npending -= 1
+        if not self.filters:
+            return self.store.next_msg(self.sseq)
+        if len(self.filters) == 1:
+            return self.store.next_msg(self.sseq, self.filters[0])
+        best = None
+        for f in self.filters:
+            m = self.store.next_msg(self.sseq, f)
+            if m is not None and (best is None or m.seq < best.seq):
+                best = m
+        return best
+
+    def _ready_redelivery(self, now_ns: int):
+        while self.redeliver_at and self.redeliver_at[0][0] <= now_ns:
+            _, s = heapq.heappop(self.redeliver_at)
+            if s in self.pending:
+                self.redeliver.append(s)
+        while self.redeliver:
+            s = self.redeliver[0]
+            if s not in self.pending:
+                self.redeliver.popleft()
+                continue
+            m = self.store.get(s)
+            if m is None:
+                self.redeliver.popleft()
+                self._drop_pending(s)
+                continue
+            return m
+        return None
+
+    def _take(self, now_ns: int):
+        """The next message to deliver and whether it is a redelivery, or (None, wake_ns)."""
+        if self.paused_until and now_ns < self.paused_until:
+            return None, self.paused_until
+        m = self._ready_redelivery(now_ns)
+        if m is not None:
+            self.redeliver.popleft()
+            return m, True
+        if not self.ack_none and len(self.pending) >= self.cfg.max_ack_pending > 0:
+            return None, 0
+        m = self._next_new()
+        if m is None:
+            return None, 0
+        if self.cfg.replay_policy == "original":
+            if self.replay_base is None:
+                self.replay_base = (now_ns, m.ts)
+            due = self.replay_base[0] + (m.ts - self.replay_base[1])
+            if due > now_ns:
+                return None, due
+        return m, False
+
+    def _account(self, m, redelivery: bool, now_ns: int) -> tuple[int, int, int]:
+        """Record one delivery; returns (deliver count, consumer seq, pending after)."""
+        self.dseq += 1
+        self.dirty = True
+        self.last_delivery_ns = now_ns
+        if redelivery:
+            p = self.pending[m.seq]
+            p[0] = self.dseq
+            p[2] += 1
+            dc = p[2]
+            self.rdc[m.seq] = dc
+        else:
+            if self.lps and self.lps[0] == m.seq:
+                self.lps.popleft()
+            else:
+                self.sseq = m.seq + 1
+            self.npending -= 1
+            self.dsseq = max(self.dsseq, m.seq)
+            dc = 1
+            if self.ack_none:
+                self.adflr = self.dseq
+                self.asflr = self.dsseq
+            else:
+                self.pending[m.seq] = [self.dseq, m.ts, 1, 0]
+        if not self.ack_none:
+            self._arm(m.seq, now_ns + self._ack_wait(dc))
+        return dc, self.dseq, self.npending
+
+    def _arm(self, sseq: int, deadline: int) -> None:
+        self.pending[sseq][3] = deadline
+        heapq.heappush(self.deadlines, (deadline, sseq))
+
+    def _ack_wait(self, dc: int) -> int:
+        bo = self.cfg.backoff
+        if bo:
+            return bo[min(dc - 1, len(bo) - 1)]
+        return self.cfg.ack_wait
+
+    def _render(self, to: str, m, dc: int, dseq: int, pend: int) -> Out:
+        reply = f"{self.ack_prefix}{dc}.{m.seq}.{dseq}.{m.ts}.{pend}"
+        if self.cfg.headers_only:
+            size = str(len(m.data))
+            if m.hdr:
+                hdr = m.hdr[:-2] + b"Nats-Msg-Size: " + size.encode() + b"\r\n\r\n"
+            else:
+                hdr = hdrs.build([("Nats-Msg-Size", size)])
+            return Out(to, m.subject, reply, hdr, b"")
+        return Out(to, m.subject, reply, m.hdr, m.data)
+
+    def _predict(self, m, redelivery: bool) -> tuple[int, int, int]:
+        """(deliver count, consumer seq, pending after) the next delivery of m would get."""
+        if redelivery:
+            return self.pending[m.seq][2] + 1, self.dseq + 1, self.npending
+        return 1, self.dseq + 1, self.npending - 1
+
+    # ---- push delivery -------------------------------------------------------------
+    def deliver_push(self, now_ns: int, has_interest: bool, limit: int = 256) -> int:
+        """Deliver up to `limit` messages to the deliver subject; returns a wake time or 0."""
+        if not has_interest:
+            return 0
+        self.last_active = now_ns
+        to = self.cfg.deliver_subject
+        for _ in range(limit):
+            if self.fc_reply and self.pbytes >= FC_MAX_PENDING_BYTES:
+                return 0  # stalled until the client answers flow control
+            m, x = self._take(now_ns)
+            if m is None:
+                return x
+            o = self._render(to, m, *self._predict(m, x))
+            self._account(m, x, now_ns)
+            self.out.append(o)
+            if self.cfg.flow_control:
+                self.pbytes += len(o.subject) + len(o.reply) + len(o.payload) + (len(o.hdr) if o.hdr else 0)
+                if not self.fc_reply and self.pbytes > FC_MAX_PENDING_BYTES // 2:
+                    self._send_fc(now_ns)
+        return 1  # more may be ready: call again
+
+    def _send_fc(self, now_ns: int) -> None:
+        self.fc_seq += 1
+        self.fc_reply = f"$JS.FC.{self.stream_name}.{self.name}.{self.fc_seq}"
+        to = self.cfg.deliver_subject
+        self.out.append(Out(to, to, self.fc_reply, hdrs.build(status="100", description="FlowControl Request"),
+                            b""))
+
+    def flow_control_reply(self, subject: str) -> bool:
+        """The client answered a flow-control request; True if delivery may resume."""
+        if subject == self.fc_reply:
+            self.fc_reply = ""
+            self.pbytes = 0
+            return True
+        return False
+
+    def heartbeat(self, to: str) -> None:
+        items = [("Nats-Last-Consumer", str(self.dseq)), ("Nats-Last-Stream", str(self.dsseq))]
+        if self.fc_reply:
+            items.append(("Nats-Consumer-Stalled", self.fc_reply))
+        self.out.append(Out(to, to, "", hdrs.build(items, status="100", description="Idle Heartbeat"), b""))
+
+    # ---- pull requests ---------------------------------------------------------------
+    def add_request(self, req: PullRequest, now_ns: int) -> None:
+        """Queue a pull request (already validated) and serve what is available now."""
+        self.last_active = now_ns
+        if self.push:
+            self._status(req.reply, "409", "Consumer is push based")
+            return
+        if len(self.waiting) >= self.cfg.max_waiting:
+            if not req.hb:
+                self._status(req.reply, "409", "Exceeded MaxWaiting")
+            return
+        if req.no_wait and not req.expires and not self._has_available(now_ns):
+            self._status(req.reply, "404", "No Messages")
+            return
+        self.waiting.append(req)
+        self.serve_pull(now_ns)
+
+    def _has_available(self, now_ns: int) -> bool:
+        if self.redeliver or (self.redeliver_at and self.redeliver_at[0][0] <= now_ns):
+            return True
+        if not self.ack_none and len(self.pending) >= self.cfg.max_ack_pending > 0:
+            return False
+        return self.npending > 0
+
+    def _status(self, to: str, code: str, text: str, pending: PullRequest | None = None) -> None:
+        items = None
+        if pending is not None:
+            items = [("Nats-Pending-Messages", str(pending.batch)), ("Nats-Pending-Bytes", str(pending.max_bytes))]
+        self.out.append(Out(to, to, "", hdrs.build(items, status=code, description=text), b""))
+
+    def serve_pull(self, now_ns: int, has_interest=None) -> int:
+        """Hand available messages to waiting requests; returns a wake time for replay, or 0."""
+        wake = 0
+        while self.waiting:
+            req = self.waiting[0]
+            if has_interest is not None and not has_interest(req.reply):
+                self.waiting.popleft()
+                continue
+            m, x = self._take(now_ns)
+            if m is None:
+                wake = x
+                break
+            dc, dseq, pend = self._predict(m, x)
+            o = self._render(req.reply, m, dc, dseq, pend)
+            size = len(o.subject) + len(o.reply) + len(o.payload) + (len(o.hdr) if o.hdr else 0)
+            if req.max_bytes and size > req.max_bytes:
+                self._unread(m, x)
+                self.waiting.popleft()
+                self._status(req.reply, "409", "Message Size Exceeds MaxBytes", req)
+                continue
+            self._account(m, x, now_ns)
+            self.out.append(o)
+            req.batch -= 1
+            req.sent += 1
+            if req.max_bytes:
+                req.max_bytes -= size
+            if req.hb:
+                req.next_hb = now_ns + req.hb
+            if req.batch <= 0:
+                self.waiting.popleft()
+            elif len(self.waiting) > 1:
+                self.waiting.rotate(-1)
+        self._finish_no_wait(now_ns)
+        return wake
+
+    def _unread(self, m, redelivery: bool) -> None:
+        if redelivery:
+            self.redeliver.appendleft(m.seq)
+
+    def _finish_no_wait(self, now_ns: int) -> None:
+        if not self.waiting or self._has_available(now_ns):
+            return
+        keep: deque[PullRequest] = deque()
+        for r in self.waiting:
+            if r.no_wait and (r.sent or not r.expires):
+                self._status(r.reply, "404", "No Messages")
+            else:
+                keep.append(r)
+        self.waiting = keep
+
+    # ---- acks ------------------------------------------------------------------------
+    def ack(self, sseq: int, now_ns: int) -> list[int]:
+        """Process a positive ack; returns the stream sequences newly acked (for retention)."""
+        self.last_active = now_ns
+        if self.ack_none:
+            return []
+        if self.cfg.ack_policy == "all":
+            done = sorted(s for s in self.pending if s <= sseq)
+        else:
+            done = [sseq] if sseq in self.pending else []
+        for s in done:
+            dseq = self.pending.pop(s)[0]
+            self.rdc.pop(s, None)
+            if self.cfg.ack_policy == "all":
+                self.adflr = max(self.adflr, dseq)
+        if done:
+            self.dirty = True
+            self._move_floor(done[-1])
+        return done
+
+    def _move_floor(self, acked_sseq: int) -> None:
+        if not self.pending:
+            self.adflr = self.dseq
+            self.asflr = self.dsseq
+            return
+        low = min(self.pending)
+        if low > self.asflr:
+            self.asflr = low - 1
+            self.adflr = max(self.adflr, self.pending[low][0] - 1)
+
+    def _drop_pending(self, sseq: int) -> None:
+        if self.pending.pop(sseq, None) is not None:
+            self.dirty = True
+
+    def nak(self, sseq: int, delay_ns: int, now_ns: int) -> None:
+        self.last_active = now_ns
+        if sseq not in self.pending:
+            return
+        if delay_ns > 0:
+            heapq.heappush(self.redeliver_at, (now_ns + delay_ns, sseq))
+        elif sseq not in self.redeliver:
+            self.redeliver.append(sseq)
+        self.pending[sseq][3] = 0  # no ack-wait redelivery while it waits in the queue
+
+    def progress(self, sseq: int, now_ns: int) -> None:
+        self.last_active = now_ns
+        p = self.pending.get(sseq)
+        if p is not None:
+            self._arm(sseq, now_ns + self._ack_wait(p[2]))
+
+    def term(self, sseq: int, now_ns: int) -> list[int]:
+        self.last_active = now_ns
+        if sseq not in self.pending:
+            return []
+        self.pending.pop(sseq)
+        self.rdc.pop(sseq, None)
+        self.dirty = True
+        self._move_floor(sseq)
+        return [sseq]
+
+    # ---- timers ----------------------------------------------------------------------
+    def tick(self, now_ns: int) -> None:
+        """Expire ack waits (queue redeliveries), pull requests and send due heartbeats."""
+        md = self.cfg.max_deliver
+        while self.deadlines and self.deadlines[0][0] <= now_ns:
+            d, s = heapq.heappop(self.deadlines)
+            p = self.pending.get(s)
+            if p is None or p[3] != d:
+                continue  # acked, NAKed, redelivered or extended since
+            if md > 0 and p[2] >= md:
+                self.pending.pop(s)
+                self.dirty = True
+                continue
+            p[3] = 0
+            if s not in self.redeliver:
+                self.redeliver.append(s)
+        if self.waiting:
+            self._expire_requests(now_ns)
+
+    def _expire_requests(self, now_ns: int) -> None:
+        keep: deque[PullRequest] = deque()
+        for r in self.waiting:
+            if r.expires and r.expires <= now_ns:
+                self._status(r.reply, "408", "Request Timeout", r)
+                continue
+            if r.hb and r.next_hb <= now_ns:
+                self.heartbeat(r.reply)
+                r.next_hb = now_ns + r.hb
+            keep.append(r)
+        self.waiting = keep
+
+    def next_wake(self) -> int:
+        """Earliest absolute ns at which `tick` has work (0 = none)."""
+        ts = []
+        if self.deadlines:
+            ts.append(self.deadlines[0][0])
+        if self.redeliver_at:
+            ts.append(self.redeliver_at[0][0])
+        for r in self.waiting:
+            if r.expires:
+                ts.append(r.expires)
+            if r.hb:
+                ts.append(r.next_hb)
+        return min(ts) if ts else 0
+
+    def stop(self, reason: str = "Consumer Deleted") -> None:
+        for r in self.waiting:
+            self._status(r.reply, "409", reason)
+        self.waiting.clear()
+
+    def purged(self) -> None:
+        """Messages were removed from the stream: forget pending ones that are gone."""
+        first = self.store.state().first_seq
+        for s in [s for s in self.pending if self.store.get(s) is None]:
+            self.pending.pop(s)
+            self.rdc.pop(s, None)
+        if self.sseq < first:
+            self.sseq = first
+        self.lps = deque(s for s in self.lps if self.store.get(s) is not None)
+        if not self.pending:
+            self.adflr = self.dseq
+            self.asflr = max(self.asflr, min(self.dsseq, self.sseq - 1))
+        self.dirty = True
+        self.recount()
+
+    # ---- info and persistence ---------------------------------------------------------
+    def num_redelivered(self) -> int:
+        return len(self.rdc)
+
+    def state_dict(self) -> dict:
+        return {"sseq": self.sseq, "dseq": self.dseq, "dsseq": self.dsseq, "adflr": self.adflr,
+                "asflr": self.asflr, "pending": [[s, p[0], p[1], p[2]] for s, p in self.pending.items()],
+                "rdc": [[s, c] for s, c in self.rdc.items()], "lps": list(self.lps),
+                "last_active": self.last_active}
+
+    def load_state(self, st: dict, now_ns: int) -> None:
+        """Restore persisted state; every pending message is redelivered after ack_wait."""
+        self.sseq, self.dseq, self.dsseq = st["sseq"], st["dseq"], st["dsseq"]
+        self.adflr, self.asflr = st["adflr"], st["asflr"]
+        self.pending = {s: [d, ts, dc, 0] for s, d, ts, dc in st["pending"]}
+        self.rdc = {s: c for s, c in st["rdc"]}
+        self.lps = deque(st.get("lps", []))
+        self.last_active = st.get("last_active", 0)
+        for s, p in self.pending.items():
+            self._arm(s, now_ns + self._ack_wait(p[2]))
+        self.recount()

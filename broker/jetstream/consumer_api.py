@@ -1,0 +1,410 @@
+"""CONSUMER.* API requests: decoding, validation, ConsumerInfo rendering (no trio).
+
+Each handler takes the ConsumerManager, the subject tokens after the verb and the
+request body, and returns the response dict or raises JSError. Responses are dicts
+built in nats-server's field order (the JSON is compared by eye and by clients that
+require certain keys).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import msgspec
+
+from broker import subjects as subj
+from broker.jetstream import api
+from broker.jetstream import errors as jerr
+from broker.jetstream.consumer import Consumer, ConsumerConfig, PullRequest, cerr, normalize
+
+NAMES_LIMIT = 1024
+LIST_LIMIT = 256
+_BAD_NAME = re.compile(r"[.*>\s/\\]")
+_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+
+KINDS = {"CREATE": "consumer_create_response", "DURABLE.CREATE": "consumer_create_response",
+         "INFO": "consumer_info_response", "DELETE": "consumer_delete_response",
+         "NAMES": "consumer_names_response", "LIST": "consumer_list_response",
+         "PAUSE": "consumer_pause_response", "RESET": "consumer_reset_response",
+         "LEADER.STEPDOWN": "consumer_leader_stepdown_response"}
+
+
+class CreateRequest(msgspec.Struct):
+    stream_name: str = ""
+    config: ConsumerConfig | None = None
+    action: str = ""
+    pedantic: bool = False
+
+
+class NextRequest(msgspec.Struct):
+    batch: int = 1
+    expires: int = 0
+    no_wait: bool = False
+    max_bytes: int = 0
+    idle_heartbeat: int = 0
+
+
+def parse_time(text: str | None) -> int:
+    """RFC 3339 (any offset, up to ns precision) to ns since the epoch; 0 for empty/invalid."""
+    if not text:
+        return 0
+    m = _TIME.match(text.strip())
+    if not m:
+        return 0
+    base = time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")
+    secs = _timegm(base)
+    frac = int((m.group(2) or ".0")[1:].ljust(9, "0")[:9])
+    tz = m.group(3)
+    if tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        secs -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    return secs * 1_000_000_000 + frac
+
+
+def _timegm(t) -> int:
+    import calendar
+    return calendar.timegm(t)
+
+
+def _json_error(ex: Exception) -> jerr.JSError:
+    return jerr.invalid_json(str(ex))
+
+
+# ---- info -------------------------------------------------------------------------------
+def config_json(cfg: ConsumerConfig, full_meta: bool) -> dict:
+    d = msgspec.to_builtins(cfg)
+    if full_meta:
+        md = {"_nats.level": str(api.API_LEVEL)}
+        md.update(cfg.metadata or {})
+        md["_nats.ver"] = api.SERVER_VERSION
+        d["metadata"] = dict(sorted(md.items()))
+    return d
+
+
+def info(mgr, e, kind: str | None, full_meta: bool = True) -> dict:
+    c: Consumer = e.c
+    now = time.time_ns()
+    d: dict = {}
+    if kind:
+        d["type"] = api.PREFIX + kind
+    d["stream_name"] = c.stream_name
+    d["name"] = c.name
+    d["created"] = api.rfc3339(c.created_ns)
+    d["config"] = config_json(c.cfg, full_meta)
+    delivered = {"consumer_seq": c.dseq, "stream_seq": c.dsseq}
+    if c.dseq:
+        delivered["last_active"] = api.rfc3339(c.last_delivery_ns)
+    d["delivered"] = delivered
+    d["ack_floor"] = {"consumer_seq": c.adflr, "stream_seq": c.asflr}
+    d["num_ack_pending"] = len(c.pending)
+    d["num_redelivered"] = c.num_redelivered()
+    d["num_waiting"] = len(c.waiting)
+    d["num_pending"] = c.npending
+    if c.push and mgr.server.has_interest(c.cfg.deliver_subject):
+        d["push_bound"] = True
+    if c.paused_until and c.paused_until > now:
+        d["paused"] = True
+        d["pause_remaining"] = c.paused_until - now
+    d["ts"] = api.rfc3339(now)
+    return d
+
+
+def _stream(mgr, tokens: list[str]):
+    if not tokens:
+        raise jerr.bad_request()
+    s = mgr.js.streams.get(tokens[0])
+    if s is None:
+        raise jerr.stream_not_found()
+    return s
+
+
+def _entry(mgr, tokens: list[str]):
+    s = _stream(mgr, tokens)
+    if len(tokens) < 2:
+        raise jerr.bad_request()
+    e = mgr.lookup(s.name, tokens[1])
+    if e is None:
+        raise cerr(404, 10014, "consumer not found")
+    return s, e
+
+
+# ---- create -----------------------------------------------------------------------------
+def _decode_create(tokens: list[str], payload: bytes, stream) -> tuple[ConsumerConfig, str]:
+    if not payload:
+        raise cerr(400, 10025, "invalid JSON: unexpected end of JSON input")
+    try:
+        req = msgspec.json.decode(payload, type=CreateRequest)
+    except msgspec.ValidationError as ex:
+        raise _json_error(ex) from None
+    except msgspec.DecodeError as ex:
+        raise _json_error(ex) from None
+    if req.stream_name != stream.name:
+        raise jerr.stream_mismatch()
+    if req.config is None:
+        raise cerr(400, 10025, "invalid JSON: consumer config required")
+    return req.config, req.action
+
+
+def create(mgr, tokens: list[str], payload: bytes, durable_api: bool) -> dict:
+    stream = _stream(mgr, tokens)
+    cfg, action = _decode_create(tokens, payload, stream)
+    if durable_api:
+        if len(tokens) < 2:
+            raise jerr.bad_request()
+        name = tokens[1]
+        if cfg.durable_name and cfg.durable_name != name:
+            raise cerr(400, 10017, "consumer name in subject does not match durable name in request")
+        cfg.durable_name = name
+    elif len(tokens) >= 2:
+        name = tokens[1]
+        if cfg.durable_name and cfg.durable_name != name:
+            raise cerr(400, 10017, "consumer name in subject does not match durable name in request")
+        if len(tokens) > 2:
+            filt = ".".join(tokens[2:])
+            if cfg.filter_subject != filt and (cfg.filter_subjects or []) != [filt]:
+                raise cerr(400, 10131, "Consumer create request did not match filtered subject from create subject")
+    else:
+        if cfg.durable_name:
+            raise cerr(400, 10020, "consumer expected to be ephemeral but a durable name was set in request")
+        name = cfg.name or mgr.new_name(stream.name)
+    if _BAD_NAME.search(name) or len(name) > 255:
+        raise cerr(400, 10103, "consumer name can not contain path separators")
+    cfg.name = name
+    ncfg = normalize(cfg, stream.config)
+    _check_stream_rules(mgr, stream, ncfg, name)
+    existing = mgr.lookup(stream.name, name)
+    if existing is not None:
+        if action == "create" and _comparable(existing.c.cfg) != _comparable(ncfg):
+            raise cerr(400, 10148, "consumer already exists")
+        _update(mgr, existing, ncfg)
+        return info(mgr, existing, "consumer_create_response")
+    if action == "update":
+        raise cerr(400, 10149, "consumer does not exist")
+    mx = stream.config.max_consumers
+    if mx and mx > 0 and mgr.consumer_count(stream.name) >= mx:
+        raise cerr(400, 10026, "maximum consumers limit reached")
+    now = time.time_ns()
+    c = Consumer(stream.name, name, ncfg, stream.store, now)
+    c.start(now, parse_time(ncfg.opt_start_time))
+    e = mgr._add(stream, c, now)
+    if e.durable:
+        mgr._write_meta(e)
+        mgr._write_state(e)
+    result = info(mgr, e, "consumer_create_response")
+    mgr._serve(e, now)
+    return result
+
+
+def _check_stream_rules(mgr, stream, cfg: ConsumerConfig, name: str) -> None:
+    if stream.config.retention != "workqueue":
+        return
+    if cfg.ack_policy != "explicit":
+        raise cerr(400, 10084, "consumer must be explicit ack on workqueue stream")
+    for other in mgr.by_stream.get(stream.name, {}).values():
+        if other.c.name == name:
+            continue
+        a, b = other.c.filters or [">"], (cfg.filter_subjects or ([cfg.filter_subject] if cfg.filter_subject else [">"]))
+        if any(subj.overlaps(x, y) for x in a for y in b):
+            if not other.c.filters and cfg.filter_subject in ("", ">") and not cfg.filter_subjects:
+                raise cerr(400, 10099, "multiple non-filtered consumers not allowed on workqueue stream")
+            raise cerr(400, 10100, "filtered consumer not unique on workqueue stream")
+
+
+def _comparable(cfg: ConsumerConfig) -> dict:
+    d = msgspec.to_builtins(cfg)
+    d.pop("metadata", None)
+    return d
+
+
+_IMMUTABLE = (("deliver_policy", "deliver policy can not be updated"),
+              ("opt_start_seq", "start sequence can not be updated"),
+              ("opt_start_time", "start time can not be updated"),
+              ("ack_policy", "ack policy can not be updated"),
+              ("replay_policy", "replay policy can not be updated"),
+              ("flow_control", "flow control can not be updated"),
+              ("mem_storage", "can not update consumer storage type"),
+              ("deliver_group", "deliver group can not be updated"))
+
+
+def _update(mgr, e, ncfg: ConsumerConfig) -> None:
+    old = e.c.cfg
+    if _comparable(old) == _comparable(ncfg):
+        return
+    for field, text in _IMMUTABLE:
+        if getattr(old, field) != getattr(ncfg, field):
+            raise cerr(500, 10012, text)
+    if bool(old.deliver_subject) != bool(ncfg.deliver_subject):
+        raise cerr(500, 10012, "can not update push consumer to pull based" if old.deliver_subject
+                   else "can not update pull consumer to push based")
+    c = e.c
+    c.cfg = ncfg
+    c.filters = ncfg.filter_subjects[:] if ncfg.filter_subjects else (
+        [ncfg.filter_subject] if ncfg.filter_subject else [])
+    if old.filter_subject != ncfg.filter_subject or old.filter_subjects != ncfg.filter_subjects:
+        c.recount()
+    if e.durable:
+        mgr._write_meta(e)
+
+
+# ---- other verbs ------------------------------------------------------------------------
+def h_create(mgr, tokens, payload):
+    return create(mgr, tokens, payload, False)
+
+
+def h_durable_create(mgr, tokens, payload):
+    return create(mgr, tokens, payload, True)
+
+
+def h_info(mgr, tokens, payload):
+    _, e = _entry(mgr, tokens)
+    return info(mgr, e, "consumer_info_response")
+
+
+def h_delete(mgr, tokens, payload):
+    _, e = _entry(mgr, tokens)
+    mgr._delete(e)
+    return {"type": api.PREFIX + "consumer_delete_response", "success": True}
+
+
+def _offset(payload: bytes) -> int:
+    if not payload:
+        return 0
+    try:
+        d = msgspec.json.decode(payload)
+    except msgspec.DecodeError as ex:
+        raise _json_error(ex) from None
+    off = d.get("offset", 0) if isinstance(d, dict) else 0
+    return max(0, off) if isinstance(off, int) else 0
+
+
+def h_names(mgr, tokens, payload):
+    s = _stream(mgr, tokens)
+    off = _offset(payload)
+    names = sorted(mgr.by_stream.get(s.name, {}))
+    return {"type": api.PREFIX + "consumer_names_response", "total": len(names), "offset": off,
+            "limit": NAMES_LIMIT, "consumers": names[off:off + NAMES_LIMIT]}
+
+
+def h_list(mgr, tokens, payload):
+    s = _stream(mgr, tokens)
+    off = _offset(payload)
+    entries = mgr.by_stream.get(s.name, {})
+    names = sorted(entries)
+    items = [info(mgr, entries[n], None, full_meta=False) for n in names[off:off + LIST_LIMIT]]
+    return {"type": api.PREFIX + "consumer_list_response", "total": len(names), "offset": off,
+            "limit": LIST_LIMIT, "consumers": items}
+
+
+def h_pause(mgr, tokens, payload):
+    _, e = _entry(mgr, tokens)
+    until = 0
+    if payload:
+        try:
+            d = msgspec.json.decode(payload)
+        except msgspec.DecodeError as ex:
+            raise _json_error(ex) from None
+        until = parse_time(d.get("pause_until")) if isinstance(d, dict) else 0
+    now = time.time_ns()
+    c = e.c
+    c.paused_until = until if until > now else 0
+    c.cfg.pause_until = api.rfc3339(until) if c.paused_until else None
+    mgr._kick()
+    out = {"type": api.PREFIX + "consumer_pause_response", "paused": bool(c.paused_until),
+           "pause_until": api.rfc3339(until) if until else api.ZERO_TIME}
+    if c.paused_until:
+        out["pause_remaining"] = c.paused_until - now
+    return out
+
+
+def h_reset(mgr, tokens, payload):
+    s, e = _entry(mgr, tokens)
+    seq = 0
+    if payload:
+        try:
+            d = msgspec.json.decode(payload)
+        except msgspec.DecodeError as ex:
+            raise _json_error(ex) from None
+        seq = d.get("seq", 0) if isinstance(d, dict) else 0
+        if not isinstance(seq, int) or seq < 0:
+            raise cerr(400, 10204, "invalid reset: bad sequence")
+    c = e.c
+    c.pending.clear()
+    c.rdc.clear()
+    c.redeliver.clear()
+    c.lps.clear()
+    if seq:
+        c.sseq = seq
+    else:
+        c.start(time.time_ns(), parse_time(c.cfg.opt_start_time))
+    c.dsseq = c.asflr = c.sseq - 1
+    c.adflr = c.dseq
+    c.recount()
+    c.dirty = True
+    out = info(mgr, e, "consumer_reset_response")
+    out["reset_seq"] = c.sseq
+    mgr._kick()
+    return out
+
+
+def h_stepdown(mgr, tokens, payload):
+    _entry(mgr, tokens)
+    raise cerr(503, 10076, "JetStream not in clustered mode")
+
+
+HANDLERS = {"CREATE": h_create, "DURABLE.CREATE": h_durable_create, "INFO": h_info, "DELETE": h_delete,
+            "NAMES": h_names, "LIST": h_list, "PAUSE": h_pause, "RESET": h_reset, "LEADER.STEPDOWN": h_stepdown}
+
+
+# ---- pull requests ----------------------------------------------------------------------
+def next_request(payload: bytes, reply: str, cfg: ConsumerConfig, now: int) -> PullRequest:
+    """Decode a MSG.NEXT body; ValueError carries the `400 Bad Request - <text>` reason."""
+    body = payload.strip()
+    if not body:
+        r = NextRequest()
+    elif body[:1].isdigit():
+        try:
+            r = NextRequest(batch=int(body))
+        except ValueError:
+            raise ValueError("invalid batch") from None
+    else:
+        try:
+            r = msgspec.json.decode(body, type=NextRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError) as ex:
+            raise ValueError(_go_json_text(body, ex)) from None
+    if r.batch <= 0:
+        r.batch = 1
+    if r.idle_heartbeat and r.expires and r.idle_heartbeat * 2 > r.expires:
+        raise ValueError("heartbeat value too large")
+    if cfg.max_batch and r.batch > cfg.max_batch:
+        raise ValueError(f"Exceeded MaxRequestBatch of {cfg.max_batch}")
+    if cfg.max_expires and r.expires > cfg.max_expires:
+        raise ValueError(f"Exceeded MaxRequestExpires of {cfg.max_expires}")
+    if cfg.max_bytes and r.max_bytes > cfg.max_bytes:
+        raise ValueError(f"Exceeded MaxRequestMaxBytes of {cfg.max_bytes}")
+    expires = now + r.expires if r.expires > 0 else 0
+    return PullRequest(reply, r.batch, r.max_bytes, expires, r.no_wait, r.idle_heartbeat, now)
+
+
+def _go_json_text(body: bytes, ex: Exception) -> str:
+    if not body.startswith(b"{"):
+        return f"invalid character {body[:1].decode(errors='replace')!r} looking for beginning of value"
+    rest = body[1:].lstrip()
+    if rest and rest[:1] not in (b'"', b"}"):
+        return f"invalid character {rest[:1].decode(errors='replace')!r} looking for beginning of object key string"
+    return str(ex)
+
+
+def next_request_from_ack(rest: bytes, reply: str, now: int) -> PullRequest | None:
+    body = rest.strip()
+    try:
+        if not body:
+            r = NextRequest()
+        elif body[:1].isdigit():
+            r = NextRequest(batch=int(body))
+        else:
+            r = msgspec.json.decode(body, type=NextRequest)
+    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    expires = now + r.expires if r.expires > 0 else 0
+    return PullRequest(reply, max(1, r.batch), r.max_bytes, expires, r.no_wait, r.idle_heartbeat, now)

@@ -1,0 +1,457 @@
+"""The trio runtime around consumer.py: API handlers, delivery, timers, persistence.
+
+Events are handled synchronously where they arrive (a stored message, a pull request,
+an ack): the consumer's state machine runs and its output is published at once, so
+a pull consumer keeps up with a publisher without a task switch per message. One
+background task handles time (ack-wait redelivery, request expiry, heartbeats,
+inactivity), push consumers waiting for interest or with a long backlog, and the
+grouped persistence of durable consumer state (written atomically, at most once per
+`FLUSH_INTERVAL_S`, and on shutdown).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+
+import msgspec
+import trio
+
+from broker import headers as hdrs
+from broker.jetstream import api
+from broker.jetstream import consumer_api as capi
+from broker.jetstream.consumer import Consumer, ConsumerConfig, Out, PullRequest, parse_duration_ns
+from broker.jetstream.errors import JSError
+
+log = logging.getLogger("broker.jetstream.consumers")
+
+FLUSH_INTERVAL_S = 0.5
+IDLE_POLL_S = 0.1  # how often push consumers without interest and inactivity are re-checked
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_enc = msgspec.json.Encoder()
+
+
+class _Entry:
+    """Runtime wrapper of one consumer: where it lives and its push/idle bookkeeping."""
+    __slots__ = ("c", "stream", "durable", "hb_next", "inactive_since", "deleted")
+
+    def __init__(self, c: Consumer, stream, durable: bool, now_ns: int) -> None:
+        self.c = c
+        self.stream = stream
+        self.durable = durable
+        self.hb_next = now_ns + c.cfg.idle_heartbeat if c.cfg.idle_heartbeat else 0
+        self.inactive_since = now_ns
+        self.deleted = False
+
+
+class ConsumerManager:
+    def __init__(self, js) -> None:
+        self.js = js
+        self.server = js.server
+        self.by_stream: dict[str, dict[str, _Entry]] = {}
+        self.busy: set[_Entry] = set()  # push consumers with more to send
+        self._wake = trio.Event()
+        self._task_started = False
+        self._subs: list = []
+
+    # ---- plumbing --------------------------------------------------------------------
+    def _ensure_task(self) -> None:
+        if self._task_started:
+            return
+        self._task_started = True
+        self._subs.append(self.server.subscribe("$JS.ACK.>", self._on_ack))
+        self._subs.append(self.server.subscribe("$JS.FC.>", self._on_fc))
+        self.server.nursery.start_soon(self._run)
+
+    def _kick(self) -> None:
+        self._wake.set()
+
+    def emit(self, c: Consumer) -> None:
+        """Publish everything the state machine produced."""
+        if not c.out:
+            return
+        out, c.out = c.out, []
+        for o in out:
+            if o.subject is o.to or o.subject == o.to:
+                self.server.publish(o.to, o.reply, o.hdr, o.payload)
+            else:
+                self._deliver_as(o)
+
+    def _deliver_as(self, o: Out) -> None:
+        """Deliver to subscribers of `o.to` while showing the stored message's subject."""
+        srv = self.server
+        hook = getattr(srv, "deliver_as", None)
+        if hook is not None:
+            hook(o.to, o.subject, o.reply, o.hdr, o.payload)
+            return
+        m = srv.sublist.match(o.to.encode())
+        if m.empty:
+            return
+        s, r = o.subject.encode(), o.reply.encode()
+        for sub in m.plain:
+            sub.conn.deliver(sub, s, r, o.hdr, o.payload)
+            if sub.max_msgs:
+                srv._count_max(sub)
+        for group in m.queues:
+            sub = group.pick()
+            if sub.conn.is_route:
+                sub.conn.forward(o.to, o.reply, o.hdr, o.payload, [group.name])
+            else:
+                sub.conn.deliver(sub, s, r, o.hdr, o.payload)
+        for peer in m.peers:
+            peer.forward(o.to, o.reply, o.hdr, o.payload, None)
+
+    def reply(self, reply: str, obj: dict) -> None:
+        if reply:
+            self.server.publish(reply, "", None, _enc.encode(obj))
+
+    def _err(self, reply: str, kind: str, e: JSError) -> None:
+        self.js.count_api(True)
+        self.reply(reply, {"type": api.PREFIX + kind, "error": e.as_dict()})
+
+    # ---- interface for the stream side -------------------------------------------------
+    def consumer_count(self, stream_name: str) -> int:
+        return len(self.by_stream.get(stream_name, ()))
+
+    def on_stored(self, stream, seq: int, subject: str) -> None:
+        entries = self.by_stream.get(stream.name)
+        if not entries:
+            return
+        now = time.time_ns()
+        for e in list(entries.values()):
+            c = e.c
+            if c.on_stored(seq, subject):
+                self._serve(e, now)
+
+    def _serve(self, e: _Entry, now: int) -> None:
+        c = e.c
+        if c.push:
+            if self.server.has_interest(c.cfg.deliver_subject):
+                if c.deliver_push(now, True, 64):
+                    self.busy.add(e)
+                    self._kick()
+                if c.out:
+                    e.hb_next = now + c.cfg.idle_heartbeat if c.cfg.idle_heartbeat else 0
+        elif c.waiting:
+            if c.serve_pull(now):
+                self._kick()
+        self.emit(c)
+
+    def stream_purged(self, stream) -> None:
+        for e in self.by_stream.get(stream.name, {}).values():
+            e.c.purged()
+
+    def stream_deleted(self, stream) -> None:
+        entries = self.by_stream.pop(stream.name, {})
+        for e in entries.values():
+            e.deleted = True
+            e.c.stop("Consumer Deleted")
+            self.emit(e.c)
+            self.busy.discard(e)
+
+    def needs_msg(self, stream, seq: int, subject: str) -> bool:
+        for e in self.by_stream.get(stream.name, {}).values():
+            c = e.c
+            if c.matches(subject) and (seq >= c.sseq or seq in c.pending or seq in c.lps):
+                return True
+        return False
+
+    def close(self) -> None:
+        for entries in self.by_stream.values():
+            for e in entries.values():
+                if e.durable and e.c.dirty:
+                    self._write_state(e)
+
+    async def restore(self, stream) -> None:
+        d = self._obs_dir(stream.name)
+        if not os.path.isdir(d):
+            return
+        now = time.time_ns()
+        for name in sorted(os.listdir(d)):
+            try:
+                with open(os.path.join(d, name, "meta.json"), "rb") as f:
+                    meta = msgspec.json.decode(f.read())
+                cfg = msgspec.convert(meta["config"], ConsumerConfig)
+                c = Consumer(stream.name, name, cfg, stream.store, meta["created"])
+                st_path = os.path.join(d, name, "state.json")
+                if os.path.exists(st_path):
+                    with open(st_path, "rb") as f:
+                        c.load_state(msgspec.json.decode(f.read()), now)
+                else:
+                    c.start(now, capi.parse_time(cfg.opt_start_time))
+            except (OSError, ValueError, KeyError, msgspec.DecodeError, msgspec.ValidationError) as ex:
+                log.error("cannot restore consumer %s > %s: %s", stream.name, name, ex)
+                continue
+            self._add(stream, c, now)
+
+    # ---- persistence ------------------------------------------------------------------
+    def _obs_dir(self, stream_name: str) -> str:
+        return os.path.join(self.js.store_dir, "jetstream", "$G", "streams", stream_name, "obs")
+
+    def _persisted(self, e: _Entry) -> bool:
+        return e.durable and e.stream.config.storage == "file" and not e.c.cfg.mem_storage
+
+    def _write_meta(self, e: _Entry) -> None:
+        if not self._persisted(e):
+            return
+        meta = {"config": e.c.cfg, "created": e.c.created_ns}
+        _atomic_write(os.path.join(self._obs_dir(e.stream.name), e.c.name, "meta.json"), _enc.encode(meta))
+
+    def _write_state(self, e: _Entry) -> None:
+        e.c.dirty = False
+        if not self._persisted(e) or e.deleted:
+            return
+        _atomic_write(os.path.join(self._obs_dir(e.stream.name), e.c.name, "state.json"),
+                      _enc.encode(e.c.state_dict()))
+
+    def _remove_files(self, e: _Entry) -> None:
+        d = os.path.join(self._obs_dir(e.stream.name), e.c.name)
+        for fn in ("meta.json", "state.json"):
+            try:
+                os.unlink(os.path.join(d, fn))
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+    async def _flush(self) -> None:
+        work = [e for es in self.by_stream.values() for e in es.values() if e.durable and e.c.dirty]
+        if not work:
+            return
+        snaps = []
+        for e in work:
+            e.c.dirty = False
+            if self._persisted(e):
+                snaps.append((os.path.join(self._obs_dir(e.stream.name), e.c.name, "state.json"),
+                              _enc.encode(e.c.state_dict())))
+        if snaps:
+            await trio.to_thread.run_sync(lambda: [_atomic_write(p, b) for p, b in snaps])
+
+    # ---- the background task ---------------------------------------------------------
+    async def _run(self) -> None:
+        last_flush = time.monotonic()
+        while True:
+            now = time.time_ns()
+            wake = now + int(IDLE_POLL_S * 1e9)
+            for entries in list(self.by_stream.values()):
+                for e in list(entries.values()):
+                    w = self._tick_entry(e, now)
+                    if w:
+                        wake = min(wake, w)
+            if self.busy:
+                wake = now
+            if time.monotonic() - last_flush >= FLUSH_INTERVAL_S:
+                last_flush = time.monotonic()
+                await self._flush()
+            delay = max(0.0, (wake - time.time_ns()) / 1e9)
+            self._wake = trio.Event()
+            if delay > 0 and not self.busy:
+                with trio.move_on_after(min(delay, FLUSH_INTERVAL_S)):
+                    await self._wake.wait()
+            else:
+                await trio.sleep(0)
+
+    def _tick_entry(self, e: _Entry, now: int) -> int:
+        c = e.c
+        if e.deleted:
+            return 0
+        c.tick(now)
+        wake = 0
+        if c.push:
+            wake = self._tick_push(e, now)
+        elif c.waiting:
+            wake = c.serve_pull(now, self.server.has_interest)
+        self.emit(c)
+        if self._inactive(e, now):
+            self._delete(e)
+            return 0
+        w = c.next_wake()
+        if w and (not wake or w < wake):
+            wake = w
+        if e.hb_next and (not wake or e.hb_next < wake):
+            wake = e.hb_next
+        return wake
+
+    def _tick_push(self, e: _Entry, now: int) -> int:
+        c = e.c
+        interest = self.server.has_interest(c.cfg.deliver_subject)
+        if not interest:
+            self.busy.discard(e)
+            return 0
+        e.inactive_since = now
+        more = c.deliver_push(now, True, 256)
+        if more == 1:
+            self.busy.add(e)
+        else:
+            self.busy.discard(e)
+        if c.out:
+            e.hb_next = now + c.cfg.idle_heartbeat if c.cfg.idle_heartbeat else 0
+        elif e.hb_next and now >= e.hb_next:
+            c.heartbeat(c.cfg.deliver_subject)
+            e.hb_next = now + c.cfg.idle_heartbeat
+        return more if more > 1 else 0
+
+    def _inactive(self, e: _Entry, now: int) -> bool:
+        c = e.c
+        limit = c.cfg.inactive_threshold
+        if not limit:
+            return False
+        if c.push:
+            if self.server.has_interest(c.cfg.deliver_subject):
+                e.inactive_since = now
+                return False
+            return now - e.inactive_since >= limit
+        if c.waiting:
+            e.inactive_since = now
+            return False
+        last = max(e.inactive_since, c.last_active)
+        return now - last >= limit
+
+    # ---- registry ----------------------------------------------------------------------
+    def _add(self, stream, c: Consumer, now: int) -> _Entry:
+        self._ensure_task()
+        e = _Entry(c, stream, bool(c.cfg.durable_name), now)
+        self.by_stream.setdefault(stream.name, {})[c.name] = e
+        self._kick()
+        return e
+
+    def _delete(self, e: _Entry) -> None:
+        entries = self.by_stream.get(e.stream.name, {})
+        if entries.get(e.c.name) is e:
+            del entries[e.c.name]
+        e.deleted = True
+        self.busy.discard(e)
+        e.c.stop("Consumer Deleted")
+        self.emit(e.c)
+        if e.durable:
+            self._remove_files(e)
+
+    def lookup(self, stream_name: str, name: str) -> _Entry | None:
+        return self.by_stream.get(stream_name, {}).get(name)
+
+    def new_name(self, stream_name: str) -> str:
+        while True:
+            n = "".join(secrets.choice(_ALNUM) for _ in range(8))
+            if n not in self.by_stream.get(stream_name, {}):
+                return n
+
+    # ---- acks and flow control ---------------------------------------------------------
+    def _on_ack(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        t = subject.split(".")
+        if len(t) < 9:
+            return
+        if len(t) >= 11:  # v2 layout: $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<5 numbers>
+            t = t[:2] + t[4:]
+        e = self.lookup(t[2], t[3])
+        if e is None:
+            return
+        try:
+            sseq = int(t[5])
+        except ValueError:
+            return
+        self._apply_ack(e, sseq, reply, payload)
+
+    def _apply_ack(self, e: _Entry, sseq: int, reply: str, payload: bytes) -> None:
+        c = e.c
+        now = time.time_ns()
+        kind, _, rest = payload.partition(b" ")
+        acked: list[int] = []
+        if kind in (b"", b"+ACK", b"+OK"):
+            acked = c.ack(sseq, now)
+        elif kind == b"-NAK":
+            c.nak(sseq, _nak_delay(rest), now)
+        elif kind == b"+WPI":
+            c.progress(sseq, now)
+        elif kind == b"+TERM":
+            acked = c.term(sseq, now)
+        elif kind == b"+NXT":
+            acked = c.ack(sseq, now)
+            if reply:
+                req = capi.next_request_from_ack(rest, reply, now)
+                if req is not None:
+                    c.add_request(req, now)
+                reply = ""
+        else:
+            return
+        if reply:
+            self.server.publish(reply, "", None, b"")
+        if acked and e.stream.config.retention != "limits":
+            for s in acked:
+                self.js.stream_acked(e.stream.name, s)
+        self._serve(e, now)
+
+    def _on_fc(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        t = subject.split(".")
+        if len(t) < 5:
+            return
+        e = self.lookup(t[2], t[3])
+        if e is not None and e.c.flow_control_reply(subject):
+            self._serve(e, time.time_ns())
+
+    # ---- API ---------------------------------------------------------------------------
+    def handle(self, op: str, tokens: list[str], reply: str, hdr: bytes | None, payload: bytes) -> None:
+        if op == "MSG.NEXT":
+            self._next(tokens, reply, payload)
+            return
+        fn = capi.HANDLERS.get(op)
+        if fn is None:
+            return  # nats-server does not answer unknown API subjects
+        try:
+            obj = fn(self, tokens, payload)
+        except JSError as ex:
+            self._err(reply, capi.KINDS[op], ex)
+            return
+        self.js.count_api(False)
+        self.reply(reply, obj)
+
+    def _next(self, tokens: list[str], reply: str, payload: bytes) -> None:
+        if len(tokens) < 2 or not reply:
+            return
+        e = self.lookup(tokens[0], tokens[1])
+        if e is None:  # nats-server has no subscriber for it: the client sees no responders
+            self.server.publish(reply, "", hdrs.build([("Nats-Subject",
+                                f"$JS.API.CONSUMER.MSG.NEXT.{tokens[0]}.{tokens[1]}")], status="503"), b"")
+            return
+        c = e.c
+        now = time.time_ns()
+        try:
+            req = capi.next_request(payload, reply, c.cfg, now)
+        except ValueError as ex:
+            c.out.append(Out(reply, reply, "", hdrs.build(status="400", description=f"Bad Request - {ex}"), b""))
+            self.emit(c)
+            return
+        c.add_request(req, now)
+        self.emit(c)
+        self._kick()
+
+
+def _nak_delay(rest: bytes) -> int:
+    rest = rest.strip()
+    if not rest:
+        return 0
+    if rest.startswith(b"{"):
+        try:
+            d = msgspec.json.decode(rest)
+        except msgspec.DecodeError:
+            return 0
+        v = d.get("delay", 0) if isinstance(d, dict) else 0
+        return v if isinstance(v, int) else 0
+    try:
+        return parse_duration_ns(rest.decode())
+    except ValueError:
+        return 0
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    d = os.path.dirname(path)
+    os.makedirs(d, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
