@@ -15,6 +15,9 @@ class JSError(Exception):
         self.code = code
         self.err_code = err_code
         self.description = description
+        # nats-server answers a few failures through its success path, so they do not
+        # count as API errors in account info (e.g. a store error on MSG.DELETE).
+        self.counts_as_error = True
 
     def as_dict(self) -> dict:
         return {"code": self.code, "err_code": self.err_code, "description": self.description}

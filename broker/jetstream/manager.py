@@ -358,8 +358,9 @@ class JetStream:
             return
         kind = tokens[2]
         if kind == "INFO" and len(tokens) == 3:
-            self.count_api(False)
-            self.reply_json(reply, self.account_info())
+            info = self.account_info()
+            self.count_api(False)  # counted after the reply is built, as nats-server does
+            self.reply_json(reply, info)
         elif kind == "STREAM" and len(tokens) >= 4:
             await streamapi.handle(self, tokens[3:], reply, hdr, payload)
         elif kind == "CONSUMER" and len(tokens) >= 4:
@@ -403,9 +404,22 @@ class JetStream:
             cons += self.consumers.consumer_count(stream.name)
         return mem, disk, len(self.streams), cons, msgs
 
+    def reserved(self) -> tuple[int, int]:
+        """Bytes reserved by streams with max_bytes set: (memory, file)."""
+        mem = disk = 0
+        for stream in self.streams.values():
+            if stream.config.max_bytes > 0:
+                if stream.config.storage == "memory":
+                    mem += stream.config.max_bytes
+                else:
+                    disk += stream.config.max_bytes
+        return mem, disk
+
     def account_info(self) -> api.AccountInfoResponse:
         mem, disk, nstreams, ncons, _ = self.usage()
-        return api.AccountInfoResponse(memory=mem, storage=disk, streams=nstreams, consumers=ncons,
+        rmem, rdisk = self.reserved()
+        return api.AccountInfoResponse(memory=mem, storage=disk, reserved_memory=rmem, reserved_storage=rdisk,
+                                       streams=nstreams, consumers=ncons,
                                        api=api.ApiStats(total=self.api_total, errors=self.api_errors))
 
     def _config_block(self) -> dict:
@@ -416,14 +430,16 @@ class JetStream:
 
     def varz(self) -> dict:
         mem, disk, _, _, _ = self.usage()
-        stats = {"memory": mem, "storage": disk, "reserved_memory": 0, "reserved_storage": 0,
+        rmem, rdisk = self.reserved()
+        stats = {"memory": mem, "storage": disk, "reserved_memory": rmem, "reserved_storage": rdisk,
                  "accounts": 1, "ha_assets": 0,
                  "api": {"level": api.API_LEVEL, "total": self.api_total, "errors": self.api_errors}}
         return {"config": self._config_block(), "stats": stats, "limits": {"default_max_consumers": 1000}}
 
     def jsz(self, query: dict) -> dict:
         mem, disk, nstreams, ncons, msgs = self.usage()
-        out = {"memory": mem, "storage": disk, "reserved_memory": 0, "reserved_storage": 0,
+        rmem, rdisk = self.reserved()
+        out = {"memory": mem, "storage": disk, "reserved_memory": rmem, "reserved_storage": rdisk,
                "accounts": 1, "ha_assets": 0,
                "api": {"level": api.API_LEVEL, "total": self.api_total, "errors": self.api_errors},
                "server_id": self.server.server_id, "now": api.rfc3339(time.time_ns()),

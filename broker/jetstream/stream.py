@@ -286,8 +286,14 @@ class Stream:
             raise errors.sealed()
         if self.config.deny_delete:
             raise errors.msg_delete_failed("message delete not permitted")
-        if not self.store.remove(seq):
-            raise errors.sequence_not_found(seq)
+        if self.store.remove(seq):
+            return
+        st = self.store.state()
+        if seq > st.last_seq:
+            raise errors.msg_delete_failed("stream store EOF")
+        if st.messages == 0 or seq < st.first_seq:
+            raise errors.msg_delete_failed("no message found")
+        raise errors.sequence_not_found(seq)
 
     def purge(self, filter_subject: str = "", seq: int = 0, keep: int = 0) -> int:
         if self.config.sealed:

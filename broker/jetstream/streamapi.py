@@ -69,9 +69,10 @@ async def handle(js, tokens: list[str], reply: str, hdr: bytes | None, payload: 
         return
     try:
         resp = await fn(js, rest[0] if rest else "", payload)
-        js.count_api(False)
+        if op != "MSG.GET":  # nats-server counts only failed message gets
+            js.count_api(False)
     except errors.JSError as e:
-        js.count_api(True)
+        js.count_api(e.counts_as_error)
         resp = _error(resp_cls, e, **extra)
     js.reply_json(reply, resp)
 
@@ -256,7 +257,12 @@ async def _msg_delete(js, name: str, payload: bytes):
     req = _decode(_del_req, payload, api.MsgDeleteRequest())
     if req.seq <= 0:
         raise errors.bad_request()
-    stream.delete_msg(req.seq)
+    try:
+        stream.delete_msg(req.seq)
+    except errors.JSError as e:
+        if e.err_code == 10057 and e.description != "message delete not permitted":
+            e.counts_as_error = False
+        raise
     js.consumers.stream_purged(stream)
     return api.StreamMsgDeleteResponse(success=True)
 

@@ -140,9 +140,23 @@ def normalize(cfg: StreamConfig) -> StreamConfig:
     meta = dict(cfg.metadata) if isinstance(cfg.metadata, dict) else {}
     for key in ("_nats.level", "_nats.ver"):
         meta.pop(key, None)
-    meta.setdefault("_nats.req.level", "0")
+    meta["_nats.req.level"] = str(_required_level(cfg))
     cfg.metadata = meta
     return cfg
+
+
+def _required_level(cfg: StreamConfig) -> int:
+    """The API level a config needs (ADR-44), as nats-server records it."""
+    level = 0
+    marker = cfg.subject_delete_marker_ttl
+    if cfg.allow_msg_ttl or (isinstance(marker, int) and marker > 0):
+        level = 1
+    if (cfg.flag("allow_msg_counter") or cfg.flag("allow_atomic") or cfg.flag("allow_msg_schedules")
+            or cfg.persist_mode == "async"):
+        level = 2
+    if cfg.flag("allow_batched"):
+        level = 4
+    return level
 
 
 def with_version_metadata(cfg: StreamConfig) -> StreamConfig:
@@ -183,6 +197,7 @@ def check_update(old: StreamConfig, new: StreamConfig) -> None:
 def apply_seal(cfg: StreamConfig) -> None:
     """A sealed stream also denies deletes and purges (nats-server sets both on seal)."""
     if cfg.sealed:
+        cfg.discard = "new"
         cfg.deny_delete = True
         cfg.deny_purge = True
 
