@@ -135,8 +135,8 @@ class ClusterManager:
         urls = [] if self.cfg.no_advertise else [self.host.client_url()]
         return proto.RouteInfo(
             server_id=self.cfg.server_id, server_name=self.cfg.server_name, version=self.cfg.version,
-            host=h, port=p, max_payload=self.cfg.max_payload, cluster=self.cfg.name, connect_urls=urls,
-            cluster_dynamic=self.cfg.dynamic_name,
+            proto=3, headers=True, host=h, port=p, max_payload=self.cfg.max_payload, cluster=self.cfg.name,
+            connect_urls=urls, cluster_dynamic=self.cfg.dynamic_name,
         )
 
     def _name_ok(self, theirs: str, their_dynamic: bool) -> bool:
@@ -217,10 +217,8 @@ class ClusterManager:
                 if not self._register(route, info):
                     route.close()
                     return
-                async with trio.open_nursery() as inner:
-                    route.start_pinger(inner)
-                    await self._read_loop(route, backlog)
-                    inner.cancel_scope.cancel()
+                route.start_pinger()
+                await self._read_loop(route, backlog)
             except RouteClosed:
                 return
             except proto.RouteProtocolError as exc:

@@ -41,10 +41,10 @@ class RouteInfo(msgspec.Struct, omit_defaults=True):
     server_id: str
     server_name: str = ""
     version: str = ""
-    proto: int = 3
+    proto: int = 0
     host: str = ""
     port: int = 0
-    headers: bool = True
+    headers: bool = False
     max_payload: int = 1048576
     cluster: str = ""
     cluster_dynamic: bool = False
@@ -138,11 +138,30 @@ class RouteParser:
         # When not None: (account, subject, reply, queues, hdr_len, total_len) of a
         # message whose payload has not fully arrived yet.
         self._pending: tuple | None = None
+        self._error: RouteProtocolError | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
 
     def feed(self, data: bytes) -> list:
+        """Parse what has arrived. Operations complete before a protocol error are
+        returned first; the error is raised by the next call (feed(b"") will do)."""
+        if self._error is not None:
+            raise self._error
+        ops: list = []
+        try:
+            self._parse(data, ops)
+        except RouteProtocolError as exc:
+            self._error = exc
+            self._buf.clear()
+            if not ops:
+                raise
+        return ops
+
+    def _parse(self, data: bytes, ops: list) -> None:
         buf = self._buf
         buf += data
-        ops: list = []
         pos = 0
         end = len(buf)
         try:
@@ -182,7 +201,6 @@ class RouteParser:
                     ops.append(op)
         finally:
             del buf[:pos]
-        return ops
 
     def _control(self, line: bytes):
         head = line[:5].upper()

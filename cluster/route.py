@@ -66,6 +66,7 @@ class Route:
         self._wake = trio.Event()
         self._closing = False
         self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self._pings_out = 0
         self._ping_sent_at = 0.0
 
@@ -120,6 +121,7 @@ class Route:
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
+                self._nursery = nursery
                 nursery.start_soon(self._writer)
                 try:
                     await body()
@@ -134,8 +136,9 @@ class Route:
                 cleanup.shield = True
                 await self.stream.aclose()
 
-    def start_pinger(self, nursery: trio.Nursery) -> None:
-        nursery.start_soon(self._pinger)
+    def start_pinger(self) -> None:
+        assert self._nursery is not None, "start_pinger() only inside run()"
+        self._nursery.start_soon(self._pinger)
 
     async def _writer(self) -> None:
         while True:
@@ -179,6 +182,8 @@ class Route:
         """Wait for the next batch of operations. Raises RouteClosed on EOF and
         RouteProtocolError when the peer breaks the protocol."""
         while True:
+            if self.parser.failed:
+                self.parser.feed(b"")  # raises the error held back after the last good ops
             try:
                 data = await self.stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -143,3 +143,12 @@ def test_append_msg_matches_nats_server_forms():
     assert p.encode_msg("a", "r", None, b"x", ["q1", "q2"]) == b"RMSG $G a + r q1 q2 1\r\nx\r\n"
     assert p.encode_msg("a", "r", None, b"x", None) == b"RMSG $G a r 1\r\nx\r\n"
     assert p.encode_msg("a", "", b"NATS/1.0\r\n\r\n", b"x", None) == b"HMSG $G a 12 13\r\nNATS/1.0\r\n\r\nx\r\n"
+
+
+def test_ops_before_an_error_are_returned_then_the_error():
+    parser = p.RouteParser()
+    ops = parser.feed(b"PING\r\nRS+ $G a\r\nBOGUS\r\nPONG\r\n")
+    assert ops[0] is p.PING and ops[1].subject == "a" and len(ops) == 2
+    assert parser.failed
+    with pytest.raises(p.RouteProtocolError):
+        parser.feed(b"")
