@@ -57,6 +57,7 @@ class ClientConn:
         self._cancel: trio.CancelScope | None = None
         # CONNECT state
         self.connected = False
+        self._connected_evt = trio.Event()
         self.verbose = False
         self.pedantic = False
         self.echo = True
@@ -96,9 +97,9 @@ class ClientConn:
                 if server.auth_required:
                     nursery.start_soon(self._auth_timer)
                 await self._reader()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as eg:
             if not self.close_reason:
-                self.close_reason = f"Client Closed ({e.__class__.__name__})"
+                self.close_reason = f"Client Closed ({eg.exceptions[0].__class__.__name__})"
         finally:
             self.closed = True
             server.client_closed(self)
@@ -145,6 +146,7 @@ class ClientConn:
 
     async def _pinger(self) -> None:
         opts = self.server.opts
+        await self._connected_evt.wait()
         await trio.sleep(FIRST_PING_S)
         while True:
             if self.pings_out + 1 > opts.ping_max:
@@ -296,6 +298,7 @@ class ClientConn:
             self.fail("no responders requires headers support")
             return False
         self.connected = True
+        self._connected_evt.set()
         if self.verbose:
             self.send(_OK)
         return True

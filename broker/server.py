@@ -154,7 +154,10 @@ class Server:
         conn = ClientConn(self, stream, cid, ip, port)
         self.clients[cid] = conn
         self.total_connections += 1
-        await conn.run(line)
+        try:
+            await conn.run(line)
+        except* Exception:  # our bug: log it, drop this connection, keep serving everyone else
+            log.exception("cid:%d - connection task failed", cid)
 
     def client_info(self, cid: int, ip: str) -> dict:
         o = self.opts

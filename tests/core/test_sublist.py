@@ -1,0 +1,121 @@
+"""Subscription trie: wildcards, queue groups, cache invalidation."""
+
+from collections import Counter
+
+from hypothesis import given, settings, strategies as st
+
+from broker.subjects import match as subject_match
+from broker.sublist import Sublist, Subscription
+
+
+class Conn:
+    is_route = False
+
+
+class Peer:
+    is_route = True
+
+
+def sub(subject, queue=None, conn=None, weight=1):
+    return Subscription(conn or Conn(), subject, queue, b"1", weight=weight)
+
+
+def subjects(m):
+    return sorted(s.subject for s in m.plain)
+
+
+def test_literal_and_wildcards():
+    sl = Sublist()
+    for s in ("foo.bar", "foo.*", "foo.>", ">", "*.bar", "foo.bar.baz", "*"):
+        sl.insert(sub(s))
+    assert subjects(sl.match(b"foo.bar")) == sorted(["foo.bar", "foo.*", "foo.>", ">", "*.bar"])
+    assert subjects(sl.match(b"foo.bar.baz")) == sorted(["foo.>", ">", "foo.bar.baz"])
+    assert subjects(sl.match(b"foo")) == sorted([">", "*"])
+    assert sl.match(b"nope.x.y").plain and subjects(sl.match(b"nope.x.y")) == [">"]
+
+
+def test_publish_to_wildcard_subject_matches_literally():
+    sl = Sublist()
+    for s in ("foo.*", "foo.>", "foo.bar"):
+        sl.insert(sub(s))
+    assert subjects(sl.match(b"foo.*")) == ["foo.*", "foo.>"]
+
+
+def test_queue_groups_and_pick():
+    sl = Sublist()
+    a, b, c = sub("q.x", "g"), sub("q.x", "g"), sub("q.*", "h")
+    for s in (a, b, c):
+        sl.insert(s)
+    m = sl.match(b"q.x")
+    groups = {g.name: g for g in m.queues}
+    assert set(groups) == {"g", "h"}
+    picks = Counter(groups["g"].pick() for _ in range(400))
+    assert set(picks) == {a, b}
+
+
+def test_weighted_pick_with_remote_member():
+    sl = Sublist()
+    local = sub("w", "g")
+    remote = sub("w", "g", conn=Peer(), weight=3)
+    sl.insert(local)
+    sl.insert(remote)
+    g = sl.match(b"w").queues[0]
+    assert g.total == 4 and not g.uniform
+    assert g.pick(exclude_routes=True) is local
+    assert {g.pick() for _ in range(300)} == {local, remote}
+
+
+def test_route_peers_deduplicated():
+    sl = Sublist()
+    p = Peer()
+    sl.insert(sub("a.*", conn=p))
+    sl.insert(sub("a.>", conn=p))
+    m = sl.match(b"a.b")
+    assert m.peers == [p] and m.plain == []
+
+
+def test_cache_invalidated_on_insert_and_remove():
+    sl = Sublist()
+    s1 = sub("foo.bar")
+    sl.insert(s1)
+    assert subjects(sl.match(b"foo.bar")) == ["foo.bar"]
+    assert sl.cache_size == 1
+    s2 = sub("foo.*")
+    sl.insert(s2)
+    assert subjects(sl.match(b"foo.bar")) == ["foo.*", "foo.bar"]
+    assert sl.remove(s1)
+    assert subjects(sl.match(b"foo.bar")) == ["foo.*"]
+    assert sl.remove(s2)
+    assert sl.match(b"foo.bar").empty
+    assert not sl.remove(s2)
+    assert sl.count == 0
+
+
+TOKENS = st.sampled_from(["a", "b", "c", "*"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(TOKENS, min_size=1, max_size=3), min_size=1, max_size=12),
+       st.lists(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3), min_size=1, max_size=8),
+       st.booleans())
+def test_matches_agree_with_reference_matcher(patterns, pubs, use_fwc):
+    sl = Sublist()
+    subs = []
+    for toks in patterns:
+        if use_fwc:
+            toks = toks[:-1] + [">"]
+        s = sub(".".join(toks))
+        subs.append(s)
+        sl.insert(s)
+    def check():
+        for toks in pubs:
+            subject = ".".join(toks)
+            got = {id(x) for x in sl.match(subject.encode()).plain}
+            want = {id(x) for x in subs if subject_match(x.subject, subject)}
+            assert got == want, subject
+
+    check()
+    for s in subs[::2]:
+        assert sl.remove(s)
+    subs = subs[1::2]
+    check()
