@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import urllib.parse
+from decimal import Decimal
 from dataclasses import dataclass, field
 
 VERSION = "2.15.1"
@@ -98,78 +99,65 @@ class Options:
 
 # --------------------------------------------------------------------- durations, sizes
 
-_DUR_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DUR_PART = re.compile(r"(\d*)(?:\.(\d*))?(ns|us|µs|μs|ms|s|m|h)?")
+_DUR_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
+              "h": 3600 * 10**9}
+_DUR_PART = re.compile(r"(\d*)(\.(\d*))?([^\d.]*)")
 
 
 def _go_duration(text: str) -> float:
-    """time.ParseDuration; raises ValueError worded as Go does."""
-    orig, s = text, text
-    quoted = '"' + orig + '"'
-    neg = False
-    if s[:1] in "+-" and s:
+    """Go's time.ParseDuration, in seconds; ValueError worded as Go words it."""
+    quoted = '"' + text + '"'
+    s, neg = text, False
+    if s and s[0] in "+-":
         neg, s = s[0] == "-", s[1:]
     if s == "0":
         return 0.0
     if not s:
         raise ValueError(f"time: invalid duration {quoted}")
-    total = 0.0
+    total = 0  # nanoseconds, as Go counts them
     while s:
         m = _DUR_PART.match(s)
-        whole, frac, unit = m.group(1), m.group(2), m.group(3)
+        whole, dot, frac, unit = m.group(1), m.group(2), m.group(3), m.group(4)
         if not whole and not frac:
             raise ValueError(f"time: invalid duration {quoted}")
-        if unit is None:
-            if m.end() == len(s):
-                raise ValueError(f"time: missing unit in duration {quoted}")
-            raise ValueError(f"time: unknown unit {s[m.end():m.end() + 1]!r} in duration {quoted}".replace("'", '"'))
-        total += float((whole or "0") + "." + (frac or "0")) * _DUR_UNITS[unit]
+        if not unit:
+            raise ValueError(f"time: missing unit in duration {quoted}")
+        if unit not in _DUR_UNITS:
+            raise ValueError(f'time: unknown unit "{unit}" in duration {quoted}')
+        total += int(Decimal((whole or "0") + "." + (frac or "0")) * _DUR_UNITS[unit])
         s = s[m.end():]
-    if total > 9223372036.854775807:
+    if total > 2**63 - 1:
         raise ValueError(f"time: invalid duration {quoted}")
-    return -total if neg else total
+    return (-total if neg else total) / 1e9
 
 
 def parse_duration(text: str | int | float) -> float:
-    """A Go duration ("2m", "1.5s", "500ms", "1h2m") or a bare number of seconds."""
+    """A Go duration ("2m", "1.5s", "500ms", "1h2m") or a bare number of seconds -> seconds.
+    Raises ValueError with Go's wording for a malformed duration."""
     if isinstance(text, bool):
-        raise ValueError(f"invalid duration {text!r}")
+        raise ValueError(f"time: invalid duration \"{text}\"")
     if isinstance(text, (int, float)):
         return float(text)
     s = str(text).strip()
-    try:
-        return float(s) if re.fullmatch(r"[+-]?\d+(\.\d+)?", s) and s not in ("0",) else _go_duration(s)
-    except ValueError:
-        raise
-
-
-_SIZE = re.compile(r"([+-]?\d+)\s*([A-Za-z]*)")
-_SIZE_MULT = {"": 1}
-for _i, _letter in enumerate("kmgtpe", start=1):
-    _SIZE_MULT[_letter] = 1000**_i
-    for _suf in ("b", "i", "ib"):
-        _SIZE_MULT[_letter + _suf] = 1024**_i
+    if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", s):
+        return float(s)
+    return _go_duration(s)
 
 
 def parse_size(value) -> int:
-    """1024, "1MB", "64MiB", "1G", "1K" ... as the nats-server config grammar reads them:
-    K/M/G/T/P/E alone are powers of 1000, with B, I or IB powers of 1024 (case-insensitive).
-    A trailing "B" alone ("512B") means bytes."""
-    if isinstance(value, bool):
-        raise ValueError(f"invalid size {value!r}")
-    if isinstance(value, int):
+    """1024, "1MB", "64MiB", "1G", "1K" ... read as nats-server reads an unquoted size in a
+    config file: K M G T P E are powers of 1000, and with B, I or IB powers of 1024."""
+    from broker import confparse
+
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    m = _SIZE.fullmatch(str(value).strip())
-    if not m:
+    try:
+        item = confparse.parse_text(f"v: {str(value).strip()}")["v"]
+    except (confparse.ConfParseError, KeyError):
+        item = None
+    if item is None or not isinstance(item.value, int) or isinstance(item.value, bool):
         raise ValueError(f"invalid size {value!r}")
-    suffix = m.group(2).lower()
-    if suffix == "b":
-        suffix = ""
-    if suffix not in _SIZE_MULT:
-        raise ValueError(f"invalid size {value!r}")
-    return int(m.group(1)) * _SIZE_MULT[suffix]
+    return item.value
 
 
 # --------------------------------------------------------------------------- the flags
@@ -369,12 +357,17 @@ Common Options:
 """
 
 TLS_USAGE = """
-TLS Options:
-        --tls                        Enable TLS, do not verify clients (default: false)
-        --tlscert <file>             Server certificate file
-        --tlskey <file>              Private key for server certificate
-        --tlsverify                  Enable TLS, verify client certificates
-        --tlscacert <file>           Client certificate CA for verification
+TLS configuration is specified in the tls section of a configuration file:
+
+e.g.
+
+    tls {
+        cert_file:      "./certs/server-cert.pem"
+        key_file:       "./certs/server-key.pem"
+        ca_file:        "./certs/ca.pem"
+        verify:         true
+        timeout:        2
+    }
 """
 
 
@@ -495,7 +488,9 @@ def parse_args(argv: list[str]) -> Options:
     opts = Options()
     config_file = str(last.get("config_file", ""))
     if config_file:
-        _apply_config_file(opts, config_file)
+        from broker import confparse
+
+        confparse.apply_config_file(opts, config_file)
     elif last.get("check_config"):
         raise ConfigError("must specify [-c, --config] option to check configuration file syntax")
     _apply_flags(opts, seen, last)
@@ -536,6 +531,9 @@ def _apply_flags(opts: Options, seen: list[tuple[str, str, object]], last: dict[
             opts.tls, opts.tls_cert, opts.tls_key = True, cert, key
             opts.tls_ca = str(tls_flags.get("tlscacert", ""))
             opts.tls_verify = bool(tls_flags.get("tlsverify", False))
+            err = check_tls_files(opts.tls_cert, opts.tls_key, opts.tls_ca)
+            if err:
+                raise ConfigError(err)
     if last.get("routes") and not (last.get("cluster") or opts.cluster_host or opts.cluster_port):
         raise ConfigError("solicited routes require cluster capabilities, e.g. --cluster")
 
@@ -558,7 +556,7 @@ def finalize(opts: Options) -> Options:
         opts.ping_max = 2
     if opts.tls_timeout_s == 0:
         opts.tls_timeout_s = 2.0
-    if opts.auth_timeout_s == 0 or not opts._auth_timeout_set:
+    if opts.auth_timeout_s == 0 or (opts.tls and not opts._auth_timeout_set and opts.auth_timeout_s == 2.0):
         opts.auth_timeout_s = opts.tls_timeout_s + 1.0 if opts.tls else 2.0
     if opts.cluster_port and not opts.cluster_host:
         opts.cluster_host = "0.0.0.0"
@@ -595,347 +593,30 @@ def _fmt_go_duration(seconds: float) -> str:
 
 def load_config_file(path: str, opts: Options | None = None) -> Options:
     """Apply a nats-server config file onto `opts` (or fresh defaults), then validate."""
+    from broker import confparse
+
     opts = opts if opts is not None else Options()
-    _apply_config_file(opts, path)
+    confparse.apply_config_file(opts, path)
     return finalize(opts)
 
 
-# ------------------------------------------------------------------------- config file
+def check_tls_files(cert: str, key: str, ca: str = "") -> str:
+    """Load the certificate, key and CA as nats-server does at startup; "" or its error."""
+    import ssl
 
-_GO_TYPES = {str: "string", int: "int64", float: "float64", bool: "bool", dict: "map[string]interface {}",
-             list: "[]interface {}"}
-
-
-class _Bad(Exception):
-    def __init__(self, item, reason: str, field: str | None = None) -> None:
-        super().__init__(reason)
-        self.item, self.reason, self.field = item, reason, field
-
-    def render(self) -> str:
-        where = self.item.where() if self.item is not None else ""
-        if self.field is not None:
-            return f'{where}: unknown field "{self.field}"'
-        return f"{where}: {self.reason}" if where else self.reason
-
-
-def _want(item, typ: type):
-    v = item.value
-    ok = isinstance(v, typ) and not (typ is int and isinstance(v, bool))
-    if not ok:
-        got = _GO_TYPES.get(type(v), type(v).__name__)
-        raise _Bad(item, f"interface conversion: interface {{}} is {got}, not {_GO_TYPES[typ]}")
-    return v
-
-
-def _listen(item) -> tuple[str, int]:
-    v = item.value
-    if isinstance(v, int) and not isinstance(v, bool):
-        return "", v
-    if isinstance(v, str):
-        host, sep, port = v.rpartition(":")
-        if not sep or (":" in host and not (host.startswith("[") and host.endswith("]"))):
-            raise _Bad(item, f'could not parse address string "{v}"')
-        try:
-            return host.strip("[]"), int(port)
-        except ValueError:
-            raise _Bad(item, f'could not parse port "{port}"') from None
-    raise _Bad(item, f"expected port or host:port, got {_GO_TYPES.get(type(v), type(v).__name__)}")
-
-
-def _duration(field_name: str, item, warnings: list[str]) -> float:
-    v = item.value
-    if isinstance(v, str):
-        try:
-            return _go_duration(v)
-        except ValueError as e:
-            raise _Bad(item, f"error parsing {field_name}: {e}") from None
-    seconds = _want(item, int)
-    warnings.append(f'{item.where()}: invalid use of field "{field_name}": {field_name} should be converted to a duration')
-    return float(seconds)
-
-
-def _storage_size(item, what: str) -> int:
-    v = item.value
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v
-    if not isinstance(v, str):
-        raise _Bad(item, f"{what} must be int64 or string")
-    if v == "":
-        return 0
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for path in (cert, key):
+        if not os.path.exists(path):
+            return f"error parsing X509 certificate/key pair: open {path}: no such file or directory"
     try:
-        num = _go_int10(v[:-1])
-    except ValueError as e:
-        raise _Bad(item, f'{what} strconv.ParseInt: parsing "{v[:-1]}": {e}') from None
-    mult = {"K": 10, "M": 20, "G": 30, "T": 40}.get(v[-1])
-    if mult is None:
-        raise _Bad(item, f"{what} sizes defined as strings must end in K, M, G, T")
-    return num << mult
-
-
-def _go_int10(s: str) -> int:
-    if not re.fullmatch(r"[+-]?\d+", s):
-        raise ValueError("invalid syntax")
-    return int(s)
-
-
-def _unknown(k: str, item) -> None:
-    if not item.used:
-        raise _Bad(item, "", field=k)
-
-
-def _lame_duck(k: str, item) -> float:
-    try:
-        return _go_duration(_want(item, str))
-    except ValueError as e:
-        raise _Bad(item, f"error parsing {k}: {e}") from None
-
-
-def _auth_block(o: Options, item, warnings: list[str]) -> None:
-    user = pw = token = ""
-    timeout = None
-    for k, it in _want(item, dict).items():
-        lk = k.lower()
-        if lk in ("user", "username"):
-            user = _want(it, str)
-        elif lk in ("pass", "password"):
-            pw = _want(it, str)
-        elif lk == "token":
-            token = _want(it, str)
-        elif lk == "timeout":
-            v = it.value
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                timeout = float(v)
-            elif isinstance(v, str):
-                try:
-                    timeout = _go_duration(v)
-                except ValueError as e:
-                    raise _Bad(it, f"error parsing authorization config, 'timeout' {e}") from None
-            else:
-                raise _Bad(it, "error parsing authorization config, 'timeout' wrong type")
-            if timeout > 60:
-                warnings.append(
-                    f'{it.where()}: invalid use of field "{k}": timeout of {v} ({timeout:f} seconds) is high, '
-                    "consider keeping it under 60 seconds. possibly caused by unquoted duration; "
-                    "use '1m' instead of 1m, for example")
-        else:
-            _unknown(k, it)
-    if (user or pw) and token:
-        raise _Bad(item, "Cannot have a user/pass and token")
-    o.username, o.password, o.token = user, pw, token
-    o.auth_timeout_s, o._auth_timeout_set = (timeout or 0.0), bool(timeout)
-
-
-def _tls_block(o: Options, item) -> None:
-    cert = key = ca = ""
-    verify = False
-    timeout = 0.0
-    for k, it in _want(item, dict).items():
-        lk = k.lower()
-        if lk in ("cert_file", "key_file", "ca_file"):
-            if not isinstance(it.value, str):
-                raise _Bad(it, f"error parsing tls config, expected '{lk}' to be filename")
-            cert, key, ca = (it.value, key, ca) if lk == "cert_file" else \
-                (cert, it.value, ca) if lk == "key_file" else (cert, key, it.value)
-        elif lk == "verify":
-            if not isinstance(it.value, bool):
-                raise _Bad(it, "error parsing tls config, expected 'verify' to be a boolean")
-            verify = it.value
-        elif lk == "timeout":
-            v = it.value
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                timeout = float(v)
-            elif isinstance(v, str):
-                try:
-                    timeout = _go_duration(v)
-                except ValueError as e:
-                    raise _Bad(it, f"error parsing tls config, 'timeout' {e}") from None
-            else:
-                raise _Bad(it, "error parsing tls config, 'timeout' wrong type")
-        else:
-            raise _Bad(it, f"error parsing tls config, unknown field [\"{k}\"]")
-    if not cert and not key and not ca:
-        raise _Bad(item, "missing 'cert_file' in TLS configuration")
-    if not cert:
-        raise _Bad(item, "missing 'cert_file' in TLS configuration")
-    if not key:
-        raise _Bad(item, "missing 'key_file' in TLS configuration")
-    o.tls, o.tls_cert, o.tls_key, o.tls_ca, o.tls_verify = True, cert, key, ca, verify
-    o.tls_timeout_s = timeout
-
-
-def _jetstream_block(o: Options, item, warnings: list[str]) -> None:
-    v = item.value
-    if isinstance(v, bool):
-        o.jetstream = v
-        return
-    if isinstance(v, str):
-        if v.lower() in ("enabled", "enable"):
-            o.jetstream = True
-        elif v.lower() in ("disabled", "disable"):
-            o.jetstream = False
-        else:
-            raise _Bad(item, f"Expected 'enabled' or 'disabled' for string value, got '{v}'")
-        return
-    enable = True
-    for k, it in _want(item, dict).items():
-        lk = k.lower()
-        if lk in ("store", "store_dir", "storedir"):
-            if o.store_dir:
-                raise _Bad(it, "Duplicate 'store_dir' configuration")
-            o.store_dir = _want(it, str)
-        elif lk in ("sync", "sync_interval"):
-            if isinstance(it.value, str) and it.value.lower() == "always":
-                o.sync_interval = "always"
-            else:
-                _duration(k, it, warnings)
-                o.sync_interval = it.value if isinstance(it.value, str) else f"{it.value}s"
-        elif lk in ("max_memory_store", "max_mem_store", "max_mem"):
-            o.max_memory_store = _storage_size(it, "max_mem_store")
-        elif lk in ("max_file_store", "max_file"):
-            o.max_file_store = _storage_size(it, "max_file_store")
-        elif lk in ("enable", "enabled"):
-            enable = _want(it, bool)
-        else:
-            _unknown(k, it)
-    o.jetstream = enable
-
-
-def _cluster_block(o: Options, item, warnings: list[str]) -> None:
-    if not isinstance(item.value, dict):
-        raise _Bad(item, f"Expected map to define cluster, got {_GO_TYPES.get(type(item.value))}")
-    for k, it in item.value.items():
-        lk = k.lower()
-        if lk == "name":
-            if " " in _want(it, str):
-                raise _Bad(it, "cluster name cannot contain spaces")
-            o.cluster_name = it.value
-        elif lk == "listen":
-            o.cluster_host, o.cluster_port = _listen(it)
-        elif lk == "port":
-            o.cluster_port = _want(it, int)
-        elif lk in ("host", "net"):
-            o.cluster_host = _want(it, str)
-        elif lk == "routes":
-            urls = []
-            for r in _want(it, list):
-                u = _want(r, str)
-                if normalize_url(u) in urls:
-                    warnings.append(f'{r.where()}: invalid use of field "{u}": Duplicate route entry detected')
-                    continue
-                urls.append(normalize_url(u))
-            o.routes = urls
-        elif lk in ("cluster_advertise", "advertise"):
-            o.cluster_advertise = _want(it, str)
-        elif lk == "no_advertise":
-            o.no_advertise = _want(it, bool)
-        elif lk == "connect_retries":
-            o.connect_retries = _want(it, int)
-        elif lk == "authorization":
-            for ak, av in _want(it, dict).items():
-                if ak.lower() in ("user", "username"):
-                    o.cluster_username = _want(av, str)
-                elif ak.lower() in ("pass", "password"):
-                    o.cluster_password = _want(av, str)
-                elif ak.lower() == "timeout":
-                    pass
-                else:
-                    _unknown(ak, av)
-        else:
-            _unknown(k, it)
-
-
-_INT_KEYS = {"port": "port", "http_port": "http_port", "monitor_port": "http_port", "https_port": "https_port",
-             "prof_port": "prof_port", "max_pending": "max_pending", "max_traced_msg_len": "max_traced_msg_len",
-             "max_subscriptions": "max_subscriptions", "max_subs": "max_subscriptions", "ping_max": "ping_max",
-             "logfile_size_limit": "log_size_limit", "log_size_limit": "log_size_limit"}
-_STR_KEYS = {"client_advertise": "client_advertise", "host": "host", "net": "host", "logfile": "log_file",
-             "log_file": "log_file", "remote_syslog": "remote_syslog", "pidfile": "pid_file",
-             "pid_file": "pid_file", "ports_file_dir": "ports_file_dir", "http_base_path": "http_base_path"}
-_BOOL_KEYS = {"debug": "debug", "trace": "trace", "logtime": "logtime", "logtime_utc": "logtime_utc",
-              "syslog": "syslog", "pedantic": "pedantic"}
-
-
-def _top_key(o: Options, k: str, item, warnings: list[str]) -> None:
-    lk = k.lower()
-    if lk in _INT_KEYS:
-        setattr(o, _INT_KEYS[lk], _want(item, int))
-    elif lk in _STR_KEYS:
-        setattr(o, _STR_KEYS[lk], _want(item, str))
-    elif lk in _BOOL_KEYS:
-        setattr(o, _BOOL_KEYS[lk], _want(item, bool))
-    elif lk == "trace_verbose":
-        o.trace = o.trace_verbose = _want(item, bool)
-    elif lk == "listen":
-        o.host, o.port = _listen(item)
-    elif lk in ("http", "https"):
-        host, port = _listen(item)
-        o.http_host, o._http_host_set = host, bool(host)
-        if lk == "http":
-            o.http_port = port
-        else:
-            o.https_port = port
-    elif lk == "server_name":
-        if " " in _want(item, str):
-            raise _Bad(item, "server name cannot contain spaces")
-        o.server_name = item.value
-    elif lk in ("max_payload", "max_control_line"):
-        if _want(item, int) > 2**31 - 1:
-            raise _Bad(item, f"{k} value is too big")
-        setattr(o, lk, item.value)
-    elif lk in ("max_connections", "max_conn"):
-        o.max_connections = _want(item, int) or -1
-    elif lk == "ping_interval":
-        o.ping_interval_s = _duration("ping_interval", item, warnings)
-    elif lk == "write_deadline":
-        o.write_deadline_s = _duration("write_deadline", item, warnings)
-    elif lk == "lame_duck_duration":
-        d = _lame_duck(lk, item)
-        if d < 30:
-            raise _Bad(item, f"invalid lame_duck_duration of {_fmt_go_duration(d)}, minimum is 30 seconds")
-        o.lame_duck_duration_s = d
-    elif lk == "lame_duck_grace_period":
-        d = _lame_duck(lk, item)
-        if d < 0:
-            raise _Bad(item, "invalid lame_duck_grace_period, needs to be positive")
-        o.lame_duck_grace_period_s = d
-    elif lk == "authorization":
-        _auth_block(o, item, warnings)
-    elif lk == "tls":
-        _tls_block(o, item)
-    elif lk == "jetstream":
-        _jetstream_block(o, item, warnings)
-    elif lk in ("store_dir", "storedir"):
-        if o.store_dir:
-            raise _Bad(item, "Duplicate 'store_dir' configuration")
-        o.store_dir = _want(item, str)
-    elif lk == "cluster":
-        _cluster_block(o, item, warnings)
-    else:
-        _unknown(k, item)
-
-
-def _apply_config_file(opts: Options, path: str) -> None:
-    from broker import confparse
-
-    opts.config_file = path
-    try:
-        tree = confparse.parse_file(path)
-    except OSError as e:
-        raise ConfigError(f"open {path}: {(e.strerror or str(e)).lower()}") from None
-    except confparse.ConfParseError as e:
-        raise ConfigError(str(e)) from None
-    warnings: list[str] = []
-    errors: list[tuple[int, str]] = []
-    if not tree:
-        warnings.append(f"{path}: config has no values or is empty")
-    # jetstream first so that a top-level store_dir meets the block's in a fixed order
-    for k in sorted(tree, key=lambda key: (key.lower() != "jetstream", tree[key].line)):
+        ctx.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as e:
+        return f"error parsing X509 certificate/key pair: {e}"
+    if ca:
+        if not os.path.exists(ca):
+            return f"open {ca}: no such file or directory"
         try:
-            _top_key(opts, k, tree[k], warnings)
-        except _Bad as e:
-            errors.append((e.item.line if e.item is not None else 0, e.render()))
-    if errors:
-        errors.sort(key=lambda e: e[0])
-        raise ConfigError("\n".join(warnings + [m for _, m in errors]))
-    if warnings:
-        print("\n".join(warnings) + "\n", file=sys.stderr)
+            ctx.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError):
+            return "failed to parse root ca certificate"
+    return ""
