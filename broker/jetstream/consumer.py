@@ -236,6 +236,7 @@ class Consumer:
         self.redeliver_at: list[tuple[int, int]] = []  # NAK delays: heap of (ready ns, sseq)
         self.lps: deque[int] = deque()  # last-per-subject start sequences still to deliver
         self.npending = 0  # exact count of matching messages at or after sseq (plus lps queue)
+        self.known_last = 0  # newest stream seq announced to us: the store may already hold newer ones
         self.waiting: deque[PullRequest] = deque()
         self.out: list[Out] = []
         self.last_active = 0
@@ -293,6 +294,7 @@ class Consumer:
 
     def recount(self) -> None:
         """Recompute num_pending from the store (after start, purge or restore)."""
+        self.known_last = self.store.state().last_seq
         if self.filters:
             n = sum(self.store.num_pending(self.sseq, f) for f in self.filters)
         else:
@@ -309,6 +311,9 @@ class Consumer:
 
     def on_stored(self, seq: int, subject: str) -> bool:
         """A message was appended; True if this consumer may now have something to deliver."""
+        if seq <= self.known_last:
+            return False
+        self.known_last = seq
         if seq >= self.sseq and self.matches(subject):
             self.npending += 1
             return True
@@ -316,6 +321,12 @@ class Consumer:
 
     # ---- choosing the next message ----------------------------------------------------
     def _next_new(self):
+        m = self._next_stored()
+        if m is not None and m.seq > self.known_last:
+            return None  # appended but not yet announced by on_stored
+        return m
+
+    def _next_stored(self):
         while self.lps:
             m = self.store.get(self.lps[0])
             if m is not None:

@@ -170,7 +170,8 @@ def create(mgr, tokens: list[str], payload: bytes, durable_api: bool) -> dict:
         name = cfg.name or mgr.new_name(stream.name)
     if _BAD_NAME.search(name) or len(name) > 255:
         raise cerr(400, 10103, "consumer name can not contain path separators")
-    cfg.name = name
+    if durable_api or len(tokens) >= 2 or cfg.name:
+        cfg.name = name  # an unnamed ephemeral keeps an empty config name, as nats-server shows it
     ncfg = normalize(cfg, stream.config)
     _check_stream_rules(mgr, stream, ncfg, name)
     existing = mgr.lookup(stream.name, name)
