@@ -197,25 +197,27 @@ class FileStore(_IndexedStore):
                     self._idx.add(b.subs[j], b.seqs[j])
                     self._n += 1
                     self._bytes += b.msz[j]
-        # Emptied blocks that were not unlinked before a crash; keep the newest.
-        keep = [b for i, b in enumerate(self._blocks) if b.nlive or i == len(self._blocks) - 1]
-        stale.extend(b.path for b in self._blocks if b.nlive == 0 and b not in keep)
+        # Emptied blocks that were not unlinked before a crash go, except the newest,
+        # which records last_seq (unless it is an empty file).
+        blocks = self._blocks
+        keep = [b for i, b in enumerate(blocks) if b.nlive or (i == len(blocks) - 1 and b.size)]
+        kept = {id(b) for b in keep}
+        stale.extend(b.path for b in blocks if id(b) not in kept)
         self._blocks = keep
-        if self._blocks and self._blocks[-1].size == 0:
-            stale.append(self._blocks.pop().path)
+        self._bases = [b.base for b in keep]
+        self._recompute_first(0)
+        if not keep or keep[-1] is not blocks[-1]:
+            # Nothing left on disk that records last_seq: write it down before unlinking.
+            with self._lock:
+                self._new_block(nums[-1] + 1 if nums else 1, self._last, self._last_ts, 0)
+            self.sync()
         for p in stale:
             try:
                 os.unlink(p)
             except FileNotFoundError:
                 pass
-        self._bases = [b.base for b in self._blocks]
-        self._recompute_first(0)
         if stale:
             self._fsync_dir()
-        if not self._blocks:
-            num = nums[-1] + 1 if nums else 1
-            with self._lock:
-                self._new_block(num, self._last, self._last_ts, 0)
 
     def _load_block(self, num: int, path: str) -> tuple[_Block, int]:
         with open(path, "rb") as f:
@@ -241,6 +243,9 @@ class FileStore(_IndexedStore):
                 if bad:
                     if self._valid_record_after(data, off + 1):
                         raise CorruptStoreError(path, off, "bad checksum or length before valid data")
+                    if n - off >= 9 and end <= n and any(mv[off:end]):
+                        # Complete but damaged: a crash leaves a short record, not this.
+                        raise CorruptStoreError(path, off, "bad checksum in last record")
                     with open(path, "r+b") as f:  # torn tail: never acknowledged
                         f.truncate(off)
                     n = off

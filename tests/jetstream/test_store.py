@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-import pytest
+import gc
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import tracemalloc
 
-from broker.jetstream.filestore import CorruptStoreError, FileStore
+import pytest
+import trio
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from broker.jetstream.filestore import (BLOCK_SIZE_MAX_BYTES_DEFAULT as BLOCK_DEFAULT,
+                                        CorruptStoreError, FileStore, StoreLockedError)
 from broker.jetstream.store import MemoryStore
 from broker.jetstream.storetypes import StoreState, file_msg_size, memory_msg_size
+from broker.subjects import match
 
 KINDS = ["memory", "file", "file-tiny-blocks"]
 
@@ -365,3 +380,464 @@ def test_many_messages_one_subject(h):
         assert s.get(2001).data == (2000).to_bytes(4, "big")
         st = s.state()
         assert (st.first_seq, st.last_seq, st.num_deleted) == (1001, n, 2)
+
+
+# ---------------------------------------------------------------- file store only
+
+def blk_files(d) -> list[str]:
+    return sorted(f for f in os.listdir(d) if f.endswith(".blk"))
+
+
+def snapshot(s) -> tuple:
+    msgs = []
+    m = s.next_msg(0)
+    while m is not None:
+        msgs.append((m.seq, m.subject, m.hdr, m.data, m.ts))
+        m = s.next_msg(m.seq + 1)
+    return s.state(), msgs, s.subjects()
+
+
+def test_file_reopen_keeps_everything(tmp_path):
+    d = str(tmp_path / "s")
+    s = FileStore(d, block_size_max_bytes=1000)
+    hdr = b"NATS/1.0\r\nA: b\r\n\r\n"
+    for i in range(200):
+        s.append(f"sub.{i % 7}", hdr if i % 3 == 0 else (b"" if i % 3 == 1 else None),
+                 bytes([i % 256]) * (i % 50), 10_000 + i)
+    for q in (1, 2, 3, 50, 51, 199):
+        assert s.remove(q)
+    s.purge("sub.3", keep=4)
+    s.append_at(300, "late", None, b"late", 99_999)
+    before = snapshot(s)
+    s.close()
+    s = FileStore(d, block_size_max_bytes=1000)
+    assert snapshot(s) == before
+    assert s.get(8).hdr == b"" and s.get(9).hdr is None and s.get(10).hdr == hdr
+    assert s.append("next", None, b"", 1) == 301
+    s.close()
+
+
+def test_file_blocks_roll_and_emptied_blocks_are_deleted(tmp_path):
+    d = str(tmp_path / "s")
+    s = FileStore(d, block_size_max_bytes=512)
+    for i in range(100):
+        s.append("a", None, b"x" * 40, i)
+    s.sync()
+    n_blocks = len(blk_files(d))
+    assert n_blocks > 5
+    for q in range(1, 51):
+        s.remove(q)
+    s.sync()
+    assert len(blk_files(d)) < n_blocks * 2 // 3
+    assert s.purge() == 50
+    s.sync()
+    assert len(blk_files(d)) == 1
+    s.close()
+    s = FileStore(d, block_size_max_bytes=512)
+    st = s.state()
+    assert (st.messages, st.first_seq, st.last_seq, st.last_ts) == (0, 101, 100, 99)
+    s.close()
+
+
+def _last_block(d) -> str:
+    return os.path.join(d, blk_files(d)[-1])
+
+
+@pytest.mark.parametrize("tail", ["partial-record", "short-header", "zeros", "random-short"])
+def test_file_torn_tail_is_truncated(tmp_path, tail):
+    d = str(tmp_path / "s")
+    s = FileStore(d)
+    for i in range(5):
+        s.append("t", None, b"payload-%d" % i, i)
+    s.close()
+    path = _last_block(d)
+    good_size = os.path.getsize(path)
+    record = open(path, "rb").read()[-(good_size - 38) // 5:]  # one whole MSG record
+    garbage = {
+        "partial-record": record[: len(record) - 3],
+        "short-header": record[:6],
+        "zeros": b"\0" * 100,
+        "random-short": b"\x07\x01\x02",
+    }[tail]
+    with open(path, "ab") as f:
+        f.write(garbage)
+    s = FileStore(d)
+    assert s.state().messages == 5
+    assert os.path.getsize(path) == good_size
+    assert s.append("t", None, b"after", 9) == 6
+    s.close()
+    s = FileStore(d)
+    assert [s.get(q).data for q in (1, 5, 6)] == [b"payload-0", b"payload-4", b"after"]
+    s.close()
+
+
+def _corrupt(path: str, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def test_file_corruption_in_the_middle_raises(tmp_path):
+    d = str(tmp_path / "s")
+    s = FileStore(d)
+    for i in range(10):
+        s.append("c", None, b"0123456789", i)
+    s.close()
+    path = _last_block(d)
+    msg_len = (os.path.getsize(path) - 38) // 10
+    bad_off = 38 + 4 * msg_len
+    _corrupt(path, bad_off + msg_len - 2)  # a payload byte of the 5th message
+    with pytest.raises(CorruptStoreError) as ei:
+        FileStore(d)
+    assert ei.value.path == path and ei.value.offset == bad_off
+    assert path in str(ei.value) and str(bad_off) in str(ei.value)
+    # The data is untouched: nothing was truncated.
+    assert os.path.getsize(path) == 38 + 10 * msg_len
+
+
+def test_file_corrupt_length_field_in_the_middle_raises(tmp_path):
+    d = str(tmp_path / "s")
+    s = FileStore(d)
+    for i in range(10):
+        s.append("c", None, b"0123456789", i)
+    s.close()
+    path = _last_block(d)
+    msg_len = (os.path.getsize(path) - 38) // 10
+    _corrupt(path, 38 + 2 * msg_len + 6)  # high byte of the body length of message 3
+    with pytest.raises(CorruptStoreError):
+        FileStore(d)
+
+
+def test_file_damaged_last_complete_record_raises(tmp_path):
+    d = str(tmp_path / "s")
+    s = FileStore(d)
+    for i in range(3):
+        s.append("c", None, b"0123456789", i)
+    s.close()
+    path = _last_block(d)
+    _corrupt(path, os.path.getsize(path) - 1)
+    with pytest.raises(CorruptStoreError):
+        FileStore(d)
+
+
+def test_file_get_detects_later_damage(tmp_path):
+    d = str(tmp_path / "s")
+    s = FileStore(d)
+    for i in range(3):
+        s.append("c", None, b"0123456789", i)
+    s.sync()
+    path = _last_block(d)
+    _corrupt(path, os.path.getsize(path) - 1)
+    with pytest.raises(CorruptStoreError):
+        s.get(3)
+    assert s.get(2).data == b"0123456789"
+    s.delete()
+
+
+def test_file_directory_is_locked(tmp_path):
+    d = str(tmp_path / "s")
+    s = FileStore(d)
+    with pytest.raises(StoreLockedError):
+        FileStore(d)
+    s.close()
+    FileStore(d).close()
+
+
+def test_file_delete_removes_directory(tmp_path):
+    d = str(tmp_path / "s")
+    s = FileStore(d)
+    s.append("a", None, b"x", 1)
+    s.sync()
+    s.delete()
+    assert not os.path.exists(d)
+
+
+def test_file_purge_all_survives_crash_before_unlink(tmp_path):
+    """A purge writes a META that drops the older blocks even if they are still there."""
+    d = str(tmp_path / "s")
+    s = FileStore(d, block_size_max_bytes=300)
+    for i in range(20):
+        s.append("a", None, b"y" * 20, i)
+    s.sync()
+    saved = {f: open(os.path.join(d, f), "rb").read() for f in blk_files(d)}
+    s.purge()
+    s.close()
+    for f, data in saved.items():  # resurrect the old blocks, as if unlink never hit the disk
+        with open(os.path.join(d, f), "wb") as fh:
+            fh.write(data)
+    s = FileStore(d, block_size_max_bytes=300)
+    st = s.state()
+    assert (st.messages, st.first_seq, st.last_seq) == (0, 21, 20)
+    assert len(blk_files(d)) == 1
+    s.close()
+
+
+async def test_file_group_commit_from_a_thread(tmp_path):
+    """sync() in a worker thread while the event loop keeps appending the next batch."""
+    d = str(tmp_path / "s")
+    s = FileStore(d, block_size_max_bytes=64 * 1024)
+    acked: list[int] = []
+
+    async def committer(batch: list[int]) -> None:
+        await trio.to_thread.run_sync(s.sync)
+        acked.extend(batch)
+
+    async with trio.open_nursery() as nursery:
+        for b in range(30):
+            batch = [s.append(f"g.{b}", None, b"z" * 100, b) for _ in range(50)]
+            nursery.start_soon(committer, batch)
+            await trio.sleep(0)
+    assert len(acked) == 1500
+    s.close()
+    s = FileStore(d, block_size_max_bytes=64 * 1024)
+    assert s.state().messages == 1500
+    assert all(s.get(q).data == b"z" * 100 for q in acked)
+    s.close()
+
+
+def test_file_reopen_keeps_payloads_on_disk(tmp_path):
+    """Reopen (full replay of every block) holds an index, not the 40 MB of payloads.
+    Few large messages keep it quick: tracemalloc makes every allocation ~10x slower."""
+    d = str(tmp_path / "s")
+    n, payload = 25_000, 1600
+    s = FileStore(d)
+    body = b"p" * payload
+    for i in range(n):
+        s.append("big.%d" % (i % 10), None, body, i)
+    s.close()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        s = FileStore(d)
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert s.state().messages == n
+    assert s.get(n // 2).data == body
+    # the index costs tens of bytes a message
+    assert grown < n * payload // 20, grown
+    s.close()
+
+
+@pytest.mark.slow
+def test_file_reopen_1m_messages(tmp_path):
+    d = str(tmp_path / "s")
+    n = 1_000_000
+    s = FileStore(d)
+    body = b"q" * 200
+    for i in range(n):
+        s.append("m.%d" % (i % 100), None, body, i)
+        if i % 10_000 == 0:
+            s.sync()
+    s.close()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        s = FileStore(d)
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    st = s.state()
+    assert (st.messages, st.last_seq, st.num_subjects) == (n, n, 100)
+    assert grown < n * 200 // 3, grown
+    assert s.get(777_777).data == body
+    assert s.num_pending(500_001, "m.7") == 5000
+    s.close()
+
+
+CHILD = r"""
+import sys
+from broker.jetstream.filestore import FileStore
+s = FileStore(sys.argv[1], block_size_max_bytes=16 * 1024)
+while True:
+    added, removed = [], []
+    for _ in range(8):
+        seq = s.state().last_seq + 1
+        assert s.append("k.x", None, str(seq).encode(), seq) == seq
+        added.append(seq)
+        if seq % 11 == 0 and s.remove(seq - 5):
+            removed.append(seq - 5)
+    s.sync()
+    print(" ".join(["A%d" % q for q in added] + ["R%d" % q for q in removed]), flush=True)
+"""
+
+
+def test_file_sigkill_loses_no_synced_message(tmp_path):
+    """Append+sync in a child process, SIGKILL it: everything it reported synced is there."""
+    d = str(tmp_path / "s")
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, d], stdout=subprocess.PIPE,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    added: list[int] = []
+    removed: set[int] = set()
+    lines = 0
+    try:
+        for line in proc.stdout:
+            for tok in line.split():
+                (added.append if tok[:1] == b"A" else removed.add)(int(tok[1:]))
+            lines += 1
+            if lines >= 150:
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert lines == 150 and removed
+    s = FileStore(d, block_size_max_bytes=16 * 1024)
+    seen = []
+    m = s.next_msg(0)
+    while m is not None:
+        assert m.data == str(m.seq).encode()
+        seen.append(m.seq)
+        m = s.next_msg(m.seq + 1)
+    assert len(seen) == len(set(seen))
+    present = set(seen)
+    for q in added:
+        assert (q in present) == (q not in removed), q
+    assert s.state().last_seq >= added[-1]
+    s.close()
+
+
+# ---------------------------------------------------------------- model-based
+
+SUBJECTS = ["a.1", "a.2", "b.1", "c"]
+FILTERS = [None, ">", "a.*", "a.1", "b.>", "*.1", "c", "zz"]
+HDRS = [None, b"", b"NATS/1.0\r\nX: 1\r\n\r\n"]
+
+
+class Model:
+    def __init__(self) -> None:
+        self.msgs: dict[int, tuple] = {}
+        self.last = 0
+        self.last_ts = 0
+
+    def matching(self, filt) -> list[int]:
+        return [q for q in sorted(self.msgs)
+                if filt is None or match(filt, self.msgs[q][0])]
+
+    def state(self, size) -> StoreState:
+        n = len(self.msgs)
+        first = min(self.msgs) if n else self.last + 1
+        return StoreState(
+            messages=n, bytes=sum(size(*m[:3]) for m in self.msgs.values()), first_seq=first,
+            first_ts=self.msgs[first][3] if n else 0, last_seq=self.last, last_ts=self.last_ts,
+            num_deleted=self.last - first + 1 - n if n else 0,
+            num_subjects=len({m[0] for m in self.msgs.values()}))
+
+
+class StoresMachine(RuleBasedStateMachine):
+    """MemoryStore and FileStore (big and tiny blocks, random reopens) against a model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="storesm-")
+        self.model = Model()
+        self.ts = 0
+        self.stores = {
+            "memory": MemoryStore(),
+            "file": FileStore(os.path.join(self.dir, "f")),
+            "tiny": FileStore(os.path.join(self.dir, "t"), block_size_max_bytes=150),
+        }
+
+    def _all(self, fn):
+        return {k: fn(s) for k, s in self.stores.items()}
+
+    @rule(subject=st.sampled_from(SUBJECTS), hdr=st.sampled_from(HDRS),
+          data=st.binary(max_size=12))
+    def append(self, subject, hdr, data):
+        self.ts += 1
+        m = self.model
+        m.last += 1
+        m.last_ts = self.ts
+        m.msgs[m.last] = (subject, hdr, data, self.ts)
+        assert set(self._all(lambda s: s.append(subject, hdr, data, self.ts)).values()) == {m.last}
+
+    @rule(gap=st.integers(1, 4), subject=st.sampled_from(SUBJECTS))
+    def append_at(self, gap, subject):
+        self.ts += 1
+        m = self.model
+        seq = m.last + gap
+        m.last, m.last_ts = seq, self.ts
+        m.msgs[seq] = (subject, None, b"at", self.ts)
+        self._all(lambda s: s.append_at(seq, subject, None, b"at", self.ts))
+
+    @rule(data=st.data())
+    def remove(self, data):
+        seq = data.draw(st.integers(0, self.model.last + 1))
+        expect = self.model.msgs.pop(seq, None) is not None
+        assert set(self._all(lambda s: s.remove(seq)).values()) == {expect}
+
+    @rule(filt=st.sampled_from(FILTERS), keep=st.integers(0, 3), data=st.data())
+    def purge(self, filt, keep, data):
+        upto = data.draw(st.sampled_from([0, 0, 1, 2]) | st.integers(0, self.model.last + 2))
+        seqs = self.model.matching(None if filt == ">" else filt)
+        if keep:
+            seqs = seqs[: max(0, len(seqs) - keep)]
+        if upto:
+            seqs = [q for q in seqs if q < upto]
+        for q in seqs:
+            del self.model.msgs[q]
+        assert set(self._all(lambda s: s.purge(filt, upto, keep)).values()) == {len(seqs)}
+
+    @rule(ahead=st.integers(1, 3))
+    def skip_to(self, ahead):
+        m = self.model
+        seq = m.last + ahead
+        m.msgs.clear()
+        m.last = seq - 1
+        self._all(lambda s: s.skip_to(seq))
+
+    @rule()
+    def sync(self):
+        self._all(lambda s: s.sync())
+
+    @rule(which=st.sampled_from(["file", "tiny"]))
+    def reopen(self, which):
+        s = self.stores[which]
+        s.close()
+        bs = 150 if which == "tiny" else BLOCK_DEFAULT
+        self.stores[which] = FileStore(os.path.join(self.dir, which[0]), block_size_max_bytes=bs)
+
+    @invariant()
+    def agrees_with_model(self):
+        m = self.model
+        for kind, s in self.stores.items():
+            size = memory_msg_size if kind == "memory" else file_msg_size
+            assert s.state() == m.state(size), kind
+            for q in range(0, m.last + 2):
+                got = s.get(q)
+                want = m.msgs.get(q)
+                assert (got and (got.subject, got.hdr, got.data, got.ts)) == want, (kind, q)
+            for filt in FILTERS:
+                seqs = m.matching(None if filt == ">" else filt)
+                for start in (0, 2, m.last // 2, m.last):
+                    nxt = next((q for q in seqs if q >= start), None)
+                    got = s.next_msg(start, filt)
+                    assert (got.seq if got else None) == nxt, (kind, filt, start)
+                    assert s.num_pending(start, filt) == sum(1 for q in seqs if q >= start)
+                    lasts = {}
+                    for q in seqs:
+                        lasts[m.msgs[q][0]] = q
+                    assert s.num_pending(start, filt, last_per_subject=True) == sum(
+                        1 for q in lasts.values() if q >= start), (kind, filt, start)
+                if filt is not None:
+                    got = s.last_msg(filt)
+                    assert (got.seq if got else None) == (seqs[-1] if seqs else None)
+                    subs: dict[str, int] = {}
+                    for q in seqs:
+                        subs[m.msgs[q][0]] = subs.get(m.msgs[q][0], 0) + 1
+                    assert s.subjects(filt) == subs
+            for subj in SUBJECTS:
+                assert s.subject_seqs(subj) == m.matching(subj)
+
+    def teardown(self):
+        for s in self.stores.values():
+            s.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+StoresMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
+                                           deadline=None)
+TestStoresAgainstModel = StoresMachine.TestCase
