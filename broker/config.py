@@ -402,14 +402,18 @@ def _cluster_from_url(opts: Options, text: str) -> None:
     random = text.endswith(":-1")
     if random:
         text = text[:-3] + ":0"
-    try:
-        u = urllib.parse.urlsplit(text)
-        host, port = u.hostname, u.port
-        netloc = u.netloc.rsplit("@", 1)[-1]
-    except ValueError as e:
-        raise ConfigError(f"parse {text!r}: {e}".replace("'", '"')) from None
-    if not netloc or port is None and not random:
+    if text.startswith(":"):
+        raise ConfigError(f'parse "{text}": missing protocol scheme')
+    u = urllib.parse.urlsplit(text)
+    netloc = u.netloc.rsplit("@", 1)[-1]
+    host, sep, port_s = netloc.rpartition(":")
+    if not netloc:
+        raise ConfigError("missing port in address")
+    if not sep or (":" in host and not host.endswith("]")):
         raise ConfigError(f"address {netloc}: missing port in address")
+    if not port_s.isdigit():
+        raise ConfigError(f'parse "{text}": invalid port ":{port_s}" after host')
+    host, port = host.strip("[]"), int(port_s)
     opts.cluster_host = host or ""
     opts.cluster_port = -1 if random else port
     if u.username is not None:
@@ -490,7 +494,7 @@ def parse_args(argv: list[str]) -> Options:
     if config_file:
         from broker import confparse
 
-        confparse.apply_config_file(opts, config_file)
+        confparse.apply_config_file(opts, config_file, strict=bool(last.get("check_config")))
     elif last.get("check_config"):
         raise ConfigError("must specify [-c, --config] option to check configuration file syntax")
     _apply_flags(opts, seen, last)

@@ -49,6 +49,7 @@ for _i, _c in enumerate("kmgtpe", start=1):
         _MULT[_c + _s] = 1024**_i
 _BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 _DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_NUM = re.compile(r"(-?\d+)(?:\.(\d*)(\.[\d.:-]*)?)?([kKmMgGtTpPeE][bBiI]*)?")
 _WS = " \t"
 
 
@@ -65,6 +66,7 @@ class _Parser:
         self.nl = [k for k, c in enumerate(text) if c == "\n"]
         self.ctxs: list[dict[str, Item]] = []
         self.env_refs = env_refs if env_refs is not None else set()
+        self.depth = 0  # arrays and maps open
 
     # -- positions
     def pos(self, at: int) -> tuple[int, int]:
@@ -254,12 +256,15 @@ class _Parser:
         self.skip_ws()
         c = self.peek()
         start = self.i
-        if c == "[":
+        if c in "[{" and c:
+            if len(self.ctxs) + self.depth > 100:
+                raise self.fail("Nesting too deep.")
             self.i += 1
-            return self.mk(self.array_body(), start)
-        if c == "{":
-            self.i += 1
-            return self.mk(self.map_body(start), start)
+            self.depth += 1
+            try:
+                return self.mk(self.array_body() if c == "[" else self.map_body(start), start)
+            finally:
+                self.depth -= 1
         if c == "'":
             end = self.s.find("'", self.i + 1)
             if end < 0:
@@ -270,10 +275,8 @@ class _Parser:
             return self.mk(self.dq_string(), start)
         if c == "(":
             return self.mk(self.block_string(), start)
-        if c == "-":
-            return self.number(negative=True)
-        if c.isdigit():
-            return self.number(negative=False)
+        if c == "-" or c.isdigit():
+            return self.number()
         if c == ".":
             raise self.fail("Floats must start with a digit")
         if c in ("\n", "\r"):
@@ -347,61 +350,41 @@ class _Parser:
             return self.variable(text[1:], start)
         return self.mk(text, start)
 
-    def number(self, negative: bool) -> Item:
-        start = self.i
-        if negative:
-            self.i += 1
-            if not self.peek().isdigit():
-                c = self.peek()
-                raise self.fail("Floats must start with a digit, not '.'." if c == "."
-                                else f"Expected a digit but got '{_show(c)}'.")
-        while self.peek().isdigit():
-            self.i += 1
-        c = self.peek()
-        term = lambda ch: ch in ("", "\n", "\r", "}", ";", ",") or ch in _WS or ch.isdigit()  # noqa: E731
-        if c == "-" and not negative:
-            if self.i - start != 4:
+    def number(self) -> Item:
+        """A value starting with a digit or '-': integer (maybe with a size suffix), float,
+        date, IP address ("127.0.0.1:4222" is a string), or a string that starts with digits."""
+        start, s = self.i, self.s
+        if s[start] == "-" and not s[start + 1:start + 2].isdigit():
+            c = self.peek(1)
+            raise self.fail("Floats must start with a digit, not '.'." if c == "." else
+                            f"Expected a digit but got '{_show(c)}'.", start + 1)
+        m = _NUM.match(s, start)
+        self.i = m.end()
+        whole, frac, ip, suffix = m.group(1), m.group(2), m.group(3), m.group(4) or ""
+        after = self.peek()
+        if after == "-" and whole.isdigit() and frac is None and not suffix:
+            if len(whole) != 4:
                 raise self.fail("All ISO8601 dates must be in full Zulu form.")
-            m = _DATE.match(self.s, start)
-            if not m:
+            d = _DATE.match(s, start)
+            if not d:
                 raise self.fail("Expected a full Zulu ISO8601 datetime.")
-            self.i = m.end()
-            dt = datetime.strptime(m.group(0), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-            return self.mk(dt, start)
-        if c == ".":
-            self.i += 1
-            if not self.peek().isdigit():
-                raise self.fail(f"Floats must have a digit after the '.', but got '{_show(self.peek())}' instead.")
-            while self.peek().isdigit():
-                self.i += 1
-            if self.peek() == ".":  # an IP address (maybe with a port) is a string
-                while self.peek().isdigit() or self.peek() in ".:-" and self.peek():
-                    self.i += 1
-                return self.mk(self.s[start:self.i], start)
-            return self.mk(float(self.s[start:self.i]), start)
-        if c and c in _SUFFIX_LETTERS:
-            self.i += 1
-            while self.peek() and self.peek() in "bBiI":
-                self.i += 1
-            if term(self.peek()):
-                return self.integer(start)
-            self.i = start
-            return self.bare(start)
-        if negative or term(c):
-            return self.integer(start)
+            self.i = d.end()
+            return self.mk(datetime.strptime(d.group(0), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc), start)
+        if frac == "":
+            raise self.fail(f"Floats must have a digit after the '.', but got '{_show(after)}' instead.")
+        if ip is not None:
+            return self.mk(s[start:self.i], start)
+        if frac is not None:
+            return self.mk(float(s[start:self.i]), start)
+        if whole.startswith("-") or after in ("", "\n", "\r", "}", ";", ",") or after in _WS or after.isdigit():
+            text = s[start:self.i]
+            if suffix.lower() not in _MULT:
+                raise self.fail(f"expected integer, but got '{text}'", start)
+            if not -(2**63) <= int(whole) < 2**63:
+                raise self.fail(f"integer '{text}' is out of the range", start)
+            return self.mk(int(whole) * _MULT[suffix.lower()], start)
         self.i = start  # "4222abc": a string that starts with digits
         return self.bare(start)
-
-    def integer(self, start: int) -> Item:
-        text = self.s[start:self.i]
-        digits = re.match(r"-?\d+", text).group(0)
-        suffix = text[len(digits):].lower()
-        if suffix not in _MULT:
-            raise self.fail(f"expected integer, but got '{text}'", start)
-        n = int(digits) * _MULT[suffix]
-        if not -(2**63) <= int(digits) < 2**63:
-            raise self.fail(f"integer '{text}' is out of the range", start)
-        return self.mk(n, start)
 
     def variable(self, name: str, start: int) -> Item:
         if name.startswith("2a$"):  # a bcrypt hash, not a variable
@@ -434,9 +417,17 @@ def parse_text(text: str, file: str = "", env_refs: set[str] | None = None) -> d
 
 def parse_file(path: str, env_refs: set[str] | None = None) -> dict[str, Item]:
     """Parse a config file; OSError if it cannot be read, ConfParseError if malformed."""
+    refs = env_refs if env_refs is not None else set()
+    mark = "\0" + os.path.realpath(path)  # files being included, next to the $VARs being expanded
+    if mark in refs:
+        raise ConfParseError("include cycle detected", path, 1, 0)
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    return parse_text(text, path, env_refs)
+    refs.add(mark)
+    try:
+        return parse_text(text, path, refs)
+    finally:
+        refs.discard(mark)
 
 
 # ------------------------------------------------------------ applying a file to Options
@@ -754,9 +745,9 @@ def _top_key(o: Any, k: str, item: Item, warnings: list[str]) -> None:
         _unknown(k, item)
 
 
-def apply_config_file(opts: Any, path: str) -> None:
-    """Apply a config file onto Options; ConfigError lists every problem, by line.
-    Warnings alone are printed to stderr, as nats-server prints them, and do not stop it."""
+def apply_config_file(opts: Any, path: str, strict: bool = False) -> None:
+    """Apply a config file onto Options; ConfigError lists every problem, by line.  Warnings
+    alone are printed to stderr and do not stop it, as in nats-server, unless `strict` (-t)."""
     import sys
 
     from broker.config import ConfigError
@@ -776,7 +767,7 @@ def apply_config_file(opts: Any, path: str) -> None:
             _top_key(opts, k, tree[k], warnings)
         except _Bad as e:
             errors.append(e)
-    if errors:
+    if errors or (warnings and strict):
         errors.sort(key=lambda e: (e.item.line, e.item.col))
         raise ConfigError("\n".join(warnings + [e.render() for e in errors]))
     if warnings:

@@ -372,7 +372,7 @@ def test_full_config_file(tmp_path):
         ("cluster\n{\n  port: 6222;\n}", {"cluster_port": 6222}),
         ("lame_duck_duration: '1m'", {"lame_duck_duration_s": 60.0}),
         ("VAR = 5000\nport: $VAR", {"port": 5000}),
-        ("b { x = 5 }\nport = 6", {"port": 6}) if False else ("x: 7\ncluster { port: $x }", {"cluster_port": 7}),
+        ("x: 7\ncluster { port: $x }", {"cluster_port": 7}),
     ],
 )
 def test_config_values(tmp_path, text, attrs):
@@ -393,8 +393,8 @@ def test_include(tmp_path):
     (tmp_path / "sub" / "auth.conf").write_text("authorization { user: u, password: p }\n")
     o = load_config_file(conf(tmp_path, "port: 4333\ninclude ./sub/auth.conf\n"))
     assert (o.port, o.username, o.password) == (4333, "u", "p")
-    o = load_config_file(conf(tmp_path, "cluster {\n  include 'sub/c.conf'\n}\n", name="b.conf")) \
-        if (tmp_path / "sub" / "c.conf").write_text("port: 7000\n") else None
+    (tmp_path / "sub" / "c.conf").write_text("port: 7000\n")
+    o = load_config_file(conf(tmp_path, "cluster {\n  include 'sub/c.conf'\n}\n", name="b.conf"))
     assert o.cluster_port == 7000
 
 
@@ -571,3 +571,101 @@ def test_same_verdict_and_wording_as_nats_server(tmp_path, text):
         assert str(e) in theirs or theirs in str(e)
     else:
         assert r.returncode == 0 and "is valid" in theirs, theirs
+
+
+@pytest.mark.parametrize(
+    "url,message",
+    [("nats://h", "address h: missing port in address"), ("h:1", "missing port in address"),
+     ("://x", 'parse "://x": missing protocol scheme'), ("nats://h:abc", 'parse "nats://h:abc": invalid port ":abc"')],
+)
+def test_cluster_url_errors_as_nats_server(url, message):
+    with pytest.raises(ConfigError) as ei:
+        parse_args(["--cluster", url])
+    assert message in str(ei.value)
+
+
+def test_cluster_url_ipv6():
+    o = parse_args(["--cluster", "nats://[::1]:6222"])
+    assert (o.cluster_host, o.cluster_port) == ("::1", 6222)
+
+
+def test_signal_flag(tmp_path):
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        pidfile = tmp_path / "nats.pid"
+        pidfile.write_text(str(proc.pid))
+        with pytest.raises(SystemExit) as ei:
+            parse_args(["-sl", f"term={pidfile}"])
+        assert ei.value.code == 0
+        assert proc.wait(timeout=10) == -15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(ConfigError, match="invalid pid: abc"):
+        parse_args(["-sl", "stop=abc"])
+    with pytest.raises(ConfigError, match=r"invalid signal parameters: \[2\]"):
+        parse_args(["-sl", "stop=1=2"])
+
+
+def test_check_config_makes_warnings_fatal(tmp_path, capsys):
+    path = conf(tmp_path, "write_deadline: 2")
+    assert parse_args(["-c", path]).write_deadline_s == 2.0  # a warning only
+    assert "should be converted to a duration" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="write_deadline should be converted to a duration"):
+        parse_args(["-t", "-c", path])
+
+
+# ------------------------------------------------------------------------- properties
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(h=st.integers(0, 1000), m=st.integers(0, 59), s=st.integers(0, 59), ms=st.integers(0, 999))
+def test_duration_components_add_up(h, m, s, ms):
+    text = f"{h}h{m}m{s}s{ms}ms"
+    assert parse_duration(text) == pytest.approx(h * 3600 + m * 60 + s + ms / 1000)
+    assert parse_duration("-" + text) == pytest.approx(-(h * 3600 + m * 60 + s + ms / 1000))
+
+
+@given(n=st.integers(0, 10**6), letter=st.sampled_from("KMGTkmgt"), binary=st.sampled_from(["", "B", "iB", "i", "b"]))
+def test_size_suffixes(n, letter, binary):
+    power = "KMGT".index(letter.upper()) + 1
+    expected = n * (1024**power if binary else 1000**power)
+    assert parse_size(f"{n}{letter}{binary}") == expected
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_grammar_never_crashes(text):
+    try:
+        parse_text(text, "fuzz.conf")
+    except ConfParseError as e:
+        assert str(e).startswith("fuzz.conf:")
+
+
+@given(st.lists(st.text(alphabet="abcxyz-_", min_size=1, max_size=8), min_size=1, max_size=6, unique=True),
+       st.lists(st.integers(-10**12, 10**12), min_size=6, max_size=6))
+def test_grammar_round_trip(keys, values):
+    text = "\n".join(f"{k}{sep}{v}" for k, v, sep in zip(keys, values, [": ", " = ", " ", ":", "=", "  "]))
+    tree = parse_text(text)
+    assert {k: i.value for k, i in tree.items()} == dict(zip(keys, values))
+
+
+@given(st.text(alphabet=" \t\n{}[]()=:;,#/\"'\\$-.0123456789abkKmMx_eT", max_size=60))
+def test_grammar_never_crashes_on_grammar_characters(text):
+    try:
+        parse_text(text, "fuzz.conf")
+    except ConfParseError as e:
+        assert str(e).startswith("fuzz.conf:")
+
+
+def test_deep_nesting_is_an_error_not_a_crash():
+    with pytest.raises(ConfParseError):
+        parse_text("a: " + "[" * 5000, "deep.conf")
+
+
+def test_include_cycle_is_an_error(tmp_path):
+    (tmp_path / "a.conf").write_text("include b.conf\n")
+    (tmp_path / "b.conf").write_text("include a.conf\n")
+    with pytest.raises(ConfigError, match="include cycle detected"):
+        load_config_file(str(tmp_path / "a.conf"))
