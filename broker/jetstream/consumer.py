@@ -240,6 +240,7 @@ class Consumer:
         self.waiting: deque[PullRequest] = deque()
         self.out: list[Out] = []
         self.last_active = 0
+        self.last_ack_ns = 0
         self.last_delivery_ns = created_ns
         self.pbytes = 0  # push flow control: bytes sent since the last answered FC
         self.fc_reply = ""
@@ -576,9 +577,12 @@ class Consumer:
             self.rdc.pop(s, None)
             if self.cfg.ack_policy == "all":
                 self.adflr = max(self.adflr, dseq)
+                self.asflr = max(self.asflr, s)
         if done:
             self.dirty = True
-            self._move_floor(done[-1])
+            self.last_ack_ns = now_ns
+            if self.cfg.ack_policy != "all" or not self.pending:
+                self._move_floor(done[-1])
         return done
 
     def _move_floor(self, acked_sseq: int) -> None:
@@ -618,6 +622,7 @@ class Consumer:
         self.pending.pop(sseq)
         self.rdc.pop(sseq, None)
         self.dirty = True
+        self.last_ack_ns = now_ns
         self._move_floor(sseq)
         return [sseq]
 

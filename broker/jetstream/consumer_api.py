@@ -96,7 +96,10 @@ def info(mgr, e, kind: str | None, full_meta: bool = True) -> dict:
     if c.dseq:
         delivered["last_active"] = api.rfc3339(c.last_delivery_ns)
     d["delivered"] = delivered
-    d["ack_floor"] = {"consumer_seq": c.adflr, "stream_seq": c.asflr}
+    floor = {"consumer_seq": c.adflr, "stream_seq": c.asflr}
+    if c.last_ack_ns:
+        floor["last_active"] = api.rfc3339(c.last_ack_ns)
+    d["ack_floor"] = floor
     d["num_ack_pending"] = len(c.pending)
     d["num_redelivered"] = c.num_redelivered()
     d["num_waiting"] = len(c.waiting)
