@@ -325,6 +325,7 @@ class ClusterManager:
         route.remote, route.remote_id, route.name = info, rid, info.server_name or rid
         route.route_url = self._route_url_of(route, info)
         route.registered = True
+        route.parser.on_msg = self.host.deliver_routed
         self.routes[rid] = route
         now = trio.current_time()
         for old in self.membership.down_at_url(route.route_url):
@@ -385,9 +386,7 @@ class ClusterManager:
                 ops = await route.read_ops()
             for op in ops:
                 cls = op.__class__
-                if cls is Msg:
-                    route.in_msgs += 1
-                    route.in_bytes += len(op.payload) if op.hdr is None else len(op.payload) + len(op.hdr)
+                if cls is Msg:  # only before registration; afterwards the parser calls the host
                     if op.account == proto.ACCOUNT:
                         host.deliver_routed(op.subject, op.reply, op.hdr, op.payload, op.queues)
                 elif cls is RSub:

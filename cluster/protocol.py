@@ -20,6 +20,8 @@ Frames follow nats-server's route protocol (account always present, `$G`):
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 ACCOUNT = "$G"
@@ -113,9 +115,17 @@ PING = _Simple("PING")
 PONG = _Simple("PONG")
 OK = _Simple("OK")
 
+_RMSG_G = re.compile(rb"RMSG \$G ([^ \t\r\n]+) (?:([^ \t\r\n+|][^ \t\r\n]*) )?(\d{1,9})\r\n")
 _info_decoder = msgspec.json.Decoder(RouteInfo)
 _connect_decoder = msgspec.json.Decoder(RouteConnect)
 _json_encoder = msgspec.json.Encoder()
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise RouteProtocolError(ERR_UNKNOWN_OP) from None
 
 
 def _int(tok: bytes) -> int:
@@ -125,16 +135,28 @@ def _int(tok: bytes) -> int:
 
 
 class RouteParser:
-    """Resumable parser for one direction of a route connection."""
+    """Resumable parser for one direction of a route connection.
+
+    With `on_msg` set, routed messages are handed to `on_msg(subject, reply, hdr,
+    payload, queues)` as they are parsed (account `$G` only; others are dropped)
+    instead of being returned as `Msg` objects: this is the hot path of a route.
+    `msgs`/`bytes` count routed messages and their header+payload bytes.
+    """
 
     def __init__(
         self,
         control_line_max_bytes: int = CONTROL_LINE_MAX_BYTES,
         payload_max_bytes: int = PAYLOAD_MAX_BYTES,
+        on_msg=None,
     ) -> None:
-        self._buf = bytearray()
+        self._chunks: list[bytes] = []
+        self._have = 0  # bytes held in _chunks
         self._control_max = control_line_max_bytes
         self._payload_max = payload_max_bytes
+        self.on_msg = on_msg
+        self.msgs = 0
+        self.bytes = 0
+        self._subjects: dict[bytes, str] = {}
         # When not None: (account, subject, reply, queues, hdr_len, total_len) of a
         # message whose payload has not fully arrived yet.
         self._pending: tuple | None = None
@@ -150,57 +172,105 @@ class RouteParser:
         if self._error is not None:
             raise self._error
         ops: list = []
+        if data:
+            self._chunks.append(bytes(data))
+            self._have += len(data)
+        pending = self._pending
+        if pending is not None and self._have < pending[5] + 2:
+            return ops  # a large payload still arriving: do not re-join the chunks
+        buf = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
+        pos = 0
         try:
-            self._parse(data, ops)
+            pos = self._parse(buf, ops)
         except RouteProtocolError as exc:
             self._error = exc
-            self._buf.clear()
+            self._chunks = []
+            self._have = 0
             if not ops:
                 raise
+            return ops
+        rest = buf[pos:]
+        self._chunks = [rest] if rest else []
+        self._have = len(rest)
         return ops
 
-    def _parse(self, data: bytes, ops: list) -> None:
-        buf = self._buf
-        buf += data
+    def _subject(self, raw: bytes) -> str:
+        s = self._subjects.get(raw)
+        if s is None:
+            if len(self._subjects) >= 4096:
+                self._subjects.clear()
+            s = self._subjects[raw] = _text(raw)
+        return s
+
+    def _parse(self, buf: bytes, ops: list) -> int:
+        """Parse complete frames from buf; return the offset of the first unused byte."""
         pos = 0
         end = len(buf)
-        try:
-            while pos < end:
+        fast = _RMSG_G.match
+        on_msg = self.on_msg
+        while pos < end:
+            if self._pending is not None:
                 pending = self._pending
-                if pending is not None:
-                    total = pending[5]
-                    if end - pos < total + 2:
+                total = pending[5]
+                stop = pos + total
+                if end - pos < total + 2:
+                    break
+                if buf[stop : stop + 2] != b"\r\n":
+                    raise RouteProtocolError(ERR_UNKNOWN_OP)
+                hdr_len = pending[4]
+                if hdr_len >= 0:
+                    hdr = buf[pos : pos + hdr_len]
+                    payload = buf[pos + hdr_len : stop]
+                else:
+                    hdr = None
+                    payload = buf[pos:stop]
+                self._pending = None
+                pos = stop + 2
+                self.msgs += 1
+                self.bytes += total
+                if on_msg is None:
+                    ops.append(Msg(pending[0], pending[1], pending[2], pending[3], hdr, payload))
+                elif pending[0] == ACCOUNT:
+                    on_msg(pending[1], pending[2], hdr, payload, pending[3])
+                continue
+            if on_msg is not None:
+                m = fast(buf, pos)
+                if m is not None:
+                    # RMSG $G <subject> [reply] <size>: the common case, parsed in one regex call.
+                    size = int(m.group(3))
+                    start = m.end()
+                    stop = start + size
+                    if size > self._payload_max:
+                        raise RouteProtocolError(ERR_MAX_PAYLOAD)
+                    if stop + 2 > end:
+                        reply = m.group(2)
+                        self._pending = (ACCOUNT, self._subject(m.group(1)),
+                                         _text(reply) if reply else "", None, -1, size)
+                        pos = start
                         break
-                    stop = pos + total
                     if buf[stop : stop + 2] != b"\r\n":
                         raise RouteProtocolError(ERR_UNKNOWN_OP)
-                    hdr_len = pending[4]
-                    if hdr_len >= 0:
-                        hdr = bytes(buf[pos : pos + hdr_len])
-                        payload = bytes(buf[pos + hdr_len : stop])
-                    else:
-                        hdr = None
-                        payload = bytes(buf[pos:stop])
-                    ops.append(Msg(pending[0], pending[1], pending[2], pending[3], hdr, payload))
-                    self._pending = None
+                    reply = m.group(2)
+                    self.msgs += 1
+                    self.bytes += size
+                    on_msg(self._subject(m.group(1)), _text(reply) if reply else "", None, buf[start:stop], None)
                     pos = stop + 2
                     continue
-                nl = buf.find(b"\n", pos)
-                if nl < 0:
-                    if end - pos > self._control_max:
-                        raise RouteProtocolError(ERR_CONTROL_LINE)
-                    break
-                if nl - pos > self._control_max:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                if end - pos > self._control_max:
                     raise RouteProtocolError(ERR_CONTROL_LINE)
-                line = bytes(buf[pos:nl])
-                pos = nl + 1
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                op = self._control(line)
-                if op is not None:
-                    ops.append(op)
-        finally:
-            del buf[:pos]
+                break
+            if nl - pos > self._control_max:
+                raise RouteProtocolError(ERR_CONTROL_LINE)
+            line = buf[pos:nl]
+            pos = nl + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            op = self._control(line)
+            if op is not None:
+                ops.append(op)
+        return pos
 
     def _control(self, line: bytes):
         head = line[:5].upper()

@@ -21,6 +21,8 @@ from cluster import protocol as proto
 
 log = logging.getLogger("cluster.route")
 
+RECEIVE_BYTES = 256 * 1024
+
 
 @dataclass
 class RouteLimits:
@@ -59,7 +61,8 @@ class Route:
         self.start = time.time()
         self.last_activity = self.start
         self.rtt_s = 0.0
-        self.in_msgs = self.out_msgs = self.in_bytes = self.out_bytes = 0
+        self.out_msgs = self.out_bytes = 0
+        self._prefixes: dict[tuple[str, str], bytes] = {}
         self.subs: dict[tuple[str, str | None], int] = {}
         self.registered = False
         self._out = bytearray()
@@ -79,9 +82,19 @@ class Route:
         """Router hook: queue one routed message. Never blocks."""
         if self._closing:
             return
-        proto.append_msg(self._out, subject, reply, hdr, payload, queues)
+        if hdr is None and not queues:
+            prefix = self._prefixes.get((subject, reply))
+            if prefix is None:
+                if len(self._prefixes) >= 4096:
+                    self._prefixes.clear()
+                line = f"RMSG {proto.ACCOUNT} {subject} {reply} " if reply else f"RMSG {proto.ACCOUNT} {subject} "
+                prefix = self._prefixes[(subject, reply)] = line.encode()
+            self._out += b"%s%d\r\n%s\r\n" % (prefix, len(payload), payload)
+            self.out_bytes += len(payload)
+        else:
+            proto.append_msg(self._out, subject, reply, hdr, payload, queues)
+            self.out_bytes += len(payload) if hdr is None else len(payload) + len(hdr)
         self.out_msgs += 1
-        self.out_bytes += len(payload) if hdr is None else len(payload) + len(hdr)
         if len(self._out) > self.limits.pending_bytes_max:
             log.warning("%r: Slow Consumer Detected: MaxPending of %d Exceeded", self, self.limits.pending_bytes_max)
             self.abort()
@@ -93,6 +106,14 @@ class Route:
             return
         self._out += data
         self._wake.set()
+
+    @property
+    def in_msgs(self) -> int:
+        return self.parser.msgs
+
+    @property
+    def in_bytes(self) -> int:
+        return self.parser.bytes
 
     @property
     def pending_size(self) -> int:
@@ -185,7 +206,7 @@ class Route:
             if self.parser.failed:
                 self.parser.feed(b"")  # raises the error held back after the last good ops
             try:
-                data = await self.stream.receive_some(65536)
+                data = await self.stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise RouteClosed() from None
             if not data:

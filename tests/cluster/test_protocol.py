@@ -152,3 +152,53 @@ def test_ops_before_an_error_are_returned_then_the_error():
     assert parser.failed
     with pytest.raises(p.RouteProtocolError):
         parser.feed(b"")
+
+
+def _msgs_via_callback(chunks) -> tuple[list, list]:
+    got: list = []
+    parser = p.RouteParser(on_msg=lambda *a: got.append(a))
+    ops: list = []
+    for c in chunks:
+        ops += parser.feed(c)
+    return got, ops
+
+
+def _expected_msgs() -> list:
+    return [(m.subject, m.reply, m.hdr, m.payload, m.queues)
+            for m in p.RouteParser().feed(_stream()) if isinstance(m, p.Msg)]
+
+
+def test_callback_path_byte_by_byte_matches_op_path():
+    data = _stream()
+    got, ops = _msgs_via_callback([bytes([b]) for b in data])
+    assert got == _expected_msgs()
+    assert not any(isinstance(o, p.Msg) for o in ops) and len(ops) == 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=2000), max_size=30))
+def test_callback_path_random_splits(cuts):
+    data = _stream() + p.encode_msg("big", "r.1", None, b"z" * 5000, None)
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    got, _ = _msgs_via_callback(chunks)
+    assert got == _expected_msgs() + [("big", "r.1", None, b"z" * 5000, None)]
+
+
+def test_callback_path_counts_and_drops_other_accounts():
+    got: list = []
+    parser = p.RouteParser(on_msg=lambda *a: got.append(a))
+    parser.feed(b"RMSG $SYS x 2\r\nab\r\nRMSG $G y 3\r\nabc\r\nRMSG $G y r 1\r\nd\r\n")
+    assert got == [("y", "", None, b"abc", None), ("y", "r", None, b"d", None)]
+    assert parser.msgs == 3 and parser.bytes == 6
+
+
+def test_callback_path_errors():
+    parser = p.RouteParser(on_msg=lambda *a: None, payload_max_bytes=10)
+    with pytest.raises(p.RouteProtocolError) as exc:
+        parser.feed(b"RMSG $G y 11\r\n")
+    assert str(exc.value) == "Maximum Payload Violation"
+    with pytest.raises(p.RouteProtocolError):
+        p.RouteParser(on_msg=lambda *a: None).feed(b"RMSG $G y 1\r\nabc\r\n")
+    with pytest.raises(p.RouteProtocolError):
+        p.RouteParser(on_msg=lambda *a: None).feed(b"RMSG $G \xff\xfe 1\r\na\r\n")
