@@ -70,6 +70,7 @@ class ClientConn:
         self.user = ""
         self.subs: dict[bytes, Subscription] = {}
         self.pings_out = 0
+        self._first_pong_sent = False
         self.rtt_s = 0.0
         self._ping_sent_at = 0.0
         # counters
@@ -236,14 +237,25 @@ class ClientConn:
                 size = len(payload) if hdr is None else len(payload) + len(hdr)
                 self.in_msgs += 1
                 self.in_bytes += size
+                if hdr is not None and not self.headers:
+                    self.close_reason = "Protocol Violation (headers not supported)"
+                    self.close()
+                    return
                 if self.pedantic and not valid_literal(subject.decode("utf-8", "replace")):
+                    # nats-server reports it and still routes the message
                     self.send(err_frame("Invalid Publish Subject"))
-                    continue
-                route(self, subject, op[2], hdr, payload, size)
                 if self.verbose:
                     self.send(_OK)
+                route(self, subject, op[2], hdr, payload, size)
             elif code == OP_PING:
                 self.send(_PONG)
+                if not self._first_pong_sent:
+                    self._first_pong_sent = True
+                    if self.connected and self.protocol >= 1:
+                        info = server.client_info(self.cid, self.ip)
+                        info["connect_info"] = True
+                        info["remote_account"] = "$G"
+                        self.send_info(info)
             elif code == OP_PONG:
                 self.pings_out = 0
                 if self._ping_sent_at:
@@ -284,8 +296,9 @@ class ClientConn:
         if server.auth_required and not server.check_auth(opts):
             self.fail("Authorization Violation")
             return False
-        self.verbose = bool(opts.get("verbose", False))
-        self.pedantic = bool(opts.get("pedantic", False))
+        # nats-server's defaults for fields a client leaves out are verbose and pedantic on
+        self.verbose = bool(opts.get("verbose", True))
+        self.pedantic = bool(opts.get("pedantic", True))
         self.echo = bool(opts.get("echo", True))
         self.headers = bool(opts.get("headers", False))
         self.no_responders = bool(opts.get("no_responders", False))

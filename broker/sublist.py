@@ -210,7 +210,9 @@ def _collect(level: _Level, tokens: list[str], i: int, psubs: list, qsubs: dict)
     if fwc is not None:
         _add(fwc, psubs, qsubs)
     tok = tokens[i]
-    for key in ((tok, "*") if tok != "*" and tok != ">" else ("*",)):
+    # nats-server's visiting order (fwc, then pwc, then literal) fixes the order of
+    # deliveries when several subscriptions of one connection match.
+    for key in (("*", tok) if tok != "*" and tok != ">" else ("*",)):
         node = nodes.get(key)
         if node is None:
             continue
