@@ -28,7 +28,7 @@ from broker import subjects as subj
 from broker.jetstream.errors import JSError
 
 HDR_IDLE_HB = "100 Idle Heartbeat"
-FC_MAX_PENDING_BYTES = 4 * 1024 * 1024  # flow-control window; a request goes out at half of it
+FC_MAX_PENDING_BYTES = 2 * 1024 * 1024  # flow-control window; a request goes out at half of it
 DEFAULT_ACK_WAIT_NS = 30_000_000_000
 DEFAULT_MAX_ACK_PENDING = 1000
 DEFAULT_MAX_WAITING = 512
