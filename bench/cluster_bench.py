@@ -66,6 +66,12 @@ def start_cluster(kind: str, tmp: str) -> tuple[list[subprocess.Popen], list[int
     return procs, ports
 
 
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process (Linux /proc), including its threads."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def handshake(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -153,15 +159,18 @@ def run_one(kind: str, count: int, size: int) -> dict:
         sub.start()
         ready.wait(30)
         pub = ctx.Process(target=publisher, args=(ports[0], count, size, probed))
+        cpu0 = [cpu_seconds(p.pid) for p in procs[:2]]
         t0 = time.perf_counter()
         pub.start()
         got, first, last = result.get(timeout=600)
         pub.join(60)
         sub.join(10)
+        cpu = [cpu_seconds(p.pid) - c for p, c in zip(procs[:2], cpu0)]
         elapsed = (last - first) if last > first else float("nan")
         return {"kind": kind, "received": got, "sent": count, "secs": elapsed,
                 "rate": (got - 1) / elapsed if elapsed == elapsed and elapsed > 0 else 0.0,
-                "wall": time.perf_counter() - t0}
+                "wall": time.perf_counter() - t0,
+                "cpu_us": [c / max(got, 1) * 1e6 for c in cpu]}
     finally:
         for p in procs:
             p.terminate()
@@ -180,11 +189,14 @@ def main() -> None:
     args = ap.parse_args()
     rows = [run_one("nats-server", args.count, args.size), run_one("ours", args.count, args.size)]
     print(f"\npub node1 -> sub node2, {args.size} B payload, {args.count} msgs, 3-node clusters")
-    print(f"{'server':<12} {'received':>10} {'secs':>8} {'msgs/s':>12}")
+    print(f"{'server':<12} {'received':>10} {'secs':>8} {'msgs/s':>12} {'node1 cpu us/msg':>17} "
+          f"{'node2 cpu us/msg':>17}")
     for r in rows:
-        print(f"{r['kind']:<12} {r['received']:>10} {r['secs']:>8.3f} {r['rate']:>12,.0f}")
+        c1, c2 = r["cpu_us"]
+        print(f"{r['kind']:<12} {r['received']:>10} {r['secs']:>8.3f} {r['rate']:>12,.0f} {c1:>17.2f} {c2:>17.2f}")
     ref, ours = rows[0]["rate"], rows[1]["rate"]
     print(f"ratio ours/nats-server: {ours / ref if ref else float('nan'):.3f}x (target >= 0.25x)")
+    print(f"load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the machine is shared)")
     if rows[1]["received"] < args.count:
         print(f"note: ours delivered {rows[1]['received']} of {args.count}")
 

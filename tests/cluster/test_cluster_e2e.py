@@ -19,6 +19,7 @@ import nats
 import pytest
 from nats.errors import NoRespondersError
 
+from tests.cluster.tcpproxy import TcpProxy
 from tests.conftest import ServerProc, free_port, our_server
 
 WAIT_S = 20.0
@@ -238,6 +239,63 @@ def test_restarted_node_rejoins_and_interest_is_resynchronised(cluster):
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("fault", ["cut", "blackhole"])
+def test_route_cut_and_restored_resynchronises_interest(tmp_path, fault):
+    """Two live nodes whose every route passes through a proxy (each advertises its
+    proxy with --cluster_advertise). The proxies cut the routes (reset, or a black hole
+    noticed by route PINGs); interest changes while partitioned; after healing, the
+    routes come back and each side holds exactly the other's current interest."""
+    cports = [free_port() for _ in range(2)]
+    proxies = [TcpProxy(cp) for cp in cports]
+    procs: list[ServerProc] = []
+    for i in range(2):
+        procs.append(our_server(
+            tmp_path, "--cluster", f"nats://127.0.0.1:{cports[i]}", "--cluster_advertise",
+            f"127.0.0.1:{proxies[i].port}", "--routes", f"nats://127.0.0.1:{proxies[0].port}",
+            "--cluster_name", "test", "-n", f"px{i + 1}", jetstream=False, name=f"px{i + 1}").start())
+    n1, n2 = procs
+
+    async def main():
+        await _until(lambda: meshed(procs), "route through the proxies")
+        c1, c2 = await nats.connect(n1.url), await nats.connect(n2.url)
+        got: list = []
+        await c2.subscribe("before.cut", cb=collect(got))
+        gone = await c2.subscribe("gone.sub", cb=collect(got))
+        await c2.flush()
+        await _until(lambda: remote_interest(n1, "before.cut") == 1 and remote_interest(n1, "gone.sub") == 1,
+                     "interest before the cut")
+        for px in proxies:
+            getattr(px, fault)()
+        await _until(lambda: http_json(n1, "/routez")["num_routes"] == 0
+                     and http_json(n2, "/routez")["num_routes"] == 0, "both sides notice the cut")
+        await c2.subscribe("during.cut", cb=collect(got))
+        await c2.subscribe("during.q", queue="g", cb=collect(got))
+        await gone.unsubscribe()
+        await c2.flush()
+        for px in proxies:
+            px.heal()
+        await _until(lambda: meshed(procs), "routes restored")
+        await _until(lambda: remote_interest(n1, "before.cut") == 1 and remote_interest(n1, "during.cut") == 1
+                     and remote_interest(n1, "during.q g") == 1, "interest re-synchronised")
+        assert remote_interest(n1, "gone.sub") == 0
+        for subj in ("before.cut", "during.cut", "during.q", "gone.sub"):
+            await c1.publish(subj, subj.encode())
+        await c1.flush()
+        await _until(lambda: len(got) == 3, "deliveries after healing")
+        await asyncio.sleep(0.3)
+        assert sorted(m.data for m in got) == [b"before.cut", b"during.cut", b"during.q"]
+        await c1.close()
+        await c2.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        for p in procs:
+            p.stop()
+        for px in proxies:
+            px.close()
+
+
 def test_clients_learn_new_members_by_async_info(tmp_path):
     cports = [free_port() for _ in range(3)]
     seed = f"nats://127.0.0.1:{cports[0]}"
@@ -268,6 +326,35 @@ def test_clients_learn_new_members_by_async_info(tmp_path):
 
     try:
         asyncio.run(main())
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def test_config_file_cluster_block_and_cluster_listen_flag(tmp_path):
+    """Two nodes from config files that list each other (a duplicate pair resolved to
+    one route), a third joining with --cluster_listen and one seed."""
+    cports = [free_port() for _ in range(3)]
+    procs: list[ServerProc] = []
+    for i in range(2):
+        conf = tmp_path / f"c{i}.conf"
+        conf.write_text(
+            f"server_name: conf{i + 1}\n"
+            "cluster {\n  name: cfgtest\n"
+            f"  listen: 127.0.0.1:{cports[i]}\n"
+            f"  routes: [ nats-route://127.0.0.1:{cports[0]}, nats-route://127.0.0.1:{cports[1]} ]\n}}\n")
+        procs.append(our_server(tmp_path, "-c", str(conf), jetstream=False, name=f"conf{i + 1}").start())
+    procs.append(our_server(tmp_path, "--cluster_listen", f"nats://127.0.0.1:{cports[2]}", "--routes",
+                            f"nats://127.0.0.1:{cports[1]}", "--cluster_name", "cfgtest", "-n", "conf3",
+                            jetstream=False, name="conf3").start())
+    try:
+        wait_for(lambda: meshed(procs), "mesh of config-file nodes")
+        time.sleep(1.0)  # any losing duplicate has been closed by now
+        assert meshed(procs)
+        for p in procs:
+            assert http_json(p, "/varz")["cluster"]["name"] == "cfgtest"
+        rz = http_json(procs[0], "/routez")
+        assert sorted(r["remote_name"] for r in rz["routes"]) == ["conf2", "conf3"]
     finally:
         for p in procs:
             p.stop()
