@@ -95,6 +95,7 @@ class Options:
     # Internal: which defaults were overridden, for the baseline rules.
     _http_host_set: bool = field(default=False, repr=False, compare=False)
     _auth_timeout_set: bool = field(default=False, repr=False, compare=False)
+    _random_port: bool = field(default=False, repr=False, compare=False)  # port 0 came from -1
 
 
 # --------------------------------------------------------------------- durations, sizes
@@ -117,7 +118,7 @@ def _go_duration(text: str) -> float:
     total = 0  # nanoseconds, as Go counts them
     while s:
         m = _DUR_PART.match(s)
-        whole, dot, frac, unit = m.group(1), m.group(2), m.group(3), m.group(4)
+        whole, frac, unit = m.group(1), m.group(3), m.group(4)
         if not whole and not frac:
             raise ValueError(f"time: invalid duration {quoted}")
         if not unit:
@@ -151,9 +152,10 @@ def parse_size(value) -> int:
 
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    text = str(value).strip()
     try:
-        item = confparse.parse_text(f"v: {str(value).strip()}")["v"]
-    except (confparse.ConfParseError, KeyError):
+        item = confparse.parse_text(f"v: {text}")["v"] if re.fullmatch(r"[-\w]+", text) else None
+    except confparse.ConfParseError:
         item = None
     if item is None or not isinstance(item.value, int) or isinstance(item.value, bool):
         raise ValueError(f"invalid size {value!r}")
@@ -548,10 +550,10 @@ def finalize(opts: Options) -> Options:
         opts.host = "0.0.0.0"
     if not opts._http_host_set:
         opts.http_host = opts.host
-    if opts.port == 0:
+    if opts.port == -1:
+        opts.port, opts._random_port = 0, True
+    elif opts.port == 0 and not opts._random_port:
         opts.port = 4222
-    elif opts.port == -1:
-        opts.port = 0
     if opts.max_connections == 0:
         opts.max_connections = 65536
     if opts.ping_interval_s == 0:

@@ -18,9 +18,12 @@ from __future__ import annotations
 import bisect
 import os
 import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+from broker.config import ConfigError, _fmt_go_duration, _go_duration, check_tls_files, normalize_url
 
 
 class ConfParseError(Exception):
@@ -51,6 +54,9 @@ _BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "o
 _DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _NUM = re.compile(r"(-?\d+)(?:\.(\d*)(\.[\d.:-]*)?)?([kKmMgGtTpPeE][bBiI]*)?")
 _WS = " \t"
+_SP = re.compile(r"[ \t]*")
+_SP_COMMENT = re.compile(r"[ \t]*(?:(?:#|//)[^\n]*)?")  # then a comment to the end of the line
+_SPACE = re.compile(r"(?:\s+|(?:#|//)[^\n]*)*")  # newlines and comments too
 
 
 def _show(ch: str) -> str:
@@ -83,28 +89,8 @@ class _Parser:
         j = self.i + k
         return self.s[j] if j < self.n else ""
 
-    def skip_ws(self) -> None:
-        while self.i < self.n and self.s[self.i] in _WS:
-            self.i += 1
-
-    def comment_here(self) -> bool:
-        c = self.peek()
-        return c == "#" or (c == "/" and self.peek(1) == "/")
-
-    def skip_comment(self) -> None:
-        while self.i < self.n and self.s[self.i] != "\n":
-            self.i += 1
-
-    def skip_space_comments(self) -> None:
-        """Whitespace, newlines and comments."""
-        while self.i < self.n:
-            c = self.s[self.i]
-            if c.isspace():
-                self.i += 1
-            elif self.comment_here():
-                self.skip_comment()
-            else:
-                return
+    def skip(self, rx: re.Pattern[str]) -> None:
+        self.i = rx.match(self.s, self.i).end()
 
     # -- structure
     def parse_top(self) -> dict[str, Item]:
@@ -112,7 +98,7 @@ class _Parser:
         self.ctxs.append(top)
         depth = 0  # a JSON-like file may wrap everything in { }
         while True:
-            self.skip_space_comments()
+            self.skip(_SPACE)
             c = self.peek()
             if c == "":
                 if depth:
@@ -131,9 +117,7 @@ class _Parser:
 
     def end_of_value(self, where: str, c_end: str = "}") -> bool:
         """After a key's value.  Returns True when the closing '}' of a map was consumed."""
-        self.skip_ws()
-        if self.comment_here():
-            self.skip_comment()
+        self.skip(_SP_COMMENT)
         c = self.peek()
         if c in ("\n", "", ";", ",") or c == "\r":
             if c:
@@ -164,7 +148,7 @@ class _Parser:
 
     def entry(self, ctx: dict[str, Item]) -> None:
         name, at, quoted = self.key()
-        if not quoted and name.lower() == "include" and self.peek() in _WS:
+        if not quoted and name.lower() == "include" and (self.peek().isspace() or not self.peek()):
             self.include(ctx)
             return
         while self.i < self.n and self.s[self.i].isspace():
@@ -178,22 +162,20 @@ class _Parser:
         ctx[name] = item
 
     def include(self, ctx: dict[str, Item]) -> None:
-        self.skip_ws()
+        self.skip(_SP)
         c = self.peek()
-        if c in "\"'":
+        if c and c in "\"'":
             end = self.s.find(c, self.i + 1)
             if end < 0:
                 raise self.fail("Unexpected EOF in quoted include")
             name, self.i = self.s[self.i + 1:end], end + 1
         else:
-            if c in "[{(" or c.isdigit() or c in "-\\\n" or c == "":
-                raise self.fail("Expected include value but found " + (
-                    "new line" if c in "\n" else "start of a number" if c.isdigit() or c == "-" else
-                    f"'{_show(c)}'"))
-            start = self.i
-            while self.i < self.n and self.s[self.i] not in "\n;}'" and self.s[self.i] not in _WS:
-                self.i += 1
-            name = self.s[start:self.i]
+            bad = {"[": "start of an array", "{": "start of a map", "(": "start of a block", "-": "start of a number",
+                   "\\": "escape sequence", "\n": "new line", "": "EOF"}
+            if c in bad or c.isdigit():
+                raise self.fail(f"Expected include value but found {bad.get(c, 'start of a number')}")
+            name = re.compile(r"[^\s;}']*").match(self.s, self.i).group(0)
+            self.i += len(name)
         path = os.path.join(os.path.dirname(self.file), name)
         try:
             ctx.update(parse_file(path, self.env_refs))
@@ -207,7 +189,7 @@ class _Parser:
         self.ctxs.append(m)
         try:
             while True:
-                self.skip_space_comments()
+                self.skip(_SPACE)
                 c = self.peek()
                 if c == "":
                     raise self.fail("Unexpected EOF processing map.")
@@ -225,7 +207,7 @@ class _Parser:
     def array_body(self) -> list[Item]:
         out: list[Item] = []
         while True:
-            self.skip_space_comments()
+            self.skip(_SPACE)
             c = self.peek()
             if c == "":
                 raise self.fail("Unexpected EOF.")
@@ -238,9 +220,7 @@ class _Parser:
             item = self.value()
             item.line, item.col = self.pos(at)
             out.append(item)
-            self.skip_ws()
-            if self.comment_here():
-                self.skip_comment()
+            self.skip(_SP_COMMENT)
             c = self.peek()
             if c in (",", "\n", "\r"):
                 self.i += 1
@@ -253,7 +233,7 @@ class _Parser:
 
     # -- values
     def value(self) -> Item:
-        self.skip_ws()
+        self.skip(_SP)
         c = self.peek()
         start = self.i
         if c in "[{" and c:
@@ -475,8 +455,6 @@ def _listen(item: Item) -> tuple[str, int]:
 
 def _duration(key: str, item: Item, warnings: list[str]) -> float:
     """A Go duration string; a bare number is seconds, with nats-server's warning."""
-    from broker.config import _go_duration
-
     if isinstance(item.value, str):
         try:
             return _go_duration(item.value)
@@ -489,8 +467,6 @@ def _duration(key: str, item: Item, warnings: list[str]) -> float:
 
 def _timeout(key: str, item: Item, what: str, warnings: list[str] | None) -> float:
     """authorization/tls `timeout`: seconds as a number, or a duration string."""
-    from broker.config import _go_duration
-
     v = item.value
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         t = float(v)
@@ -525,17 +501,44 @@ def _storage_size(item: Item, what: str) -> int:
     return int(v[:-1]) << shift
 
 
-# nats-server features this broker does not have: refused rather than silently ignored.
-_UNSUPPORTED = {"accounts", "users", "nkeys", "gateway", "leaf", "leafnodes", "websocket", "ws", "mqtt",
-                "operator", "operators", "resolver", "trusted", "trusted_keys", "system_account", "system",
-                "no_auth_user", "auth_callout", "mappings", "permissions", "default_permissions"}
+# Keys nats-server knows that change nothing here (tuning of features this broker lacks),
+# accepted and ignored; and features it lacks that matter (auth, TLS, storage encryption,
+# other listeners), refused rather than silently ignored.
+_IGNORED = {
+    "top": {"trace_headers", "disable_sublist_cache", "no_sublist_cache", "logfile_max_num", "log_max_num",
+            "prof_block_rate", "max_sub_tokens", "max_subscription_tokens", "no_system_account", "no_system",
+            "no_sys_acc", "no_header_support", "connect_error_reports", "reconnect_error_reports", "server_tags",
+            "server_metadata", "feature_flags", "no_fast_producer_stall", "max_closed_clients", "write_timeout"},
+    "cluster": {"connect_backoff", "pool_size", "accounts", "compression", "ping_interval", "ping_max",
+                "write_deadline", "write_timeout"},
+    "jetstream": {"strict", "domain", "unique_tag", "max_outstanding_catchup", "max_buffered_size",
+                  "max_buffered_msgs", "request_queue_limit", "info_queue_limit", "meta_compact",
+                  "meta_compact_size", "meta_compact_sync", "max_concurrent_io", "extension_hint", "limits"},
+    "tls": {"cipher_suites", "curve_preferences", "min_version", "allow_insecure_cipher_suites",
+            "connection_rate_limit"},
+}
+_UNSUPPORTED = {
+    "accounts", "users", "nkeys", "gateway", "leaf", "leafnodes", "websocket", "ws", "mqtt", "mappings", "maps",
+    "operator", "operators", "roots", "root", "root_operators", "root_operator", "resolver", "account_resolver",
+    "accounts_resolver", "resolver_tls", "resolver_preload", "resolver_pinned_accounts", "trusted", "trusted_keys",
+    "system_account", "system", "no_auth_user", "auth_callout", "auth_hook", "proxy_required", "permissions",
+    "default_permissions", "default_permission", "default_sentinel", "proxy_protocol", "proxies", "ocsp",
+    "ocsp_cache", "allow_non_tls", "default_js_domain", "tls", "key", "ek", "encryption_key", "prev_key",
+    "prev_ek", "prev_encryption_key", "cipher", "tpm", "insecure", "verify_and_map", "certs", "cert_store",
+    "cert_match_by", "cert_match", "pinned_certs", "handshake_first", "first", "ocsp_peer",
+    "verify_cert_and_check_known_urls",
+}
 
 
-def _unknown(key: str, item: Item) -> None:
-    if key.lower() in _UNSUPPORTED:
+def _unknown(key: str, item: Item, block: str = "") -> None:
+    lk = key.lower()
+    if lk in _IGNORED.get(block, ()):
+        return
+    if lk in _UNSUPPORTED:
         raise _Bad(item, f'field "{key}" is not supported by this server')
     if not item.used:  # a variable definition that was referenced is not an unknown field
-        raise _Bad(item, f'unknown field "{key}"')
+        raise _Bad(item, f'unknown field "{key}"' if block != "tls" else
+                   f'error parsing tls config, unknown field ["{key}"]')
 
 
 def _simple(o: Any, table: dict[str, tuple[str, str]], key: str, item: Item, warnings: list[str]) -> bool:
@@ -553,11 +556,7 @@ def _simple(o: Any, table: dict[str, tuple[str, str]], key: str, item: Item, war
 
 def _table(**kinds: str) -> dict[str, tuple[str, str]]:
     """_table(port="int", monitor_port="int:http_port") -> {key: (kind, attribute)}."""
-    out = {}
-    for key, spec in kinds.items():
-        kind, _, attr = spec.partition(":")
-        out[key] = (kind, attr or key)
-    return out
+    return {key: (spec.partition(":")[0], spec.partition(":")[2] or key) for key, spec in kinds.items()}
 
 
 _TOP = _table(
@@ -596,8 +595,6 @@ def _auth_block(o: Any, item: Item, warnings: list[str]) -> None:
 
 
 def _tls_block(o: Any, item: Item) -> None:
-    from broker.config import check_tls_files
-
     files = {"cert_file": "", "key_file": "", "ca_file": ""}
     verify, timeout = False, 0.0
     for k, it in _want(item, dict).items():
@@ -613,7 +610,7 @@ def _tls_block(o: Any, item: Item) -> None:
         elif lk == "timeout":
             timeout = _timeout(k, it, "tls", None)
         else:
-            raise _Bad(it, f'error parsing tls config, unknown field ["{k}"]')
+            _unknown(k, it, "tls")
     cert, key, ca = files["cert_file"], files["key_file"], files["ca_file"]
     if not cert:
         raise _Bad(item, "missing 'cert_file' in TLS configuration")
@@ -655,13 +652,11 @@ def _jetstream_block(o: Any, item: Item, warnings: list[str]) -> None:
         elif lk in ("enable", "enabled"):
             enable = _want(it, bool)
         else:
-            _unknown(k, it)
+            _unknown(k, it, "jetstream")
     o.jetstream = enable
 
 
 def _cluster_block(o: Any, item: Item, warnings: list[str]) -> None:
-    from broker.config import normalize_url
-
     if not isinstance(item.value, dict):
         raise _Bad(item, f"Expected map to define cluster, got {_go_type(item.value)}")
     for k, it in item.value.items():
@@ -692,12 +687,10 @@ def _cluster_block(o: Any, item: Item, warnings: list[str]) -> None:
                 elif ak.lower() != "timeout":
                     _unknown(ak, av)
         else:
-            _unknown(k, it)
+            _unknown(k, it, "cluster")
 
 
 def _top_key(o: Any, k: str, item: Item, warnings: list[str]) -> None:
-    from broker.config import _fmt_go_duration, _go_duration
-
     lk = k.lower()
     if _simple(o, _TOP, k, item, warnings):
         return
@@ -742,16 +735,12 @@ def _top_key(o: Any, k: str, item: Item, warnings: list[str]) -> None:
     elif lk == "cluster":
         _cluster_block(o, item, warnings)
     else:
-        _unknown(k, item)
+        _unknown(k, item, "top")
 
 
 def apply_config_file(opts: Any, path: str, strict: bool = False) -> None:
     """Apply a config file onto Options; ConfigError lists every problem, by line.  Warnings
     alone are printed to stderr and do not stop it, as in nats-server, unless `strict` (-t)."""
-    import sys
-
-    from broker.config import ConfigError
-
     opts.config_file = path
     try:
         tree = parse_file(path)

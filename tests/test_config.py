@@ -669,3 +669,43 @@ def test_include_cycle_is_an_error(tmp_path):
     (tmp_path / "b.conf").write_text("include a.conf\n")
     with pytest.raises(ConfigError, match="include cycle detected"):
         load_config_file(str(tmp_path / "a.conf"))
+
+
+def test_finalize_is_idempotent():
+    from broker.config import finalize
+
+    o = parse_args(["-p", "-1"])
+    assert finalize(finalize(o)).port == 0
+    assert finalize(parse_args(["-p", "0"])).port == 4222
+
+
+def test_nats_server_tuning_keys_are_accepted(tmp_path, certs):
+    cert, key = certs
+    o = load_config_file(conf(tmp_path, f"""
+        no_sys_acc: true
+        server_tags: ["az:1", "ssd"]
+        max_closed_clients: 100
+        disable_sublist_cache: true
+        cluster {{ port: 6222, pool_size: 3, compression: s2_auto, connect_backoff: true }}
+        jetstream {{ domain: hub, max_buffered_msgs: 1000, limits {{ max_ack_pending: 10 }} }}
+        tls {{ cert_file: "{cert}", key_file: "{key}", cipher_suites: ["TLS_AES_128_GCM_SHA256"] }}
+    """))
+    assert o.cluster_port == 6222 and o.jetstream and o.tls
+
+
+@pytest.mark.parametrize(
+    "text,field",
+    [("cluster { port: 1, tls { cert_file: a } }", "tls"), ('jetstream { encryption_key: "s3cr3t" }', "encryption_key"),
+     ("authorization { users: [] }", "users"), ("gateway { name: a }", "gateway"),
+     ("leafnodes { port: 7422 }", "leafnodes"), ("websocket { port: 80 }", "websocket"),
+     ("system_account: SYS", "system_account"), ("no_auth_user: a", "no_auth_user")],
+)
+def test_missing_features_are_refused_not_ignored(tmp_path, text, field):
+    with pytest.raises(ConfigError, match=f'field "{field}" is not supported by this server'):
+        load_config_file(conf(tmp_path, text))
+
+
+def test_unknown_tls_field_wording(tmp_path, certs):
+    cert, key = certs
+    with pytest.raises(ConfigError, match=r'error parsing tls config, unknown field \["nope"\]'):
+        load_config_file(conf(tmp_path, f'tls {{ cert_file: "{cert}", key_file: "{key}", nope: 1 }}'))
