@@ -52,6 +52,11 @@ _VERSION = 1
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+_U16 = struct.Struct("<H")
+_INDEX_MAGIC = b"NJSI"
+_BYTEORDER = 0 if sys.byteorder == "little" else 1
+_INDEX_HEAD = struct.Struct("<4sBBQqI")  # magic, version, byte order, last_seq, last_ts, blocks
+_INDEX_BLOCK = struct.Struct("<QQIQBQQ")  # num, size, fcrc, base, dense, nlive, count
 _REC = struct.Struct("<IIB")  # crc, body_len, type
 # body_len, type, then the MSG body header: seq, ts, subject len, flags, header len
 _MSG_HEAD = struct.Struct("<IBQqHBI")
@@ -89,7 +94,7 @@ def _del_record(seq: int) -> bytes:
 
 class _Block:
     __slots__ = ("num", "path", "base", "size", "seqs", "offs", "lens", "tss", "msz", "subs",
-                 "live", "nlive", "dense", "pend", "pend_off")
+                 "live", "nlive", "dense", "pend", "pend_off", "fcrc")
 
     def __init__(self, num: int, path: str, base: int) -> None:
         self.num = num
@@ -107,6 +112,7 @@ class _Block:
         self.dense = True  # seqs are consecutive: index = seq - seqs[0]
         self.pend = bytearray()
         self.pend_off = 0  # file offset of pend[0]
+        self.fcrc = 0  # crc32 of the bytes handed to the file so far (checks index.db)
 
     def index(self, seq: int) -> int:
         """Position of a live `seq` in this block's arrays, -1 if absent."""
@@ -180,6 +186,8 @@ class FileStore(_IndexedStore):
     def _recover(self) -> None:
         nums = sorted(int(f[:-4]) for f in os.listdir(self._dir)
                       if f.endswith(".blk") and f[:-4].isdigit())
+        if self._load_index(nums):
+            return
         stale: list[str] = []
         for num in nums:
             path = self._block_path(num)
@@ -285,6 +293,7 @@ class FileStore(_IndexedStore):
         finally:
             mv.release()
         b.size = b.pend_off = n
+        b.fcrc = zlib.crc32(data[:n]) if n < len(data) else zlib.crc32(data)
         return b, purge_below
 
     @staticmethod
@@ -301,6 +310,119 @@ class FileStore(_IndexedStore):
             if crc32(data[p + 4:p + 9 + blen]) == crc:
                 return True
         return False
+
+    # ------------------------------------------------------------------ index snapshot
+    # Written by a clean close so that reopening does not replay every record:
+    #   magic, version, byte order, last_seq, last_ts, subject table, then per block its
+    #   number, file size, file crc32 and index arrays; a crc32 of all that at the end.
+    # It is used only if every block file is exactly the one it describes (same set of
+    # files, sizes and crc32 of their contents); it is deleted when loaded, so it is
+    # never used twice. Anything else means a full replay, which checks every record.
+
+    def _index_path(self) -> str:
+        return os.path.join(self._dir, "index.db")
+
+    def _save_index(self) -> None:
+        ids: dict[str, int] = {}
+        parts = [_INDEX_HEAD.pack(_INDEX_MAGIC, _VERSION, _BYTEORDER, self._last, self._last_ts,
+                                  len(self._blocks))]
+        blocks = []
+        for b in self._blocks:
+            sids = array("I", [ids.setdefault(x, len(ids)) for x in b.subs])
+            blocks.append((b, sids))
+        table = [x.encode() for x in ids]
+        parts.append(_U32.pack(len(table)))
+        parts.extend(_U16.pack(len(x)) + x for x in table)
+        for b, sids in blocks:
+            parts.append(_INDEX_BLOCK.pack(b.num, b.size, b.fcrc, b.base, b.dense, b.nlive,
+                                           len(b.seqs)))
+            for a in (b.seqs, b.offs, b.lens, b.tss, b.msz, sids):
+                parts.append(a.tobytes())
+            parts.append(bytes(b.live))
+        body = b"".join(parts)
+        tmp = self._index_path() + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.write(_U32.pack(zlib.crc32(body)))
+        os.replace(tmp, self._index_path())
+
+    def _load_index(self, nums: list[int]) -> bool:
+        path = self._index_path()
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return False
+        os.unlink(path)
+        try:
+            return self._apply_index(data, nums)
+        except (struct.error, ValueError, UnicodeDecodeError, IndexError):
+            return False
+
+    def _apply_index(self, data: bytes, nums: list[int]) -> bool:
+        if len(data) < _INDEX_HEAD.size + 4:
+            return False
+        if zlib.crc32(memoryview(data)[:-4]) != _U32.unpack_from(data, len(data) - 4)[0]:
+            return False
+        magic, version, order, last, last_ts, nblocks = _INDEX_HEAD.unpack_from(data, 0)
+        if magic != _INDEX_MAGIC or version != _VERSION or order != _BYTEORDER:
+            return False
+        off = _INDEX_HEAD.size
+        (nsub,) = _U32.unpack_from(data, off)
+        off += 4
+        table = []
+        for _ in range(nsub):
+            (ln,) = _U16.unpack_from(data, off)
+            table.append(sys.intern(str(data[off + 2:off + 2 + ln], "utf-8")))
+            off += 2 + ln
+        blocks: list[_Block] = []
+        for _ in range(nblocks):
+            num, size, fcrc, base, dense, nlive, count = _INDEX_BLOCK.unpack_from(data, off)
+            off += _INDEX_BLOCK.size
+            b = _Block(num, self._block_path(num), base)
+            b.size = b.pend_off = size
+            b.fcrc, b.dense, b.nlive = fcrc, bool(dense), nlive
+            sids = array("I")
+            for a in (b.seqs, b.offs, b.lens, b.tss, b.msz, sids):
+                end = off + count * a.itemsize
+                a.frombytes(data[off:end])
+                off += count * a.itemsize
+            b.live = bytearray(data[off:off + count])
+            off += count
+            b.subs = [table[i] for i in sids]
+            blocks.append(b)
+        if off != len(data) - 4 or [b.num for b in blocks] != nums or not blocks:
+            return False
+        for b in blocks:
+            if not self._file_matches(b.path, b.size, b.fcrc):
+                return False
+        idx = self._idx
+        n = nbytes = 0
+        for b in blocks:
+            live, seqs, subs, msz = b.live, b.seqs, b.subs, b.msz
+            for j in range(len(seqs)):
+                if live[j]:
+                    idx.add(subs[j], seqs[j])
+                    n += 1
+                    nbytes += msz[j]
+        self._blocks = blocks
+        self._bases = [b.base for b in blocks]
+        self._n, self._bytes, self._last, self._last_ts = n, nbytes, last, last_ts
+        self._recompute_first(0)
+        return True
+
+    @staticmethod
+    def _file_matches(path: str, size: int, fcrc: int) -> bool:
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size != size:
+                    return False
+                crc = 0
+                while chunk := f.read(1 << 20):
+                    crc = zlib.crc32(chunk, crc)
+        except FileNotFoundError:
+            return False
+        return crc == fcrc
 
     # ------------------------------------------------------------------ blocks and I/O
     def _new_block(self, num: int, last_seq: int, last_ts: int, purge_below: int) -> _Block:
@@ -347,6 +469,7 @@ class FileStore(_IndexedStore):
             while done < len(pend):
                 done += os.pwrite(fd, view[done:], b.pend_off + done)
             view.release()
+            b.fcrc = zlib.crc32(pend, b.fcrc)
             b.pend_off += len(pend)
             pend.clear()
             self._unsynced.add(b.path)
@@ -451,6 +574,23 @@ class FileStore(_IndexedStore):
         if first_hit:
             self._recompute_first(0)
         return removed
+
+    def num_pending(self, start_seq: int, filter_subject: str | None = None,
+                    last_per_subject: bool = False) -> int:
+        if filter_subject and filter_subject != ">" or last_per_subject:
+            return super().num_pending(start_seq, filter_subject, last_per_subject)
+        if start_seq <= self._first:
+            return self._n
+        i = bisect_right(self._bases, start_seq) - 1
+        total = 0
+        for b in self._blocks[max(i, 0):]:
+            seqs = b.seqs
+            if seqs and seqs[0] < start_seq:
+                j = bisect_left(seqs, start_seq)
+                total += b.live.count(1, j)
+            else:
+                total += b.nlive
+        return total
 
     def _restart(self, last_seq: int, purge_below: int) -> None:
         """Drop every block and start a new one whose META records the new range."""
@@ -563,15 +703,12 @@ class FileStore(_IndexedStore):
         if j < 0:
             return None
         off, ln = b.offs[j], b.lens[j]
-        raw = None
-        with self._lock:
+        with self._lock:  # the sync thread may flush pend or recycle descriptors
             if off >= b.pend_off:
                 p = off - b.pend_off
                 raw = bytes(b.pend[p:p + ln])
             else:
-                fd = self._fd(b)
-        if raw is None:
-            raw = os.pread(fd, ln, off)
+                raw = os.pread(self._fd(b), ln, off)
         if len(raw) != ln or zlib.crc32(memoryview(raw)[4:]) != _U32.unpack_from(raw)[0]:
             raise CorruptStoreError(b.path, off, f"checksum mismatch reading seq {seq}")
         _, ts, slen, flags, hlen = _MSG_BODY.unpack_from(raw, 9)
@@ -588,7 +725,10 @@ class FileStore(_IndexedStore):
         self.sync()
         with self._lock:
             self._closed = True
-            self._release()
+            try:
+                self._save_index()
+            finally:
+                self._release()
 
     def _release(self) -> None:
         for fd in self._fds.values():

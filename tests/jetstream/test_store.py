@@ -597,9 +597,11 @@ async def test_file_group_commit_from_a_thread(tmp_path):
     s.close()
 
 
-def test_file_reopen_keeps_payloads_on_disk(tmp_path):
-    """Reopen (full replay of every block) holds an index, not the 40 MB of payloads.
-    Few large messages keep it quick: tracemalloc makes every allocation ~10x slower."""
+@pytest.mark.parametrize("how", ["snapshot", "replay"])
+def test_file_reopen_keeps_payloads_on_disk(tmp_path, how):
+    """Reopen holds an index, not the 40 MB of payloads, whether it loads the index
+    snapshot of a clean close or replays every record (as after a crash). Few large
+    messages keep it quick: tracemalloc makes every allocation ~10x slower."""
     d = str(tmp_path / "s")
     n, payload = 25_000, 1600
     s = FileStore(d)
@@ -607,6 +609,9 @@ def test_file_reopen_keeps_payloads_on_disk(tmp_path):
     for i in range(n):
         s.append("big.%d" % (i % 10), None, body, i)
     s.close()
+    assert os.path.exists(os.path.join(d, "index.db"))
+    if how == "replay":
+        os.unlink(os.path.join(d, "index.db"))
     gc.collect()
     tracemalloc.start()
     try:
@@ -615,10 +620,37 @@ def test_file_reopen_keeps_payloads_on_disk(tmp_path):
         grown = tracemalloc.get_traced_memory()[0] - base
     finally:
         tracemalloc.stop()
+    assert not os.path.exists(os.path.join(d, "index.db"))
     assert s.state().messages == n
     assert s.get(n // 2).data == body
     # the index costs tens of bytes a message
     assert grown < n * payload // 20, grown
+    s.close()
+
+
+def test_file_stale_index_snapshot_is_ignored(tmp_path):
+    d = str(tmp_path / "s")
+    s = FileStore(d)
+    for i in range(10):
+        s.append("a", None, b"v%d" % i, i)
+    s.close()
+    old_index = open(os.path.join(d, "index.db"), "rb").read()
+    s = FileStore(d)
+    s.remove(3)
+    s.append("b", None, b"new", 99)
+    s.close()
+    with open(os.path.join(d, "index.db"), "wb") as f:  # an index from before the changes
+        f.write(old_index)
+    s = FileStore(d)
+    assert s.get(3) is None and s.get(11).data == b"new"
+    assert s.state().messages == 10
+    s.close()
+    # a damaged snapshot is ignored too
+    with open(os.path.join(d, "index.db"), "r+b") as f:
+        f.seek(20)
+        f.write(b"\xff\xff")
+    s = FileStore(d)
+    assert s.subjects() == {"a": 9, "b": 1}
     s.close()
 
 
