@@ -61,6 +61,7 @@ class RaftConfig(msgspec.Struct, frozen=True):
     check_quorum: bool = True
     append_entries_max: int = 256  # entries per AppendEntries message
     append_bytes_max: int = 1 << 20  # payload bytes per AppendEntries message
+    inflight_messages_max: int = 16  # unacknowledged AppendEntries per follower while replicating
     apply_entries_max: int = 4096  # committed entries handed out per Ready
 
     def __post_init__(self) -> None:
@@ -152,10 +153,11 @@ class RaftCore:
         self.election_elapsed += 1
         if self.state == LEADER:
             self._tick_leader()
-        elif self.election_elapsed >= self.randomized_timeout:
+        elif self.election_elapsed >= self.randomized_timeout and self.promotable:
+            # A node that may not campaign keeps counting, so its leader lease runs out and it
+            # will answer the vote requests of those that may.
             self.election_elapsed = 0
-            if self.promotable:
-                self._campaign(pre_vote=self.cfg.pre_vote)
+            self._campaign(pre_vote=self.cfg.pre_vote)
 
     def campaign(self) -> None:
         """Start an election now (tests, or an operator forcing one)."""
@@ -447,16 +449,23 @@ class RaftCore:
         if prev_term is None:
             self._send_snapshot(peer)
             return
-        hi = min(self.log.last_index + 1, pr.next + self.cfg.append_entries_max)
-        ents = self.log.slice(pr.next, hi, self.cfg.append_bytes_max) if hi > pr.next else []
-        if pr.state == REPLICATE:
-            if not ents:
-                return
-            pr.next = ents[-1].index + 1
-        else:
+        if pr.state == PROBE:
             pr.probe_sent = True
-        self._send(AppendEntries(self.term, self.id, peer, prev, prev_term, self.log.commit, tuple(ents),
-                                 self.log.last_index))
+            self._send(AppendEntries(self.term, self.id, peer, prev, prev_term, self.log.commit,
+                                     tuple(self._batch(pr.next)), self.log.last_index))
+            return
+        # REPLICATE: pipeline several messages, but bound what is in flight.
+        window = self.cfg.append_entries_max * self.cfg.inflight_messages_max
+        while pr.next <= self.log.last_index and pr.next - pr.match - 1 < window:
+            prev = pr.next - 1
+            ents = self._batch(pr.next)
+            pr.next = ents[-1].index + 1
+            self._send(AppendEntries(self.term, self.id, peer, prev, self.log.term(prev), self.log.commit,
+                                     tuple(ents), self.log.last_index))
+
+    def _batch(self, lo: int) -> list[Entry]:
+        hi = min(self.log.last_index + 1, lo + self.cfg.append_entries_max)
+        return self.log.slice(lo, hi, self.cfg.append_bytes_max) if hi > lo else []
 
     def _send_snapshot(self, peer: int) -> None:
         pr = self.progress[peer]

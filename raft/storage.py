@@ -6,9 +6,9 @@ atomically: temp file, fsync, rename, fsync of the directory). A WAL record is
 msgpack Entry. `save()` writes hard state, then a snapshot, then entries, and fsyncs before it
 returns, so the caller may send votes and acknowledgements afterwards.
 
-On open, the WAL is scanned. A damaged *last* record is a torn write from a crash: it was never
-fsynced, hence never acknowledged, and is truncated. Damage with valid data after it, a bad
-header, or a break in the index sequence is corruption: `open` raises `StorageCorruption`
+On open, the WAL is scanned. Damage with no valid record anywhere after it is a torn write from
+a crash: it was never fsynced, hence never acknowledged, and is truncated. Damage followed by a
+valid record, or a break in the index sequence, is corruption: `open` raises `StorageCorruption`
 rather than silently dropping entries that may be committed. `open(..., repair=True)` cuts
 the log at the damage and marks the hard state quarantined, so the core refuses to vote or
 lead until a leader has brought it back up to date.
@@ -128,6 +128,23 @@ class WalScan(msgspec.Struct):
     corrupt: str | None  # damage that is not a torn tail
 
 
+def _valid_record_at(data: bytes, pos: int) -> bool:
+    if len(data) - pos < _HEADER.size:
+        return False
+    length, pcrc, hcrc = _HEADER.unpack_from(data, pos)
+    if hcrc != zlib.crc32(data[pos : pos + 8]) or pos + _HEADER.size + length > len(data):
+        return False
+    return zlib.crc32(data[pos + _HEADER.size : pos + _HEADER.size + length]) == pcrc
+
+
+def _damage(entries: list[Entry], offsets: list[int], data: bytes, pos: int, what: str) -> WalScan:
+    """A damaged record with any valid record after it is corruption; otherwise a torn tail."""
+    for p in range(pos + 1, len(data) - _HEADER.size + 1):
+        if _valid_record_at(data, p):
+            return WalScan(entries, offsets, pos, False, f"{what} at byte {pos}, valid records follow")
+    return WalScan(entries, offsets, pos, True, None)
+
+
 def scan_wal(data: bytes) -> WalScan:
     entries: list[Entry] = []
     offsets: list[int] = []
@@ -138,17 +155,13 @@ def scan_wal(data: bytes) -> WalScan:
             return WalScan(entries, offsets, pos, True, None)
         length, pcrc, hcrc = _HEADER.unpack_from(data, pos)
         if hcrc != zlib.crc32(data[pos : pos + 8]) or length > record_bytes_max:
-            if not any(data[pos:]):
-                return WalScan(entries, offsets, pos, True, None)  # zero fill past the last write
-            return WalScan(entries, offsets, pos, False, f"bad record header at byte {pos}")
+            return _damage(entries, offsets, data, pos, "bad record header")
         end = pos + _HEADER.size + length
         if end > n:
-            return WalScan(entries, offsets, pos, True, None)
+            return _damage(entries, offsets, data, pos, "record cut short")
         payload = data[pos + _HEADER.size : end]
         if zlib.crc32(payload) != pcrc:
-            if end == n:
-                return WalScan(entries, offsets, pos, True, None)
-            return WalScan(entries, offsets, pos, False, f"bad record checksum at byte {pos}")
+            return _damage(entries, offsets, data, pos, "bad record checksum")
         try:
             e = decode_entry(payload)
         except msgspec.DecodeError as exc:

@@ -1,7 +1,9 @@
 """A simulated disk for the Storage code: writes stay volatile until fsync.
 
 `crash()` throws away every write that was not fsynced. With `torn=True` it may keep a random
-prefix of unsynced appends (a torn write), possibly with a garbage tail, as a real disk can.
+prefix of unsynced appends (a torn write), possibly with its last byte damaged. `arm_crash()`
+makes the next fsync or atomic replace raise SimCrash before it takes effect: a power loss in
+the middle of a save. Appends are O(size of the append), so long simulations stay cheap.
 """
 
 from __future__ import annotations
@@ -9,50 +11,84 @@ from __future__ import annotations
 import random
 
 
+class SimCrash(Exception):
+    """The simulated machine lost power during a write."""
+
+
+class _File:
+    __slots__ = ("cur", "dur_len", "dur_copy")
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.cur = bytearray(data)
+        self.dur_len = len(data)  # cur[:dur_len] is durable unless dur_copy says otherwise
+        self.dur_copy: bytes | None = None  # durable bytes, when cur was cut below dur_len
+
+
 class SimDisk:
     def __init__(self) -> None:
-        self.durable: dict[str, bytes] = {}
-        self.current: dict[str, bytes] = {}
+        self.files: dict[str, _File] = {}
         self.syncs = 0
+        self.armed = False
+
+    def arm_crash(self) -> None:
+        self.armed = True
+
+    def _boom(self) -> None:
+        if self.armed:
+            self.armed = False
+            raise SimCrash()
 
     def read(self, name: str) -> bytes | None:
-        return self.current.get(name)
+        f = self.files.get(name)
+        return None if f is None else bytes(f.cur)
 
     def append(self, name: str, data: bytes) -> None:
-        self.current[name] = self.current.get(name, b"") + data
+        f = self.files.get(name)
+        if f is None:
+            f = self.files[name] = _File()
+        f.cur += data
 
     def truncate(self, name: str, size: int) -> None:
-        self.current[name] = self.current.get(name, b"")[:size]
+        f = self.files.setdefault(name, _File())
+        if size < f.dur_len and f.dur_copy is None:
+            f.dur_copy = bytes(f.cur[: f.dur_len])
+        del f.cur[size:]
 
     def sync(self, name: str) -> None:
+        self._boom()
         self.syncs += 1
-        self.durable[name] = self.current.get(name, b"")
+        f = self.files.setdefault(name, _File())
+        f.dur_len = len(f.cur)
+        f.dur_copy = None
 
     def replace(self, name: str, data: bytes) -> None:
+        self._boom()
         self.syncs += 2
-        self.durable[name] = data
-        self.current[name] = data
+        self.files[name] = _File(data)
+
+    def synced(self, name: str) -> bool:
+        f = self.files[name]
+        return f.dur_copy is None and f.dur_len == len(f.cur)
 
     def crash(self, rng: random.Random, torn: bool = False) -> None:
-        for name in set(self.current) | set(self.durable):
-            old = self.durable.get(name)
-            cur = self.current.get(name, b"")
-            if old is None:
-                self.current.pop(name, None)
-                self.durable.pop(name, None)
-                continue
-            if torn and len(cur) > len(old) and cur.startswith(old) and rng.random() < 0.5:
-                extra = cur[len(old):]
-                keep = extra[: rng.randrange(len(extra))]
+        self.armed = False
+        for f in self.files.values():
+            if f.dur_copy is not None:
+                f.cur = bytearray(f.dur_copy)
+            elif len(f.cur) > f.dur_len:
+                keep = 0
+                extra = len(f.cur) - f.dur_len
+                if torn and rng.random() < 0.5:
+                    keep = rng.randrange(extra)
+                del f.cur[f.dur_len + keep :]
                 if keep and rng.random() < 0.3:
-                    keep = keep[:-1] + bytes([keep[-1] ^ 0x40])
-                old = old + keep
-                self.durable[name] = old
-            self.current[name] = old
+                    f.cur[-1] ^= 0x40
+            f.dur_len = len(f.cur)
+            f.dur_copy = None
 
     def flip_bit(self, name: str, rng: random.Random, lo: int = 0, hi: int | None = None) -> int:
-        data = bytearray(self.durable[name])
-        pos = rng.randrange(lo, hi if hi is not None else len(data))
-        data[pos] ^= 1 << rng.randrange(8)
-        self.durable[name] = self.current[name] = bytes(data)
+        f = self.files[name]
+        assert self.synced(name)
+        pos = rng.randrange(lo, hi if hi is not None else len(f.cur))
+        f.cur[pos] ^= 1 << rng.randrange(8)
         return pos

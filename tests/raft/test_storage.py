@@ -167,4 +167,4 @@ def test_every_save_with_entries_ends_in_an_fsync():
         before = disk.syncs
         s.save(None, None, ents(1, i, i))
         assert disk.syncs == before + 1
-        assert disk.durable[WAL] == disk.current[WAL]
+        assert disk.synced(WAL)
