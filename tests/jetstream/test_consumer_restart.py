@@ -1,0 +1,96 @@
+"""Durable consumers survive a restart: config, delivered, ack floor and pending state reload.
+
+Runs against ours and nats-server (restart with SIGTERM, and a SIGKILL variant for ours)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.conftest import our_server, reference
+from tests.jetstream.consumer_fixtures import add_consumer, add_stream, api, publish, run
+
+MS = 1_000_000
+
+
+@pytest.fixture(params=["ours", "ref"])
+def srv(request, tmp_path):
+    s = (our_server(tmp_path) if request.param == "ours" else reference(tmp_path)).start()
+    yield s
+    s.stop()
+
+
+def test_durable_state_survives_restart(srv):
+    async def before(nc):
+        await add_stream(nc, "RS", ["rs.>"])
+        await publish(nc, "rs.x", b"m", 6)
+        r = await add_consumer(nc, "RS", {"durable_name": "d", "name": "d", "ack_policy": "explicit",
+                                          "ack_wait": 2000 * MS, "filter_subject": "rs.x"}, "d")
+        assert "error" not in r
+        js = nc.jetstream()
+        psub = await js.pull_subscribe_bind("d", stream="RS")
+        msgs = await psub.fetch(4, timeout=5)
+        await msgs[0].ack_sync()
+        await msgs[1].ack_sync()
+        await msgs[3].ack_sync()
+        await asyncio.sleep(1.0)  # let grouped state flushes happen
+        return await api(nc, "CONSUMER.INFO.RS.d")
+
+    async def after(nc):
+        info = await api(nc, "CONSUMER.INFO.RS.d")
+        js = nc.jetstream()
+        psub = await js.pull_subscribe_bind("d", stream="RS")
+        msgs = await psub.fetch(3, timeout=5)
+        later = await psub.fetch(1, timeout=8)  # the unacked one comes back after ack_wait
+        return info, [(m.metadata.sequence.stream, m.metadata.num_delivered) for m in msgs + later]
+
+    old = run(before, srv.url)
+    srv.restart()
+    info, redelivered = run(after, srv.url)
+    assert info["config"]["ack_wait"] == 2000 * MS and info["config"]["filter_subject"] == "rs.x"
+    assert info["created"] == old["created"]
+    assert info["delivered"]["consumer_seq"] == 4 and info["delivered"]["stream_seq"] == 4
+    assert info["ack_floor"]["consumer_seq"] == 2 and info["ack_floor"]["stream_seq"] == 2
+    assert info["num_ack_pending"] == 1 and info["num_pending"] == 2
+    assert redelivered == [(5, 1), (6, 1), (3, 2)]
+
+
+def test_deleted_durable_stays_deleted(srv):
+    async def before(nc):
+        await add_stream(nc, "RD", ["rd.>"])
+        for n in ("keep", "drop"):
+            await add_consumer(nc, "RD", {"durable_name": n, "name": n, "ack_policy": "explicit"}, n)
+        assert (await api(nc, "CONSUMER.DELETE.RD.drop"))["success"]
+
+    async def after(nc):
+        return await api(nc, "CONSUMER.NAMES.RD")
+
+    run(before, srv.url)
+    srv.restart()
+    assert run(after, srv.url)["consumers"] == ["keep"]
+
+
+def test_kill_keeps_durable_config(tmp_path):
+    srv = our_server(tmp_path).start()
+    try:
+        async def before(nc):
+            await add_stream(nc, "RK", ["rk.>"])
+            await publish(nc, "rk.1", b"x", 3)
+            await add_consumer(nc, "RK", {"durable_name": "k", "name": "k", "ack_policy": "explicit"}, "k")
+        run(before, srv.url)
+        srv.kill()
+        srv.start()
+
+        async def after(nc):
+            info = await api(nc, "CONSUMER.INFO.RK.k")
+            inbox = await nc.subscribe("in.rk")
+            await nc.publish("$JS.API.CONSUMER.MSG.NEXT.RK.k", json.dumps({"batch": 3}).encode(), reply="in.rk")
+            msgs = [await inbox.next_msg(5) for _ in range(3)]
+            return info, [m.reply.split(".")[5] for m in msgs]
+        info, seqs = run(after, srv.url)
+        assert info["config"]["durable_name"] == "k" and info["num_pending"] == 3
+        assert seqs == ["1", "2", "3"]
+    finally:
+        srv.stop()
