@@ -33,65 +33,36 @@ class ConfigError(Exception):
 
 @dataclass
 class Options:
-    host: str = "0.0.0.0"
-    port: int = 4222
-    server_name: str = ""
-    http_host: str = "0.0.0.0"
-    http_port: int = 0
+    """nats-server's options, with its defaults (see the module docstring for the ports)."""
+
+    host: str = "0.0.0.0"; port: int = 4222  # noqa: E702
+    server_name: str = ""  # empty -> the server fills in its id
+    http_host: str = "0.0.0.0"; http_port: int = 0  # noqa: E702  0 = monitoring off
     config_file: str = ""
-    username: str = ""
-    password: str = ""
-    token: str = ""
-    debug: bool = False
-    trace: bool = False
-    log_file: str = ""
-    tls: bool = False
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_verify: bool = False
-    tls_ca: str = ""
-    tls_timeout_s: float = 2.0
-    max_payload: int = 1048576
-    max_control_line: int = 4096
-    max_pending: int = 67108864
-    max_connections: int = 65536
-    max_subscriptions: int = 0
-    ping_interval_s: float = 120.0
-    ping_max: int = 2
-    auth_timeout_s: float = 2.0
-    write_deadline_s: float = 10.0
-    lame_duck_duration_s: float = 120.0
-    lame_duck_grace_period_s: float = 10.0
-    jetstream: bool = False
-    store_dir: str = ""
-    max_memory_store: int = -1
-    max_file_store: int = -1
-    sync_interval: str = "always"
-    cluster_name: str = ""
-    cluster_host: str = ""
-    cluster_port: int = 0
+    username: str = ""; password: str = ""; token: str = ""  # noqa: E702
+    debug: bool = False; trace: bool = False; log_file: str = ""  # noqa: E702
+    tls: bool = False; tls_cert: str = ""; tls_key: str = ""; tls_verify: bool = False  # noqa: E702
+    tls_ca: str = ""; tls_timeout_s: float = 2.0  # noqa: E702
+    max_payload: int = 1048576; max_control_line: int = 4096; max_pending: int = 67108864  # noqa: E702
+    max_connections: int = 65536; max_subscriptions: int = 0  # noqa: E702  -1 / 0: see nats-server
+    ping_interval_s: float = 120.0; ping_max: int = 2  # noqa: E702
+    auth_timeout_s: float = 2.0; write_deadline_s: float = 10.0  # noqa: E702
+    lame_duck_duration_s: float = 120.0; lame_duck_grace_period_s: float = 10.0  # noqa: E702
+    jetstream: bool = False; store_dir: str = ""  # noqa: E702
+    max_memory_store: int = -1; max_file_store: int = -1  # noqa: E702
+    sync_interval: str = "always"  # "always" or a Go duration such as "2m"
+    cluster_name: str = ""; cluster_host: str = ""; cluster_port: int = 0  # noqa: E702
     routes: list[str] = field(default_factory=list)
-    cluster_advertise: str = ""
-    no_advertise: bool = False
+    cluster_advertise: str = ""; no_advertise: bool = False  # noqa: E702
     client_advertise: str = ""
     pedantic: bool = False
     # Further nats-server options, accepted so that its command lines and files work.
-    trace_verbose: bool = False
-    logtime: bool = True
-    logtime_utc: bool = False
-    syslog: bool = False
-    remote_syslog: str = ""
-    log_size_limit: int = 0
-    max_traced_msg_len: int = 0
-    pid_file: str = ""
-    ports_file_dir: str = ""
-    https_port: int = 0
-    prof_port: int = 0
+    trace_verbose: bool = False; logtime: bool = True; logtime_utc: bool = False  # noqa: E702
+    syslog: bool = False; remote_syslog: str = ""; log_size_limit: int = 0  # noqa: E702
+    max_traced_msg_len: int = 0; pid_file: str = ""; ports_file_dir: str = ""  # noqa: E702
+    https_port: int = 0; prof_port: int = 0; http_base_path: str = "/"  # noqa: E702
     check_config: bool = False  # -t: the caller reports the file valid and exits 0
-    cluster_username: str = ""
-    cluster_password: str = ""
-    connect_retries: int = 0
-    http_base_path: str = "/"
+    cluster_username: str = ""; cluster_password: str = ""; connect_retries: int = 0  # noqa: E702
     # Internal: which defaults were overridden, for the baseline rules.
     _http_host_set: bool = field(default=False, repr=False, compare=False)
     _auth_timeout_set: bool = field(default=False, repr=False, compare=False)

@@ -44,7 +44,6 @@ class Item:
         return f"{self.file}:{self.line}:{self.col}"
 
 
-_SUFFIX_LETTERS = set("kKmMgGtTpPeE")
 _MULT = {"": 1}
 for _i, _c in enumerate("kmgtpe", start=1):
     _MULT[_c] = 1000**_i
@@ -96,37 +95,29 @@ class _Parser:
     def parse_top(self) -> dict[str, Item]:
         top: dict[str, Item] = {}
         self.ctxs.append(top)
-        depth = 0  # a JSON-like file may wrap everything in { }
         while True:
             self.skip(_SPACE)
-            c = self.peek()
-            if c == "":
-                if depth:
-                    raise self.fail("Unexpected EOF.")
+            if self.peek() == "":
                 return top
-            if c == "{":
-                depth += 1
+            if self.peek() in "{}":  # a JSON-like file may wrap everything in { }
                 self.i += 1
-                continue
-            if c == "}" and depth:
-                depth -= 1
-                self.i += 1
-                continue
-            self.entry(top)
-            self.end_of_value("top", c_end="}" if depth else "")
+            else:
+                self.entry(top)
+                self.end_of_value(top=True)
 
-    def end_of_value(self, where: str, c_end: str = "}") -> bool:
-        """After a key's value.  Returns True when the closing '}' of a map was consumed."""
+    def end_of_value(self, top: bool = False) -> bool:
+        """After a key's value.  Returns True when it consumed the '}' closing a map."""
         self.skip(_SP_COMMENT)
         c = self.peek()
-        if c in ("\n", "", ";", ",") or c == "\r":
-            if c:
-                self.i += 1
+        if c in ("\n", "\r", ";", ","):
+            self.i += 1
             return False
-        if c_end and c == c_end:
+        if c == "" or (top and c == "}"):  # the top level may end where a wrapping '}' does
+            return False
+        if c == "}" and not top:
             self.i += 1
             return True
-        if where == "top":
+        if top:
             raise self.fail("Expected a top-level value to end with a new line, comment or EOF, "
                             f"but got '{_show(c)}' instead.")
         raise self.fail(f'Expected a map value terminator "," or a map terminator "}}", but got \'{_show(c)}\' instead.')
@@ -199,7 +190,7 @@ class _Parser:
                 if c == "]":
                     raise self.fail(f"Unexpected array end '{c}' processing map.")
                 self.entry(m)
-                if self.end_of_value("map"):
+                if self.end_of_value():
                     return m
         finally:
             self.ctxs.pop()
@@ -284,20 +275,25 @@ class _Parser:
         raise self.fail(f"Invalid escape character '{_show(c)}'. Only the following escape characters "
                         "are allowed: \\xXX, \\t, \\n, \\r, \\\", \\\\.")
 
+    def chars(self, stop: str) -> tuple[str, bool]:
+        """Characters up to one in `stop` (left unread), escapes decoded; and whether any were."""
+        out, escaped = [], False
+        while self.i < self.n and self.s[self.i] not in stop:
+            self.i += 1
+            if self.s[self.i - 1] == "\\":
+                out.append(self.escape())
+                escaped = True
+            else:
+                out.append(self.s[self.i - 1])
+        return "".join(out), escaped
+
     def dq_string(self) -> str:
         self.i += 1
-        out: list[str] = []
-        while True:
-            c = self.peek()
-            if c == "":
-                raise self.fail("Unexpected EOF.")
-            self.i += 1
-            if c == '"':
-                return "".join(out)
-            if c == "\\":
-                out.append(self.escape())
-            else:
-                out.append(c)
+        text, _ = self.chars('"')
+        if self.peek() != '"':
+            raise self.fail("Unexpected EOF.")
+        self.i += 1
+        return text
 
     def block_string(self) -> str:
         self.i += 1
@@ -309,19 +305,7 @@ class _Parser:
         return text
 
     def bare(self, start: int) -> Item:
-        out: list[str] = []
-        escaped = False
-        while self.i < self.n:
-            c = self.s[self.i]
-            if c in "\n\r;,]}'" or c in _WS:
-                break
-            self.i += 1
-            if c == "\\":
-                out.append(self.escape())
-                escaped = True
-            else:
-                out.append(c)
-        text = "".join(out)
+        text, escaped = self.chars("\n\r;,]}' \t")
         if self.peek() == "'":
             self.i += 1
         if not escaped and text.lower() in _BOOLS:
