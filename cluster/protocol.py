@@ -58,8 +58,9 @@ class RouteInfo(msgspec.Struct, omit_defaults=True):
     lnoc: bool = False
 
 
-class RouteConnect(msgspec.Struct, omit_defaults=True):
-    """CONNECT sent by the soliciting side. A client's CONNECT lacks `cluster`."""
+class RouteConnect(msgspec.Struct):
+    """CONNECT sent by the soliciting side. A client's CONNECT lacks `cluster` and
+    carries `lang` (see the raw dict kept in `Connect`)."""
 
     echo: bool = True
     verbose: bool = False
@@ -68,7 +69,7 @@ class RouteConnect(msgspec.Struct, omit_defaults=True):
     headers: bool = True
     name: str = ""
     cluster: str = ""
-    lang: str = ""
+    dynamic: bool = False
     lnoc: bool = False
 
 

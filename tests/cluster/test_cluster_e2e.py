@@ -20,7 +20,7 @@ import pytest
 from nats.errors import NoRespondersError
 
 from tests.cluster.tcpproxy import TcpProxy
-from tests.conftest import ServerProc, free_port, our_server
+from tests.conftest import ServerProc, free_port, our_server, reference
 
 WAIT_S = 20.0
 
@@ -294,6 +294,57 @@ def test_route_cut_and_restored_resynchronises_interest(tmp_path, fault):
             p.stop()
         for px in proxies:
             px.close()
+
+
+def test_route_interop_with_a_real_nats_server_node(tmp_path):
+    """Bonus: one nats-server node and one of ours form a cluster (our side dials)."""
+    cports = [free_port() for _ in range(2)]
+    go = reference(tmp_path, "--cluster", f"nats://127.0.0.1:{cports[0]}", "--cluster_name", "mix",
+                   "-n", "go1", jetstream=False, name="go1").start()
+    py = our_server(tmp_path, "--cluster", f"nats://127.0.0.1:{cports[1]}", "--routes",
+                    f"nats://127.0.0.1:{cports[0]}", "--cluster_name", "mix", "-n", "py2",
+                    jetstream=False, name="py2").start()
+
+    async def one_way(src: ServerProc, dst: ServerProc) -> None:
+        ca, cb = await nats.connect(src.url), await nats.connect(dst.url)
+        got: list = []
+        await cb.subscribe("mix.>", cb=collect(got))
+        await cb.subscribe("mixq", queue="g", cb=collect(got))
+
+        async def svc(m):
+            await m.respond(b"r:" + m.data)
+
+        await cb.subscribe("mix.svc", cb=svc)
+        await cb.flush()
+        reply = None
+        for _ in range(100):  # until the interest has crossed the route
+            try:
+                reply = await ca.request("mix.svc", b"hi", timeout=1)
+                break
+            except (NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.1)
+        assert reply is not None and reply.data == b"r:hi"
+        got.clear()
+        await ca.publish("mix.a", b"plain")
+        await ca.publish("mix.b", b"hdr", headers={"A": "b"})
+        await ca.publish("mixq", b"queue")
+        await ca.flush()
+        await _until(lambda: len(got) == 3, "deliveries across the mixed route")
+        assert sorted(m.data for m in got) == [b"hdr", b"plain", b"queue"]
+        assert next(m for m in got if m.data == b"hdr").headers == {"A": "b"}
+        await ca.close()
+        await cb.close()
+
+    async def main():
+        await _until(lambda: http_json(py, "/routez")["num_routes"] == 1, "route to nats-server")
+        await one_way(go, py)
+        await one_way(py, go)
+
+    try:
+        asyncio.run(main())
+    finally:
+        py.stop()
+        go.stop()
 
 
 def test_clients_learn_new_members_by_async_info(tmp_path):
