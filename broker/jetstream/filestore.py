@@ -636,24 +636,49 @@ class FileStore(_IndexedStore):
         crc = zlib.crc32(data, crc)
         b = self._blocks[-1]
         if b.size >= self._block_size_max:
-            with self._lock:
-                b = self._new_block(b.num + 1, self._last, self._last_ts, 0)
-            prev = self._blocks[-2]
-            if prev.nlive == 0:
-                self._drop_block(prev)
-        if hlen:
-            off = self._buffer(b, _U32.pack(crc), head, sb, hdr, data)
-        else:
-            off = self._buffer(b, _U32.pack(crc), head, sb, data)
-        b.add(seq, off, 9 + body_len, ts, 30 + slen + dlen + (4 + hlen if hlen else 0),
-              sys.intern(subject))
+            b = self._roll()
+        size = 30 + slen + dlen + (4 + hlen if hlen else 0)
+        with self._lock:  # _buffer() inlined: this is the publish hot path
+            off = b.size
+            pend = b.pend
+            pend += _U32.pack(crc)
+            pend += head
+            pend += sb
+            if hlen:
+                pend += hdr
+            pend += data
+            b.size = b.pend_off + len(pend)
+            self._pending[b.num] = b
+            if len(pend) >= _PENDING_FLUSH_BYTES:
+                self._write_out(b)
+        seqs = b.seqs  # _Block.add() inlined
+        if seqs and seq != seqs[-1] + 1:
+            b.dense = False
+        seqs.append(seq)
+        b.offs.append(off)
+        b.lens.append(9 + body_len)
+        b.tss.append(ts)
+        b.msz.append(size)
+        subject = sys.intern(subject)
+        b.subs.append(subject)
+        b.live.append(1)
+        b.nlive += 1
         self._idx.add(subject, seq)
         if self._n == 0:
             self._first = seq
         self._n += 1
-        self._bytes += 30 + slen + dlen + (4 + hlen if hlen else 0)
+        self._bytes += size
         self._last = seq
         self._last_ts = ts
+
+    def _roll(self) -> _Block:
+        """The current block is full: start the next one."""
+        with self._lock:
+            b = self._new_block(self._blocks[-1].num + 1, self._last, self._last_ts, 0)
+        prev = self._blocks[-2]
+        if prev.nlive == 0:
+            self._drop_block(prev)
+        return b
 
     def skip_to(self, seq: int) -> None:
         """Next append gets `seq`. Messages still stored are removed (like nats-server's
@@ -695,6 +720,8 @@ class FileStore(_IndexedStore):
                 self._fsync_dir()
 
     def get(self, seq: int) -> StoredMsg | None:
+        if self._closed:
+            raise ValueError("store is closed")
         i = bisect_right(self._bases, seq) - 1
         if i < 0:
             return None

@@ -57,6 +57,11 @@ class Harness:
         fn = memory_msg_size if self.kind == "memory" else file_msg_size
         return fn(subject, hdr, data)
 
+    def now_and_reopened(self):
+        """The store as it is, then (durable kinds) the same store closed and reopened."""
+        yield self.store
+        yield self.reopen()
+
     def reopen(self):
         """Close and reopen (durable stores); the memory store just stays."""
         if self.durable:
@@ -93,7 +98,7 @@ def test_append_get(h):
     assert s.append("a.b", None, b"hello", 10) == 1
     assert s.append("a.c", b"NATS/1.0\r\nX: 1\r\n\r\n", b"", 20) == 2
     assert s.append("a.b", None, b"", 30) == 3
-    for s in (s, h.reopen()):
+    for s in h.now_and_reopened():
         m = s.get(2)
         assert (m.seq, m.subject, m.hdr, m.data, m.ts) == (
             2, "a.c", b"NATS/1.0\r\nX: 1\r\n\r\n", b"", 20)
@@ -151,7 +156,7 @@ def test_seed_article_bytes(h):
 def test_next_msg_filters(h):
     s = h.store
     fill(s, ["a.1", "b.1", "a.2", "b.2", "a.1", "c"])
-    for s in (s, h.reopen()):
+    for s in h.now_and_reopened():
         assert s.next_msg(1).seq == 1
         assert s.next_msg(0).seq == 1
         assert s.next_msg(2, None).seq == 2
@@ -171,7 +176,7 @@ def test_next_msg_skips_deleted_and_long_gaps(h):
     s = h.store
     fill(s, ["x"] + ["y"] * 1000 + ["x"])
     assert s.purge("y") == 1000
-    for s in (s, h.reopen()):
+    for s in h.now_and_reopened():
         assert s.next_msg(2).seq == 1002
         assert s.next_msg(2, "x").seq == 1002
         assert s.next_msg(2, "*").seq == 1002
@@ -187,7 +192,7 @@ def test_next_msg_skips_deleted_and_long_gaps(h):
 def test_last_msg(h):
     s = h.store
     fill(s, ["a.1", "b.1", "a.2", "b.2", "a.1", "c"])
-    for s in (s, h.reopen()):
+    for s in h.now_and_reopened():
         assert s.last_msg("a.1").seq == 5
         assert s.last_msg("a.*").seq == 5
         assert s.last_msg("b.>").seq == 4
@@ -277,7 +282,7 @@ def test_subject_seqs_and_subjects(h):
     s = h.store
     fill(s, ["a.x", "a.y", "a.x", "b.x", "a.x"])
     s.remove(3)
-    for s in (s, h.reopen()):
+    for s in h.now_and_reopened():
         assert s.subject_seqs("a.x") == [1, 5]
         assert s.subject_seqs("a.y") == [2]
         assert s.subject_seqs("zz") == []
@@ -291,7 +296,7 @@ def test_subject_seqs_and_subjects(h):
 def test_num_pending(h):
     s = h.store
     fill(s, ["a.1", "b.1", "a.2", "a.1", "b.1", "a.1"])
-    for s in (s, h.reopen()):
+    for s in h.now_and_reopened():
         assert s.num_pending(1) == 6
         assert s.num_pending(0) == 6
         assert s.num_pending(4) == 3
@@ -371,7 +376,7 @@ def test_many_messages_one_subject(h):
         assert s.remove(q)
     assert s.remove(2000)
     assert s.remove(n)
-    for s in (s, h.reopen()):
+    for s in h.now_and_reopened():
         seqs = s.subject_seqs("one")
         assert len(seqs) == n - 1002 and seqs[0] == 1001 and seqs[-1] == n - 1
         assert 2000 not in seqs
