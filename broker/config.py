@@ -61,7 +61,7 @@ class Options:
     syslog: bool = False; remote_syslog: str = ""; log_size_limit: int = 0  # noqa: E702
     max_traced_msg_len: int = 0; pid_file: str = ""; ports_file_dir: str = ""  # noqa: E702
     https_port: int = 0; prof_port: int = 0; http_base_path: str = "/"  # noqa: E702
-    check_config: bool = False  # -t: the caller reports the file valid and exits 0
+    check_config: bool = False; config_digest: str = ""  # noqa: E702  -t; the file's sha256
     cluster_username: str = ""; cluster_password: str = ""; connect_retries: int = 0  # noqa: E702
     # Internal: which defaults were overridden, for the baseline rules.
     _http_host_set: bool = field(default=False, repr=False, compare=False)
@@ -468,6 +468,9 @@ def parse_args(argv: list[str]) -> Options:
         from broker import confparse
 
         confparse.apply_config_file(opts, config_file, strict=bool(last.get("check_config")))
+        if last.get("check_config"):  # -t: report the file valid, as nats-server does, and stop
+            print(f"nats-server: configuration file {config_file} is valid ({opts.config_digest})", file=sys.stderr)
+            sys.exit(0)
     elif last.get("check_config"):
         raise ConfigError("must specify [-c, --config] option to check configuration file syntax")
     _apply_flags(opts, seen, last)

@@ -16,11 +16,14 @@ file); `$name` variables, looked up in the enclosing maps and then the environme
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import os
 import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 from broker.config import ConfigError, _fmt_go_duration, _go_duration, check_tls_files, normalize_url
@@ -373,6 +376,39 @@ class _Parser:
                 self.env_refs.discard(name)
             return self.mk(sub["pk"].value, start)
         raise self.fail(f"variable reference for '{name}' on line {line} can not be found", start)
+
+
+def digest(tree: dict[str, Item]) -> str:
+    """nats-server's config digest ("sha256:<hex>", shown by -t): the SHA-256 of the parsed
+    values encoded as Go's encoding/json encodes them (keys sorted, HTML characters escaped)."""
+
+    def enc(v: Any) -> str:
+        if isinstance(v, Item):
+            return enc(v.value)
+        if isinstance(v, dict):
+            return "{" + ",".join(enc(k) + ":" + enc(v[k]) for k in sorted(v)) + "}"
+        if isinstance(v, list):
+            return "[" + ",".join(enc(x) for x in v) + "]"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, float):
+            r = repr(v)
+            if v and not 1e-6 <= abs(v) < 1e21:  # Go switches to exponent form outside this range
+                mant, _, exp = f"{v:e}".partition("e") if "e" not in r else r.partition("e")
+                return f"{mant}e{'-' if int(exp) < 0 else '+'}{abs(int(exp))}"
+            out = format(Decimal(r), "f")
+            return out.rstrip("0").rstrip(".") if "." in out else out
+        if isinstance(v, datetime):
+            return '"' + v.strftime("%Y-%m-%dT%H:%M:%SZ") + '"'
+        text = json.dumps(v, ensure_ascii=False)
+        for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                        ("\u2029", "\\u2029")):
+            text = text.replace(ch, esc)
+        return text
+
+    return "sha256:" + hashlib.sha256((enc(tree) + "\n").encode()).hexdigest()
 
 
 def parse_text(text: str, file: str = "", env_refs: set[str] | None = None) -> dict[str, Item]:
@@ -728,6 +764,7 @@ def apply_config_file(opts: Any, path: str, strict: bool = False) -> None:
     opts.config_file = path
     try:
         tree = parse_file(path)
+        opts.config_digest = digest(tree)
     except OSError as e:
         raise ConfigError(f"open {path}: {(e.strerror or str(e)).lower()}") from None
     except ConfParseError as e:
@@ -744,4 +781,4 @@ def apply_config_file(opts: Any, path: str, strict: bool = False) -> None:
         errors.sort(key=lambda e: (e.item.line, e.item.col))
         raise ConfigError("\n".join(warnings + [e.render() for e in errors]))
     if warnings:
-        print("\n".join(warnings) + "\n", file=sys.stderr)
+        sys.stderr.write("".join(w + "\n" for w in warnings))

@@ -521,9 +521,18 @@ def test_routes_flag_with_cluster_in_file(tmp_path):
     assert parse_args(["-c", path, "--routes", "nats://a:1"]).routes == ["nats://a:1"]
 
 
-def test_check_config_flag(tmp_path):
-    o = parse_args(["-t", "-c", conf(tmp_path, "port: 1")])
-    assert o.check_config and o.port == 1
+def test_check_config_flag(tmp_path, capsys):
+    path = conf(tmp_path, 'port: 1\nVAR: "<a&b>"\nserver_name: $VAR\nauthorization { timeout: 1.5 }\n'
+                          'cluster { port: 6222, routes: ["nats://a:1"], no_advertise: true }\n')
+    with pytest.raises(SystemExit) as ei:
+        parse_args(["-t", "-c", path])
+    assert ei.value.code == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"nats-server: configuration file {path} is valid (sha256:")
+    if NATS:  # the digest is nats-server's own
+        r = subprocess.run([NATS, "-t", "-c", path], capture_output=True, text=True, timeout=20)
+        if r.returncode == 0:
+            assert r.stderr == err
 
 
 def test_max_payload_over_max_pending(tmp_path):
