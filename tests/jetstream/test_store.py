@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import tracemalloc
 
 import pytest
@@ -599,6 +601,57 @@ async def test_file_group_commit_from_a_thread(tmp_path):
     s = FileStore(d, block_size_max_bytes=64 * 1024)
     assert s.state().messages == 1500
     assert all(s.get(q).data == b"z" * 100 for q in acked)
+    s.close()
+
+
+def test_file_sync_thread_races_with_the_event_loop(tmp_path):
+    """A thread syncs nonstop while appends, removes, purges and gets go on: nothing is
+    lost or mixed up, in memory or after reopen."""
+    d = str(tmp_path / "s")
+    s = FileStore(d, block_size_max_bytes=4096)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def syncer() -> None:
+        try:
+            while not stop.is_set():
+                s.sync()
+        except BaseException as e:  # reported by the assertion below
+            errors.append(e)
+
+    t = threading.Thread(target=syncer)
+    t.start()
+    rng = random.Random(7)
+    model: dict[int, tuple[str, bytes]] = {}
+    try:
+        for i in range(6000):
+            r = rng.random()
+            if r < 0.75:
+                subj, data = f"r.{rng.randrange(6)}", b"%d" % i * rng.randrange(1, 9)
+                model[s.append(subj, None, data, i)] = (subj, data)
+            elif r < 0.9:
+                q = rng.randrange(1, s.state().last_seq + 2)
+                assert s.remove(q) == (model.pop(q, None) is not None)
+            elif r < 0.91:
+                subj = f"r.{rng.randrange(6)}"
+                gone = [q for q, v in model.items() if v[0] == subj][:-2]
+                assert s.purge(subj, keep=2) == len(gone)
+                for q in gone:
+                    del model[q]
+            else:
+                q = rng.randrange(1, s.state().last_seq + 2)
+                m = s.get(q)
+                assert (m and (m.subject, m.data)) == model.get(q)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    s.close()
+    s = FileStore(d, block_size_max_bytes=4096)
+    assert s.state().messages == len(model)
+    for q, (subj, data) in model.items():
+        m = s.get(q)
+        assert (m.subject, m.data) == (subj, data)
     s.close()
 
 
