@@ -252,10 +252,22 @@ class RouteParser:
                     if buf[stop : stop + 2] != b"\r\n":
                         raise RouteProtocolError(ERR_UNKNOWN_OP)
                     reply = m.group(2)
-                    self.msgs += 1
-                    self.bytes += size
-                    on_msg(self._subject(m.group(1)), _text(reply) if reply else "", None, buf[start:stop], None)
+                    subject = self._subject(m.group(1))
+                    reply_s = _text(reply) if reply else ""
+                    on_msg(subject, reply_s, None, buf[start:stop], None)
+                    # A run of frames with this very control line (same subject, reply and
+                    # size) is common: step through it by length without re-parsing.
+                    ctl = buf[pos:start]
+                    clen = start - pos
+                    flen = clen + size + 2
+                    n = 1
                     pos = stop + 2
+                    while pos + flen <= end and buf.startswith(ctl, pos) and buf.startswith(b"\r\n", pos + flen - 2):
+                        on_msg(subject, reply_s, None, buf[pos + clen : pos + flen - 2], None)
+                        pos += flen
+                        n += 1
+                    self.msgs += n
+                    self.bytes += size * n
                     continue
             nl = buf.find(b"\n", pos)
             if nl < 0:

@@ -62,7 +62,9 @@ class Route:
         self.last_activity = self.start
         self.rtt_s = 0.0
         self.out_msgs = self.out_bytes = 0
-        self._prefixes: dict[tuple[str, str], bytes] = {}
+        self._prefixes: dict = {}
+        self._pending_max = limits.pending_bytes_max
+        self._wake_set = False
         self.subs: dict[tuple[str, str | None], int] = {}
         self.registered = False
         self._out = bytearray()
@@ -82,29 +84,39 @@ class Route:
         """Router hook: queue one routed message. Never blocks."""
         if self._closing:
             return
+        out = self._out
         if hdr is None and not queues:
-            prefix = self._prefixes.get((subject, reply))
+            key = (subject, reply) if reply else subject
+            prefix = self._prefixes.get(key)
             if prefix is None:
-                if len(self._prefixes) >= 4096:
-                    self._prefixes.clear()
-                line = f"RMSG {proto.ACCOUNT} {subject} {reply} " if reply else f"RMSG {proto.ACCOUNT} {subject} "
-                prefix = self._prefixes[(subject, reply)] = line.encode()
-            self._out += b"%s%d\r\n%s\r\n" % (prefix, len(payload), payload)
+                prefix = self._prefix(subject, reply)
+            out += b"%s%d\r\n%s\r\n" % (prefix, len(payload), payload)
             self.out_bytes += len(payload)
         else:
-            proto.append_msg(self._out, subject, reply, hdr, payload, queues)
+            proto.append_msg(out, subject, reply, hdr, payload, queues)
             self.out_bytes += len(payload) if hdr is None else len(payload) + len(hdr)
         self.out_msgs += 1
-        if len(self._out) > self.limits.pending_bytes_max:
-            log.warning("%r: Slow Consumer Detected: MaxPending of %d Exceeded", self, self.limits.pending_bytes_max)
+        if len(out) > self._pending_max:
+            log.warning("%r: Slow Consumer Detected: MaxPending of %d Exceeded", self, self._pending_max)
             self.abort()
             return
-        self._wake.set()
+        if not self._wake_set:
+            self._wake_set = True
+            self._wake.set()
+
+    def _prefix(self, subject: str, reply: str) -> bytes:
+        if len(self._prefixes) >= 4096:
+            self._prefixes.clear()
+        key = (subject, reply) if reply else subject
+        line = f"RMSG {proto.ACCOUNT} {subject} {reply} " if reply else f"RMSG {proto.ACCOUNT} {subject} "
+        prefix = self._prefixes[key] = line.encode()
+        return prefix
 
     def send(self, data: bytes) -> None:
         if self._closing:
             return
         self._out += data
+        self._wake_set = True
         self._wake.set()
 
     @property
@@ -165,6 +177,7 @@ class Route:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            self._wake_set = False
             while self._out:
                 data, self._out = self._out, bytearray()
                 with trio.move_on_after(self.limits.write_timeout_s) as timeout:

@@ -202,3 +202,29 @@ def test_callback_path_errors():
         p.RouteParser(on_msg=lambda *a: None).feed(b"RMSG $G y 1\r\nabc\r\n")
     with pytest.raises(p.RouteProtocolError):
         p.RouteParser(on_msg=lambda *a: None).feed(b"RMSG $G \xff\xfe 1\r\na\r\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=3000), max_size=20),
+       st.lists(st.sampled_from([b"aaaa", b"bbbb", b"RMSG $G x 4\r\n"[:4], b"\r\n\r\n"]), min_size=1, max_size=40))
+def test_runs_of_identical_frames_by_length(cuts, payloads):
+    frames = [p.encode_msg("run.s", "", None, pl, None) for pl in payloads]
+    frames.insert(len(frames) // 2, p.encode_msg("other", "r", None, b"zz", None))
+    data = b"".join(frames) + b"PING\r\n"
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    got, ops = _msgs_via_callback(chunks)
+    want = [("run.s", "", None, pl, None) for pl in payloads]
+    want.insert(len(payloads) // 2, ("other", "r", None, b"zz", None))
+    assert got == want and ops == [p.PING]
+
+
+def test_run_with_a_broken_frame_is_an_error():
+    good = p.encode_msg("s", "", None, b"abcd", None)
+    bad = b"RMSG $G s 4\r\nabcdXY"
+    got: list = []
+    parser = p.RouteParser(on_msg=lambda *a: got.append(a))
+    with pytest.raises(p.RouteProtocolError):
+        parser.feed(good * 3 + bad)
+        parser.feed(b"")
+    assert len(got) == 3
