@@ -409,29 +409,24 @@ _SIMPLE = {
 
 def _send_signal(spec: str) -> None:
     """-sl command[=pid|pidfile]: signal a running server and exit, as nats-server does."""
-    import signal as _sig
+    import signal as sig
 
-    parts = spec.split("=")
-    if len(parts) > 2:
-        raise ConfigError(f"invalid signal parameters: [{' '.join(parts[2:])}]")
-    cmds = {"stop": _sig.SIGKILL, "quit": _sig.SIGINT, "term": _sig.SIGTERM, "reopen": _sig.SIGUSR1,
-            "reload": _sig.SIGHUP, "ldm": _sig.SIGUSR2}
-    if parts[0] not in cmds:
-        raise ConfigError(f'unknown signal "{parts[0]}"')
-    if len(parts) < 2:
+    cmd, _, pid = spec.partition("=")
+    if "=" in pid:
+        raise ConfigError(f"invalid signal parameters: [{' '.join(pid.split('=')[1:])}]")
+    signum = {"stop": sig.SIGKILL, "quit": sig.SIGINT, "term": sig.SIGTERM, "reopen": sig.SIGUSR1,
+              "reload": sig.SIGHUP, "ldm": sig.SIGUSR2}.get(cmd)
+    if signum is None:
+        raise ConfigError(f'unknown signal "{cmd}"')
+    if not pid:
         raise ConfigError("no nats-server processes running")  # we do not search the process table
-    pid = parts[1]
-    try:
+    if os.path.isfile(pid):
         with open(pid) as f:
             pid = f.read()
-    except OSError:
-        pass
+    if not pid.strip().isdigit():
+        raise ConfigError(f"invalid pid: {pid}")
     try:
-        n = int(pid.strip())
-    except ValueError:
-        raise ConfigError(f"invalid pid: {pid}") from None
-    try:
-        os.kill(n, cmds[parts[0]])
+        os.kill(int(pid), signum)
     except OSError as e:
         raise ConfigError(str(e)) from None
     sys.exit(0)

@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from broker.config import ConfigError, _fmt_go_duration, _go_duration, check_tls_files, normalize_url
@@ -58,6 +59,7 @@ _NUM = re.compile(r"(-?\d+)(?:\.(\d*)(\.[\d.:-]*)?)?([kKmMgGtTpPeE][bBiI]*)?")
 _WS = " \t"
 _SP = re.compile(r"[ \t]*")
 _SP_COMMENT = re.compile(r"[ \t]*(?:(?:#|//)[^\n]*)?")  # then a comment to the end of the line
+_KEY_SEP = re.compile(r"\s*[=:]?")
 _SPACE = re.compile(r"(?:\s+|(?:#|//)[^\n]*)*")  # newlines and comments too
 
 
@@ -145,10 +147,7 @@ class _Parser:
         if not quoted and name.lower() == "include" and (self.peek().isspace() or not self.peek()):
             self.include(ctx)
             return
-        while self.i < self.n and self.s[self.i].isspace():
-            self.i += 1
-        if self.peek() in "=:" and self.peek():
-            self.i += 1
+        self.skip(_KEY_SEP)
         if self.peek() == "":
             raise self.fail("config is invalid")
         item = self.value()
@@ -174,7 +173,7 @@ class _Parser:
         try:
             ctx.update(parse_file(path, self.env_refs))
         except OSError as e:
-            raise self.fail(f"error parsing include file '{name}', open {path}: {e.strerror.lower()}") from None
+            raise self.fail(f"error parsing include file '{name}', open {path}: {(e.strerror or str(e)).lower()}") from None
         except ConfParseError as e:
             raise self.fail(f"error parsing include file '{name}', {e}") from None
 
@@ -210,20 +209,15 @@ class _Parser:
                 return out
             if c == ",":
                 raise self.fail("Unexpected array value terminator ','.")
-            at = self.i
-            item = self.value()
-            item.line, item.col = self.pos(at)
-            out.append(item)
+            out.append(self.value())
             self.skip(_SP_COMMENT)
             c = self.peek()
-            if c in (",", "\n", "\r"):
-                self.i += 1
-            elif c == "]":
-                self.i += 1
-                return out
-            else:
+            if c not in (",", "\n", "\r", "]"):
                 raise self.fail('Expected an array value terminator "," or an array terminator "]", '
                                 f"but got '{_show(c)}' instead.")
+            self.i += 1
+            if c == "]":
+                return out
 
     # -- values
     def value(self) -> Item:
@@ -588,30 +582,23 @@ _TOP = _table(
     debug="bool", trace="bool", logtime="bool", logtime_utc="bool", syslog="bool",
     ping_interval="dur:ping_interval_s", write_deadline="dur:write_deadline_s",
 )
+_AUTH = {**_table(user="str:username", username="str", password="str", token="str"), "pass": ("str", "password")}
 _CLUSTER = _table(port="int:cluster_port", host="str:cluster_host", net="str:cluster_host",
                   advertise="str:cluster_advertise", cluster_advertise="str", no_advertise="bool",
                   connect_retries="int")
 
 
 def _auth_block(o: Any, item: Item, warnings: list[str]) -> None:
-    user = pw = token = ""
-    timeout = 0.0
+    a = SimpleNamespace(username="", password="", token="", timeout=0.0)
     for k, it in _want(item, dict).items():
-        lk = k.lower()
-        if lk in ("user", "username"):
-            user = _want(it, str)
-        elif lk in ("pass", "password"):
-            pw = _want(it, str)
-        elif lk == "token":
-            token = _want(it, str)
-        elif lk == "timeout":
-            timeout = _timeout(k, it, "authorization", warnings)
-        else:
+        if k.lower() == "timeout":
+            a.timeout = _timeout(k, it, "authorization", warnings)
+        elif not _simple(a, _AUTH, k, it, warnings):
             _unknown(k, it)
-    if (user or pw) and token:
+    if (a.username or a.password) and a.token:
         raise _Bad(item, "Cannot have a user/pass and token")
-    o.username, o.password, o.token = user, pw, token
-    o.auth_timeout_s, o._auth_timeout_set = timeout, bool(timeout)
+    o.username, o.password, o.token = a.username, a.password, a.token
+    o.auth_timeout_s, o._auth_timeout_set = a.timeout, bool(a.timeout)
 
 
 def _tls_block(o: Any, item: Item) -> None:
@@ -699,13 +686,11 @@ def _cluster_block(o: Any, item: Item, warnings: list[str]) -> None:
                     urls.append(u)
             o.routes = urls
         elif lk == "authorization":
-            for ak, av in _want(it, dict).items():
-                if ak.lower() in ("user", "username"):
-                    o.cluster_username = _want(av, str)
-                elif ak.lower() in ("pass", "password"):
-                    o.cluster_password = _want(av, str)
-                elif ak.lower() != "timeout":
-                    _unknown(ak, av)
+            a = SimpleNamespace(username="", password="", token="", _auth_timeout_set=False)
+            _auth_block(a, it, warnings)
+            if a.token:
+                raise _Bad(it, "Cluster authorization does not support tokens")
+            o.cluster_username, o.cluster_password = a.username, a.password
         else:
             _unknown(k, it, "cluster")
 
