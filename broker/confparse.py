@@ -1,8 +1,9 @@
-"""The nats-server configuration grammar.
+"""nats-server's configuration files: the grammar, the digest, and applying keys to Options.
 
 `parse_file(path)` / `parse_text(text)` give a dict of key -> `Item`; each Item carries
 its value (str, int, float, bool, datetime, dict[str, Item] or list[Item]) and where its
-key (or, in arrays, the value) was written, for error messages.
+key (or, in arrays, the value) was written, for error messages.  `apply_config_file`
+applies one to an `Options`, with nats-server's key names, checks and error wording.
 
 Grammar, as nats-server reads it: `key = value`, `key: value` or `key value`; `key { }`
 for maps; values end at a newline, ';' or ','; arrays `[ ]` split by ',' or newlines;
@@ -11,6 +12,7 @@ quoted strings and bare strings; numbers with size suffixes (1K = 1000, 1KB/1Ki/
 1024, likewise M G T P E); floats; true/false/yes/no/on/off; ISO8601 Zulu dates; block
 strings `( ... )` closed by ')' alone on a line; `include file` (relative to the including
 file); `$name` variables, looked up in the enclosing maps and then the environment.
+Unquoted "2m" is therefore the integer 2000000, as in nats-server: durations need quotes.
 """
 
 from __future__ import annotations

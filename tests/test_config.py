@@ -18,7 +18,7 @@ from broker.config import (
     parse_duration,
     parse_size,
 )
-from broker.confparse import ConfParseError, parse_text
+from broker.confparse import ConfParseError, Item, parse_text
 
 NATS = shutil.which("nats-server")
 
@@ -647,9 +647,11 @@ def test_size_suffixes(n, letter, binary):
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
 def test_grammar_never_crashes(text):
     try:
-        parse_text(text, "fuzz.conf")
+        tree = parse_text(text, "fuzz.conf")
     except ConfParseError as e:
-        assert str(e).startswith("fuzz.conf:")
+        assert str(e).startswith("fuzz.conf:") and e.line >= 1
+    else:
+        assert all(isinstance(k, str) and isinstance(v, Item) for k, v in tree.items())
 
 
 @given(st.lists(st.text(alphabet="abcxyz-_", min_size=1, max_size=8), min_size=1, max_size=6, unique=True),
@@ -663,9 +665,11 @@ def test_grammar_round_trip(keys, values):
 @given(st.text(alphabet=" \t\n{}[]()=:;,#/\"'\\$-.0123456789abkKmMx_eT", max_size=60))
 def test_grammar_never_crashes_on_grammar_characters(text):
     try:
-        parse_text(text, "fuzz.conf")
+        tree = parse_text(text, "fuzz.conf")
     except ConfParseError as e:
-        assert str(e).startswith("fuzz.conf:")
+        assert str(e).startswith("fuzz.conf:") and e.line >= 1
+    else:
+        assert all(isinstance(k, str) and isinstance(v, Item) for k, v in tree.items())
 
 
 def test_deep_nesting_is_an_error_not_a_crash():
