@@ -98,6 +98,14 @@ class _Parser:
     def skip(self, rx: re.Pattern[str]) -> None:
         self.i = rx.match(self.s, self.i).end()
 
+    def quoted(self, eof_message: str) -> str:
+        """The raw text between the quote at the cursor and the next same quote."""
+        end = self.s.find(self.s[self.i], self.i + 1)
+        if end < 0:
+            raise self.fail(eof_message)
+        text, self.i = self.s[self.i + 1:end], end + 1
+        return text
+
     # -- structure
     def parse_top(self) -> dict[str, Item]:
         top: dict[str, Item] = {}
@@ -135,11 +143,7 @@ class _Parser:
         if c in "=:":
             raise self.fail(f"Unexpected key separator '{c}'")
         if c in "\"'":
-            end = self.s.find(c, self.i + 1)
-            if end < 0:
-                raise self.fail("Unexpected EOF processing quoted map key.")
-            self.i = end + 1
-            return self.s[start + 1:end], start + 1, True
+            return self.quoted("Unexpected EOF processing quoted map key."), start + 1, True
         while self.i < self.n and not self.s[self.i].isspace() and self.s[self.i] not in "=:":
             self.i += 1
         return self.s[start:self.i], start, False
@@ -160,10 +164,7 @@ class _Parser:
         self.skip(_SP)
         c = self.peek()
         if c and c in "\"'":
-            end = self.s.find(c, self.i + 1)
-            if end < 0:
-                raise self.fail("Unexpected EOF in quoted include")
-            name, self.i = self.s[self.i + 1:end], end + 1
+            name = self.quoted("Unexpected EOF in quoted include")
         else:
             bad = {"[": "start of an array", "{": "start of a map", "(": "start of a block", "-": "start of a number",
                    "\\": "escape sequence", "\n": "new line", "": "EOF"}
@@ -236,11 +237,7 @@ class _Parser:
             finally:
                 self.depth -= 1
         if c == "'":
-            end = self.s.find("'", self.i + 1)
-            if end < 0:
-                raise self.fail("Unexpected EOF.")
-            self.i = end + 1
-            return self.mk(self.s[start + 1:end], start)
+            return self.mk(self.quoted("Unexpected EOF."), start)
         if c == '"':
             return self.mk(self.dq_string(), start)
         if c == "(":
