@@ -66,6 +66,7 @@ class ClusterConfig:
     max_payload: int = 1048576
     forget_after_s: float = 30.0
     handshake_timeout_s: float = 2.0
+    connect_timeout_s: float = 2.0
     backoff_min_s: float = 0.05
     backoff_max_s: float = 2.0
     gossip_dial_delay_s: float = 1.0
@@ -176,10 +177,14 @@ class ClusterManager:
                         return
                     await trio.sleep(self.cfg.backoff_max_s)  # connected by the peer's dial
                     continue
+                stream = None
                 try:
                     h, p = split_host_port(url)
-                    stream = await trio.open_tcp_stream(h, p)
-                except OSError as exc:
+                    with trio.move_on_after(self.cfg.connect_timeout_s):
+                        stream = await trio.open_tcp_stream(h, p)
+                    if stream is None:
+                        raise OSError(f"connect timed out after {self.cfg.connect_timeout_s}s")
+                except (OSError, ValueError) as exc:
                     log.debug("Error trying to connect to route %s: %s", url, exc)
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, self.cfg.backoff_max_s)

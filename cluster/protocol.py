@@ -207,67 +207,18 @@ class RouteParser:
         """Parse complete frames from buf; return the offset of the first unused byte."""
         pos = 0
         end = len(buf)
-        fast = _RMSG_G.match
-        on_msg = self.on_msg
+        fast = _RMSG_G.match if self.on_msg is not None else None
         while pos < end:
             if self._pending is not None:
-                pending = self._pending
-                total = pending[5]
-                stop = pos + total
-                if end - pos < total + 2:
+                done = self._payload(buf, pos, ops)
+                if done < 0:
                     break
-                if buf[stop : stop + 2] != b"\r\n":
-                    raise RouteProtocolError(ERR_UNKNOWN_OP)
-                hdr_len = pending[4]
-                if hdr_len >= 0:
-                    hdr = buf[pos : pos + hdr_len]
-                    payload = buf[pos + hdr_len : stop]
-                else:
-                    hdr = None
-                    payload = buf[pos:stop]
-                self._pending = None
-                pos = stop + 2
-                self.msgs += 1
-                self.bytes += total
-                if on_msg is None:
-                    ops.append(Msg(pending[0], pending[1], pending[2], pending[3], hdr, payload))
-                elif pending[0] == ACCOUNT:
-                    on_msg(pending[1], pending[2], hdr, payload, pending[3])
+                pos = done
                 continue
-            if on_msg is not None:
+            if fast is not None:
                 m = fast(buf, pos)
                 if m is not None:
-                    # RMSG $G <subject> [reply] <size>: the common case, parsed in one regex call.
-                    size = int(m.group(3))
-                    start = m.end()
-                    stop = start + size
-                    if size > self._payload_max:
-                        raise RouteProtocolError(ERR_MAX_PAYLOAD)
-                    if stop + 2 > end:
-                        reply = m.group(2)
-                        self._pending = (ACCOUNT, self._subject(m.group(1)),
-                                         _text(reply) if reply else "", None, -1, size)
-                        pos = start
-                        break
-                    if buf[stop : stop + 2] != b"\r\n":
-                        raise RouteProtocolError(ERR_UNKNOWN_OP)
-                    reply = m.group(2)
-                    subject = self._subject(m.group(1))
-                    reply_s = _text(reply) if reply else ""
-                    on_msg(subject, reply_s, None, buf[start:stop], None)
-                    # A run of frames with this very control line (same subject, reply and
-                    # size) is common: step through it by length without re-parsing.
-                    ctl = buf[pos:start]
-                    clen = start - pos
-                    flen = clen + size + 2
-                    n = 1
-                    pos = stop + 2
-                    while pos + flen <= end and buf.startswith(ctl, pos) and buf.startswith(b"\r\n", pos + flen - 2):
-                        on_msg(subject, reply_s, None, buf[pos + clen : pos + flen - 2], None)
-                        pos += flen
-                        n += 1
-                    self.msgs += n
-                    self.bytes += size * n
+                    pos = self._rmsg_run(m, buf, pos)
                     continue
             nl = buf.find(b"\n", pos)
             if nl < 0:
@@ -283,6 +234,62 @@ class RouteParser:
             op = self._control(line)
             if op is not None:
                 ops.append(op)
+        return pos
+
+    def _payload(self, buf: bytes, pos: int, ops: list) -> int:
+        """Finish the pending message if its payload is all here: new offset, else -1."""
+        account, subject, reply, queues, hdr_len, total = self._pending
+        stop = pos + total
+        if len(buf) - pos < total + 2:
+            return -1
+        if buf[stop : stop + 2] != b"\r\n":
+            raise RouteProtocolError(ERR_UNKNOWN_OP)
+        if hdr_len >= 0:
+            hdr = buf[pos : pos + hdr_len]
+            payload = buf[pos + hdr_len : stop]
+        else:
+            hdr = None
+            payload = buf[pos:stop]
+        self._pending = None
+        self.msgs += 1
+        self.bytes += total
+        if self.on_msg is None:
+            ops.append(Msg(account, subject, reply, queues, hdr, payload))
+        elif account == ACCOUNT:
+            self.on_msg(subject, reply, hdr, payload, queues)
+        return stop + 2
+
+    def _rmsg_run(self, m: re.Match, buf: bytes, pos: int) -> int:
+        """`RMSG $G <subject> [reply] <size>` matched at pos (the hot path): deliver it and
+        every following frame with the very same control line, stepping by length.
+        Returns the new offset; when the payload is incomplete it becomes pending."""
+        on_msg = self.on_msg
+        size = int(m.group(3))
+        start = m.end()
+        stop = start + size
+        end = len(buf)
+        if size > self._payload_max:
+            raise RouteProtocolError(ERR_MAX_PAYLOAD)
+        reply = m.group(2)
+        subject = self._subject(m.group(1))
+        reply_s = _text(reply) if reply else ""
+        if stop + 2 > end:
+            self._pending = (ACCOUNT, subject, reply_s, None, -1, size)
+            return start
+        if buf[stop : stop + 2] != b"\r\n":
+            raise RouteProtocolError(ERR_UNKNOWN_OP)
+        on_msg(subject, reply_s, None, buf[start:stop], None)
+        ctl = buf[pos:start]
+        clen = start - pos
+        flen = clen + size + 2
+        n = 1
+        pos = stop + 2
+        while pos + flen <= end and buf.startswith(ctl, pos) and buf.startswith(b"\r\n", pos + flen - 2):
+            on_msg(subject, reply_s, None, buf[pos + clen : pos + flen - 2], None)
+            pos += flen
+            n += 1
+        self.msgs += n
+        self.bytes += size * n
         return pos
 
     def _control(self, line: bytes):
