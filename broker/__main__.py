@@ -7,7 +7,7 @@ import sys
 
 import trio
 
-from broker.config import ConfigError, parse_args
+from broker.config import ConfigError, parse_args, report_and_exit
 from broker.server import run_server, setup_logging
 
 
@@ -15,8 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = parse_args(sys.argv[1:] if argv is None else argv)
     except ConfigError as e:
-        print(f"nats-server: {e}", file=sys.stderr)
-        return 1
+        report_and_exit(e)
     setup_logging(opts)
     logging.getLogger("broker").info("Starting nats-server (python broker)")
     try:

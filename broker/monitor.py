@@ -43,7 +43,7 @@ def _dur(seconds: float) -> str:
 async def serve_http(server, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     o = server.opts
     host = o.http_host if o.http_host not in ("",) else "0.0.0.0"
-    listeners = await trio.open_tcp_listeners(o.http_port, host=host)
+    listeners = await trio.open_tcp_listeners(max(0, o.http_port), host=host)  # -1: random port
     port = listeners[0].socket.getsockname()[1]
     stats: dict[str, int] = {}
 
