@@ -44,6 +44,7 @@ __all__ = ["CorruptStoreError", "FileStore"]
 BLOCK_SIZE_MAX_BYTES_DEFAULT = 8 * 1024 * 1024
 _PENDING_FLUSH_BYTES = 1024 * 1024  # hand appends to the OS once this much is buffered
 _OPEN_FDS_MAX = 64
+_COMPACT_BYTES_MIN = 64 * 1024  # smaller blocks are not worth rewriting
 _RECORD_BYTES_MAX = 256 * 1024 * 1024
 
 _META, _MSG, _DEL = 1, 2, 3
@@ -56,7 +57,7 @@ _U16 = struct.Struct("<H")
 _INDEX_MAGIC = b"NJSI"
 _BYTEORDER = 0 if sys.byteorder == "little" else 1
 _INDEX_HEAD = struct.Struct("<4sBBQqI")  # magic, version, byte order, last_seq, last_ts, blocks
-_INDEX_BLOCK = struct.Struct("<QQIQBQQ")  # num, size, fcrc, base, dense, nlive, count
+_INDEX_BLOCK = struct.Struct("<QQIQBQQQ")  # num, size, fcrc, base, dense, nlive, count, live bytes
 _REC = struct.Struct("<IIB")  # crc, body_len, type
 # body_len, type, then the MSG body header: seq, ts, subject len, flags, header len
 _MSG_HEAD = struct.Struct("<IBQqHBI")
@@ -94,7 +95,8 @@ def _del_record(seq: int) -> bytes:
 
 class _Block:
     __slots__ = ("num", "path", "base", "size", "seqs", "offs", "lens", "tss", "msz", "subs",
-                 "live", "nlive", "dense", "pend", "pend_off", "fcrc")
+                 "live", "nlive", "dense", "pend", "pend_off", "fcrc", "live_bytes",
+                 "compacting")
 
     def __init__(self, num: int, path: str, base: int) -> None:
         self.num = num
@@ -113,6 +115,8 @@ class _Block:
         self.pend = bytearray()
         self.pend_off = 0  # file offset of pend[0]
         self.fcrc = 0  # crc32 of the bytes handed to the file so far (checks index.db)
+        self.live_bytes = 0  # META plus live MSG records; the rest of `size` is garbage
+        self.compacting = False  # a compaction request is out for this block
 
     def index(self, seq: int) -> int:
         """Position of a live `seq` in this block's arrays, -1 if absent."""
@@ -142,6 +146,64 @@ class _Block:
         self.subs.append(subject)
         self.live.append(1)
         self.nlive += 1
+        self.live_bytes += ln
+
+
+class _Compaction:
+    """Rewrite of one block without its removed records. The event loop asks for it
+    (a snapshot of the live records), sync() writes and fsyncs `<block>.compact` in its
+    thread, and the event loop swaps it in, unless the block changed meanwhile."""
+
+    __slots__ = ("num", "path", "size", "meta_len", "js", "offs", "lens", "new_offs",
+                 "new_size", "new_crc")
+
+    def __init__(self, b: _Block) -> None:
+        live = b.live
+        self.num, self.path, self.size = b.num, b.path, b.size
+        self.meta_len = b.offs[0]
+        self.js = array("I", [j for j in range(len(live)) if live[j]])
+        self.offs = array("I", [b.offs[j] for j in self.js])
+        self.lens = array("I", [b.lens[j] for j in self.js])
+        self.new_offs = array("I")
+        self.new_size = 0
+        self.new_crc = 0
+
+    def write(self) -> bool:
+        """Runs in the sync thread: write the compacted copy; False if that failed."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            data = os.pread(fd, self.size, 0)
+        finally:
+            os.close(fd)
+        if len(data) != self.size:
+            return False
+        out = bytearray(data[:self.meta_len])
+        new_offs = self.new_offs
+        mv = memoryview(data)
+        for off, ln in zip(self.offs, self.lens):
+            rec = mv[off:off + ln]
+            if zlib.crc32(rec[4:]) != _U32.unpack_from(rec)[0]:
+                return False  # leave a damaged block alone; get() reports it
+            new_offs.append(len(out))
+            out += rec
+        mv.release()
+        tmp = self.path + ".compact"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(out)
+            done = 0
+            while done < len(out):
+                done += os.write(fd, view[done:])
+            view.release()
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self.new_size = len(out)
+        self.new_crc = zlib.crc32(out)
+        return True
 
 
 class FileStore(_IndexedStore):
@@ -158,6 +220,9 @@ class FileStore(_IndexedStore):
         self._unlink: list[str] = []  # dropped blocks, unlinked after the next fsync
         self._dir_dirty = False
         self._closed = False
+        self._compact_min = min(_COMPACT_BYTES_MIN, block_size_max_bytes // 2)
+        self._compact_requests: list[_Compaction] = []  # loop thread -> sync thread
+        self._compacted: list[_Compaction] = []  # sync thread -> loop thread
         self._idx = SubjectIndex()
         self._n = 0
         self._bytes = 0
@@ -184,6 +249,9 @@ class FileStore(_IndexedStore):
         return os.path.join(self._dir, f"{num:010d}.blk")
 
     def _recover(self) -> None:
+        for f in os.listdir(self._dir):
+            if f.endswith(".compact") or f.endswith(".tmp"):
+                os.unlink(os.path.join(self._dir, f))  # never swapped in: the block is intact
         nums = sorted(int(f[:-4]) for f in os.listdir(self._dir)
                       if f.endswith(".blk") and f[:-4].isdigit())
         if self._load_index(nums):
@@ -277,6 +345,7 @@ class FileStore(_IndexedStore):
                     if j >= 0:
                         b.live[j] = 0
                         b.nlive -= 1
+                        b.live_bytes -= b.lens[j]
                 else:  # META
                     magic, version, last_seq, last_ts, pb = _META_BODY.unpack_from(data, off + 9)
                     if magic != _MAGIC or version != _VERSION:
@@ -287,6 +356,7 @@ class FileStore(_IndexedStore):
                         self._last = last_seq
                         self._last_ts = last_ts
                     b.base = last_seq + 1
+                    b.live_bytes += end - off
                     purge_below = pb
                 first_rec = False
                 off = end
@@ -335,7 +405,7 @@ class FileStore(_IndexedStore):
         parts.extend(_U16.pack(len(x)) + x for x in table)
         for b, sids in blocks:
             parts.append(_INDEX_BLOCK.pack(b.num, b.size, b.fcrc, b.base, b.dense, b.nlive,
-                                           len(b.seqs)))
+                                           len(b.seqs), b.live_bytes))
             for a in (b.seqs, b.offs, b.lens, b.tss, b.msz, sids):
                 parts.append(a.tobytes())
             parts.append(bytes(b.live))
@@ -377,11 +447,11 @@ class FileStore(_IndexedStore):
             off += 2 + ln
         blocks: list[_Block] = []
         for _ in range(nblocks):
-            num, size, fcrc, base, dense, nlive, count = _INDEX_BLOCK.unpack_from(data, off)
+            num, size, fcrc, base, dense, nlive, count, lb = _INDEX_BLOCK.unpack_from(data, off)
             off += _INDEX_BLOCK.size
             b = _Block(num, self._block_path(num), base)
             b.size = b.pend_off = size
-            b.fcrc, b.dense, b.nlive = fcrc, bool(dense), nlive
+            b.fcrc, b.dense, b.nlive, b.live_bytes = fcrc, bool(dense), nlive, lb
             sids = array("I")
             for a in (b.seqs, b.offs, b.lens, b.tss, b.msz, sids):
                 end = off + count * a.itemsize
@@ -432,7 +502,7 @@ class FileStore(_IndexedStore):
         self._remember_fd(num, fd)
         b = _Block(num, path, last_seq + 1)
         b.pend += _meta_record(last_seq, last_ts, purge_below)
-        b.size = len(b.pend)
+        b.size = b.live_bytes = len(b.pend)
         self._blocks.append(b)
         self._bases.append(b.base)
         self._pending[num] = b
@@ -530,6 +600,47 @@ class FileStore(_IndexedStore):
         b, j = self._locate(seq)
         return b.tss[j]
 
+    def _request_compaction(self, b: _Block) -> None:
+        req = _Compaction(b)
+        b.compacting = True
+        with self._lock:
+            self._compact_requests.append(req)
+
+    def _apply_compactions(self) -> bool:
+        """Swap in the compacted blocks whose source did not change meanwhile."""
+        with self._lock:
+            done, self._compacted = self._compacted, []
+        applied = False
+        by_num = {b.num: b for b in self._blocks}
+        for req in done:
+            b = by_num.get(req.num)
+            if b is None or b.size != req.size or b is self._blocks[-1]:
+                os.unlink(req.path + ".compact")
+                if b is not None:
+                    b.compacting = False
+                continue
+            js = req.js
+            with self._lock:
+                fd = self._fds.pop(b.num, None)
+                if fd is not None:
+                    os.close(fd)
+                os.replace(req.path + ".compact", b.path)
+                b.size = b.pend_off = b.live_bytes = req.new_size
+                b.fcrc = req.new_crc
+                self._dir_dirty = True
+            seqs = array("Q", [b.seqs[j] for j in js])
+            b.tss = array("q", [b.tss[j] for j in js])
+            b.msz = array("I", [b.msz[j] for j in js])
+            b.subs = [b.subs[j] for j in js]
+            b.offs, b.lens = req.new_offs, req.lens
+            b.seqs = seqs
+            b.live = bytearray(b"\x01") * len(js)
+            b.nlive = len(js)
+            b.dense = not seqs or seqs[-1] - seqs[0] + 1 == len(seqs)
+            b.compacting = False
+            applied = True
+        return applied
+
     def _recompute_first(self, start: int) -> None:
         for b in self._blocks:
             if b.nlive:
@@ -539,6 +650,8 @@ class FileStore(_IndexedStore):
 
     def _remove_seqs(self, seqs) -> int:
         """Remove live sequences (ascending), block by block."""
+        if self._compacted:
+            self._apply_compactions()
         by_block: dict[int, tuple[_Block, list[int]]] = {}
         for seq in seqs:
             loc = self._locate(seq)
@@ -554,12 +667,13 @@ class FileStore(_IndexedStore):
         cur = self._blocks[-1]
         idx = self._idx
         for b, js in by_block.values():
-            live, seqs_a, subs, msz = b.live, b.seqs, b.subs, b.msz
+            live, seqs_a, subs, msz, lens = b.live, b.seqs, b.subs, b.msz, b.lens
             for j in js:
                 live[j] = 0
                 seq = seqs_a[j]
                 idx.remove(subs[j], seq)
                 self._bytes -= msz[j]
+                b.live_bytes -= lens[j]
                 if seq == self._first:
                     first_hit = True
             b.nlive -= len(js)
@@ -567,10 +681,14 @@ class FileStore(_IndexedStore):
             removed += len(js)
             if b.nlive == 0 and b is not cur:
                 self._drop_block(b)
-            elif len(js) == 1:
+                continue
+            if len(js) == 1:
                 self._buffer(b, _del_record(seqs_a[js[0]]))
             else:
                 self._buffer(b, b"".join(_del_record(seqs_a[j]) for j in js))
+            if (b is not cur and not b.compacting and b.size >= self._compact_min
+                    and b.live_bytes * 2 < b.size):
+                self._request_compaction(b)
         if first_hit:
             self._recompute_first(0)
         return removed
@@ -623,6 +741,8 @@ class FileStore(_IndexedStore):
     def _append(self, seq: int, subject: str, hdr: bytes | None, data: bytes, ts: int) -> None:
         if self._closed:
             raise ValueError("store is closed")
+        if self._compacted:
+            self._apply_compactions()
         sb = subject.encode()
         slen = len(sb)
         hlen = len(hdr) if hdr else 0
@@ -663,6 +783,7 @@ class FileStore(_IndexedStore):
         b.subs.append(subject)
         b.live.append(1)
         b.nlive += 1
+        b.live_bytes += 9 + body_len
         self._idx.add(subject, seq)
         if self._n == 0:
             self._first = seq
@@ -700,6 +821,8 @@ class FileStore(_IndexedStore):
                 self._dir_dirty = False
                 unlinks = self._unlink
                 self._unlink = []
+                compactions = self._compact_requests
+                self._compact_requests = []
             for p in paths:
                 try:
                     fd = os.open(p, os.O_RDONLY)
@@ -718,6 +841,10 @@ class FileStore(_IndexedStore):
                     pass
             if unlinks:
                 self._fsync_dir()
+            for req in compactions:
+                if req.write():
+                    with self._lock:
+                        self._compacted.append(req)
 
     def get(self, seq: int) -> StoredMsg | None:
         if self._closed:
@@ -750,6 +877,8 @@ class FileStore(_IndexedStore):
         if self._closed:
             return
         self.sync()
+        if self._compacted and self._apply_compactions():
+            self._fsync_dir()
         with self._lock:
             self._closed = True
             try:
