@@ -123,6 +123,23 @@ async def test_single_seed_forms_full_mesh_and_sets_client_urls():
         nursery.cancel_scope.cancel()
 
 
+async def test_chain_of_seeds_converges_to_full_mesh():
+    """Each node only knows the previous one; gossip must still connect every pair."""
+    async with trio.open_nursery() as nursery:
+        nodes = [Node("a", [])]
+        await nodes[0].start(nursery)
+        for name in "bcde":
+            n = Node(name, [nodes[-1].url])
+            await n.start(nursery)
+            nodes.append(n)
+        await wait_until(lambda: all(len(n.mgr.routes) == 4 for n in nodes), "full mesh of 5")
+        await trio.sleep(1.0)  # duplicates from simultaneous dials have been settled
+        assert all(len(n.mgr.routes) == 4 for n in nodes)
+        for x in nodes:
+            assert x.peer_names() == {n.name for n in nodes} - {x.name}
+        nursery.cancel_scope.cancel()
+
+
 async def test_interest_sync_on_connect_and_incremental_and_forwarding():
     async with trio.open_nursery() as nursery:
         a = Node("a", [])
