@@ -133,6 +133,7 @@ class RaftCore:
         self.randomized_timeout = 0
         self.transferee = 0
         self.transfer_elapsed = 0
+        self.broadcast_pending = False
         self._reset_election_timeout()
 
     # -- public queries ----------------------------------------------------------------------
@@ -229,8 +230,10 @@ class RaftCore:
         elif m.term < self.term:
             if isinstance(m, (AppendEntries, InstallSnapshot)):
                 self._send(AppendResponse(self.term, self.id, m.src, index=self.log.commit, reject=True))
-            elif isinstance(m, RequestVote) and m.pre_vote:
-                self._send(VoteResponse(self.term, self.id, m.src, granted=False, pre_vote=True))
+            elif isinstance(m, RequestVote):
+                # Tell a stale candidate our term, or two candidates whose configurations do not
+                # include each other can race upward in lock step forever.
+                self._send(VoteResponse(self.term, self.id, m.src, granted=False, pre_vote=m.pre_vote))
             return
         if isinstance(m, AppendEntries):
             self._handle_append(m)
@@ -251,6 +254,8 @@ class RaftCore:
 
     # -- ready / advance -----------------------------------------------------------------------
     def has_ready(self) -> bool:
+        if self.broadcast_pending:
+            self._flush_broadcast()
         return bool(
             self.msgs
             or self.pending_snapshot is not None
@@ -260,6 +265,8 @@ class RaftCore:
         )
 
     def ready(self) -> Ready:
+        if self.broadcast_pending:
+            self._flush_broadcast()
         hs = self.hard_state
         snap = self.pending_snapshot
         rd = Ready(
@@ -385,10 +392,15 @@ class RaftCore:
     def _append_own(self, kind: int, data: bytes) -> int:
         e = Entry(self.term, self.log.last_index + 1, kind, data)
         self.log.append([e])
-        for peer in self.progress:
-            if peer != self.id:
-                self._send_append(peer)
+        self.broadcast_pending = True  # one AppendEntries per peer for a whole burst of proposals
         return e.index  # our own vote for it counts in advance(), after the fsync
+
+    def _flush_broadcast(self) -> None:
+        self.broadcast_pending = False
+        if self.state == LEADER:
+            for peer in self.progress:
+                if peer != self.id:
+                    self._send_append(peer)
 
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
