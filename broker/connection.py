@@ -57,6 +57,7 @@ class ClientConn:
         self._cancel: trio.CancelScope | None = None
         # CONNECT state
         self.connected = False
+        self._fast_pub = False
         self._connected_evt = trio.Event()
         self.verbose = False
         self.pedantic = False
@@ -193,21 +194,18 @@ class ClientConn:
             return
         out = self.out
         if hdr is None or not self.headers:
-            if reply:
-                out += b"MSG %b %b %b %d\r\n" % (subject, sub.sid, reply, len(payload))
-            else:
-                out += b"MSG %b %b %d\r\n" % (subject, sub.sid, len(payload))
             n = len(payload)
+            if reply:
+                out += b"MSG %b %b %b %d\r\n%b\r\n" % (subject, sub.sid, reply, n, payload)
+            else:
+                out += b"MSG %b %b %d\r\n%b\r\n" % (subject, sub.sid, n, payload)
         else:
             hl = len(hdr)
             n = hl + len(payload)
             if reply:
-                out += b"HMSG %b %b %b %d %d\r\n" % (subject, sub.sid, reply, hl, n)
+                out += b"HMSG %b %b %b %d %d\r\n%b%b\r\n" % (subject, sub.sid, reply, hl, n, hdr, payload)
             else:
-                out += b"HMSG %b %b %d %d\r\n" % (subject, sub.sid, hl, n)
-            out += hdr
-        out += payload
-        out += b"\r\n"
+                out += b"HMSG %b %b %d %d\r\n%b%b\r\n" % (subject, sub.sid, hl, n, hdr, payload)
         self.out_msgs += 1
         self.out_bytes += n
         if len(out) > self.max_pending:
@@ -223,59 +221,89 @@ class ClientConn:
 
     # ---- protocol operations ---------------------------------------------------------
     def process(self, ops: list[tuple]) -> None:
+        """Apply a batch of parsed operations. PUBs of a connected, non-verbose,
+        non-pedantic client take the short path; everything else goes to _process_op."""
+        route = self.server.route_msg
+        fast = self._fast_pub
+        npub = nbytes = 0
+        try:
+            for op in ops:
+                if fast and op[0] == OP_PUB:
+                    hdr = op[3]
+                    payload = op[4]
+                    if hdr is None:
+                        size = len(payload)
+                    elif self.headers:
+                        size = len(payload) + len(hdr)
+                    else:
+                        self.close_reason = "Protocol Violation (headers not supported)"
+                        self.close()
+                        return
+                    npub += 1
+                    nbytes += size
+                    route(self, op[1], op[2], hdr, payload, size)
+                else:
+                    if not self._process_op(op):
+                        return
+                    fast = self._fast_pub
+                if self._closing:
+                    return
+        finally:
+            self.in_msgs += npub
+            self.in_bytes += nbytes
+
+    def _process_op(self, op: tuple) -> bool:
+        """One operation off the short path; False stops processing the batch."""
         server = self.server
-        route = server.route_msg
-        for op in ops:
-            code = op[0]
-            if code == OP_PUB:
-                if not self.connected and server.auth_required:
-                    self.fail("Authorization Violation")
-                    return
-                subject = op[1]
-                payload = op[4]
-                hdr = op[3]
-                size = len(payload) if hdr is None else len(payload) + len(hdr)
-                self.in_msgs += 1
-                self.in_bytes += size
-                if hdr is not None and not self.headers:
-                    self.close_reason = "Protocol Violation (headers not supported)"
-                    self.close()
-                    return
-                if self.pedantic and not valid_literal(subject.decode("utf-8", "replace")):
-                    # nats-server reports it and still routes the message
-                    self.send(err_frame("Invalid Publish Subject"))
-                if self.verbose:
-                    self.send(_OK)
-                route(self, subject, op[2], hdr, payload, size)
-            elif code == OP_PING:
-                self.send(_PONG)
-                if not self._first_pong_sent:
-                    self._first_pong_sent = True
-                    if self.connected and self.protocol >= 1:
-                        info = server.client_info(self.cid, self.ip)
-                        info["connect_info"] = True
-                        info["remote_account"] = "$G"
-                        self.send_info(info)
-            elif code == OP_PONG:
-                self.pings_out = 0
-                if self._ping_sent_at:
-                    self.rtt_s = time.monotonic() - self._ping_sent_at
-                    self._ping_sent_at = 0.0
-            elif code == OP_SUB:
-                if not self._pre_connect_ok():
-                    return
-                self._sub(op[1], op[2], op[3])
-            elif code == OP_UNSUB:
-                if not self._pre_connect_ok():
-                    return
-                self._unsub(op[1], op[2])
-            elif code == OP_CONNECT:
-                if not self._connect(op[1]):
-                    return
-            elif code == OP_INFO:
-                pass  # clients may send INFO; nats-server ignores it from clients
-            if self._closing:
-                return
+        code = op[0]
+        if code == OP_PUB:
+            if not self.connected and server.auth_required:
+                self.fail("Authorization Violation")
+                return False
+            subject = op[1]
+            payload = op[4]
+            hdr = op[3]
+            size = len(payload) if hdr is None else len(payload) + len(hdr)
+            self.in_msgs += 1
+            self.in_bytes += size
+            if hdr is not None and not self.headers:
+                self.close_reason = "Protocol Violation (headers not supported)"
+                self.close()
+                return False
+            if self.pedantic and not valid_literal(subject.decode("utf-8", "replace")):
+                # nats-server reports it and still routes the message
+                self.send(err_frame("Invalid Publish Subject"))
+            if self.verbose:
+                self.send(_OK)
+            server.route_msg(self, subject, op[2], hdr, payload, size)
+        elif code == OP_PING:
+            self.send(_PONG)
+            if not self._first_pong_sent:
+                self._first_pong_sent = True
+                if self.connected and self.protocol >= 1:
+                    info = server.client_info(self.cid, self.ip)
+                    info["connect_info"] = True
+                    info["remote_account"] = "$G"
+                    self.send_info(info)
+        elif code == OP_PONG:
+            self.pings_out = 0
+            if self._ping_sent_at:
+                self.rtt_s = time.monotonic() - self._ping_sent_at
+                self._ping_sent_at = 0.0
+        elif code == OP_SUB:
+            if not self._pre_connect_ok():
+                return False
+            self._sub(op[1], op[2], op[3])
+        elif code == OP_UNSUB:
+            if not self._pre_connect_ok():
+                return False
+            self._unsub(op[1], op[2])
+        elif code == OP_CONNECT:
+            if not self._connect(op[1]):
+                return False
+        elif code == OP_INFO:
+            pass  # clients may send INFO; nats-server ignores it from clients
+        return not self._closing
 
     def _pre_connect_ok(self) -> bool:
         if not self.connected and self.server.auth_required:
@@ -311,6 +339,7 @@ class ClientConn:
             self.fail("no responders requires headers support")
             return False
         self.connected = True
+        self._fast_pub = not self.verbose and not self.pedantic
         self._connected_evt.set()
         if self.verbose:
             self.send(_OK)

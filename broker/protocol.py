@@ -77,6 +77,7 @@ class Parser:
         end = len(data)
         find = data.find
         mcl = self.max_control_line
+        max_payload = self.max_payload
         append = ops.append
         while pos < end:
             eol = find(b"\n", pos)
@@ -92,8 +93,6 @@ class Parser:
                 c2 = data[pos + 1] | 0x20 if pos + 1 < end else 0
                 if c2 == 0x75:  # pu
                     args = data[pos:line_end].split()
-                    if args[0].upper() != b"PUB":
-                        raise ProtocolError(ERR_UNKNOWN_OP)
                     n = len(args)
                     if n == 3:
                         reply = b""
@@ -101,15 +100,21 @@ class Parser:
                         reply = args[2]
                     else:
                         raise ProtocolError(ERR_UNKNOWN_OP)
-                    size = _size(args[-1])
-                    if size > self.max_payload:
+                    verb = args[0]
+                    if verb != b"PUB" and verb.upper() != b"PUB":
+                        raise ProtocolError(ERR_UNKNOWN_OP)
+                    tok = args[-1]
+                    if not tok.isdigit():
+                        raise ProtocolError(ERR_UNKNOWN_OP)
+                    size = int(tok)
+                    if size > max_payload:
                         raise ProtocolError(ERR_MAX_PAYLOAD)
                     start = eol + 1
                     stop = start + size
                     if stop + 2 > end:
                         self._need = stop + 2 - pos
                         return pos
-                    if data[stop:stop + 2] != b"\r\n":
+                    if data[stop] != 13 or data[stop + 1] != 10:
                         raise ProtocolError(ERR_UNKNOWN_OP)
                     append((OP_PUB, args[1], reply, None, data[start:stop]))
                     pos = stop + 2

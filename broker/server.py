@@ -61,6 +61,7 @@ class Server:
         self.server_id = new_server_id()
         self.server_name = self.opts.server_name or self.server_id
         self.sublist = Sublist()
+        self._match_cache = self.sublist.cache  # the hot path reads the match cache directly
         self.clients: dict[int, ClientConn] = {}
         self.internal = InternalConn()
         self.nursery: trio.Nursery | None = None
@@ -83,6 +84,7 @@ class Server:
         self.out_msgs = 0
         self.out_bytes = 0
         self.total_connections = 0
+        self.route_cache_misses = 0
         self.slow_consumers = 0
         self.stale_connections = 0
         self.auth_required = bool(self.opts.username or self.opts.token)
@@ -314,7 +316,10 @@ class Server:
         """Deliver a published message to every local match and each interested route once."""
         self.in_msgs += 1
         self.in_bytes += size
-        m = self.sublist.match(subject)
+        m = self._match_cache.get(subject)
+        if m is None:
+            self.route_cache_misses += 1
+            m = self.sublist.match(subject)
         if m.empty:
             if reply and client is not None and client.no_responders:
                 self._no_responders(client, subject, reply)

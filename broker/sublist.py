@@ -97,6 +97,7 @@ class Sublist:
     def __init__(self):
         self._root = _Level()
         self._cache: dict[bytes, Match] = {}
+        self.cache = self._cache  # read-only view for the router's hot path (never rebound)
         self.count = 0
         self.inserts = 0
         self.removes = 0

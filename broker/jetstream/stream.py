@@ -92,8 +92,7 @@ class Stream:
         self._ttls: list[tuple[int, int]] = []  # heap of (expires_ns, seq)
         self._pub_prefix = b""
         self._configure()
-        if config.allow_msg_ttl:
-            self._load_ttls()
+        self._rebuild_indexes()
 
     def _configure(self) -> None:
         cfg = self.config
@@ -108,17 +107,45 @@ class Stream:
         self._window = cfg.duplicate_window
         self._size = _size_fn(cfg.storage)
 
-    def _load_ttls(self) -> None:
-        """Rebuild the per-message TTL index from stored headers (after a restart)."""
-        seq = self.store.state().first_seq
+    def _rebuild_indexes(self) -> None:
+        """After a restart: per-message TTLs and the duplicate window come from stored headers.
+        Only messages with headers matter; the duplicate window is judged against the newest
+        stored timestamp, and `expire()` prunes it against the real clock later."""
+        st = self.store.state()
+        if st.messages == 0:
+            return
+        horizon = st.last_ts - self._window
+        seq = st.first_seq if self.config.allow_msg_ttl else self._first_seq_after(horizon)
         while True:
             msg = self.store.next_msg(seq)
             if msg is None:
                 break
-            ttl = _ttl_of(msg.hdr)
-            if ttl > 0:
-                heapq.heappush(self._ttls, (msg.ts + ttl * 1_000_000_000, msg.seq))
             seq = msg.seq + 1
+            if not msg.hdr:
+                continue
+            if self.config.allow_msg_ttl:
+                ttl = _ttl_of(msg.hdr)
+                if ttl > 0:
+                    heapq.heappush(self._ttls, (msg.ts + ttl * 1_000_000_000, msg.seq))
+            msg_id = headers.get(msg.hdr, MSG_ID)
+            if msg_id and msg.ts > horizon:
+                self._dedupe[msg_id] = (msg.seq, msg.ts)
+                self._dedupe_order.append((msg.ts, msg_id))
+            if msg.seq == st.last_seq:
+                self.last_msg_id = msg_id or ""
+
+    def _first_seq_after(self, ts: int) -> int:
+        """Smallest stored seq whose timestamp is > ts (timestamps grow with seq)."""
+        st = self.store.state()
+        lo, hi = st.first_seq, st.last_seq + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            msg = self.store.next_msg(mid)
+            if msg is None or msg.ts > ts:
+                hi = mid
+            else:
+                lo = msg.seq + 1
+        return lo
 
     # ---- configuration ----
     def update(self, config: StreamConfig, now_ns: int) -> None:
