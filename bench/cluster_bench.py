@@ -8,7 +8,7 @@ publisher sends probes on another subject until the subscriber sees one, so the
 subscription's interest has crossed the route. The rate is the subscriber's: messages
 received between the first and the last timed message.
 
-    python bench/cluster_bench.py [--count 1000000] [--size 16]
+    python bench/cluster_bench.py [--count 1000000] [--size 16] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -186,8 +186,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=1_000_000)
     ap.add_argument("--size", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per server; the best run is shown")
     args = ap.parse_args()
-    rows = [run_one("nats-server", args.count, args.size), run_one("ours", args.count, args.size)]
+    rows = []
+    for kind in ("nats-server", "ours"):
+        runs = [run_one(kind, args.count, args.size) for _ in range(max(1, args.repeat))]
+        rows.append(max(runs, key=lambda r: r["rate"]))
     print(f"\npub node1 -> sub node2, {args.size} B payload, {args.count} msgs, 3-node clusters")
     print(f"{'server':<12} {'received':>10} {'secs':>8} {'msgs/s':>12} {'node1 cpu us/msg':>17} "
           f"{'node2 cpu us/msg':>17}")
