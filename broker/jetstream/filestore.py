@@ -18,9 +18,16 @@ How this works
 - Appends go to a per-block bytearray. sync() takes the lock only to hand those
   buffers to the OS (pwrite), then fdatasyncs outside it, so the event loop can keep
   appending the next batch while a worker thread waits on the disk (group commit).
-- Opening replays every block. A bad record at the end of a file (torn write after
-  a crash: never acknowledged) is truncated; a bad record followed by a valid one is
-  corruption and raises CorruptStoreError naming the file and offset.
+- A clean close writes `index.db` (the index arrays, checked against each block's
+  size and crc32) so reopening skips the replay. Otherwise opening replays every
+  block. A bad record at the end of a file (torn write after a crash: never
+  acknowledged) is truncated; a bad record followed by a valid one, or a complete
+  last record with a bad checksum, is corruption and raises CorruptStoreError naming
+  the file and offset. Nothing is dropped silently except a short torn tail.
+- A block that is more than half garbage (removed records and tombstones) but still
+  holds live messages is rewritten: the event loop snapshots its live records, sync()
+  writes and fsyncs `<num>.blk.compact` in its thread, and the event loop renames it
+  over the block if the block did not change meanwhile (either file is valid).
 """
 
 from __future__ import annotations
@@ -306,6 +313,11 @@ class FileStore(_IndexedStore):
         rec_unpack = _REC.unpack_from
         msg_unpack = _MSG_BODY.unpack_from
         intern = sys.intern
+        seqs_append, offs_append, lens_append = b.seqs.append, b.offs.append, b.lens.append
+        tss_append, msz_append, subs_append = b.tss.append, b.msz.append, b.subs.append
+        live_append = b.live.append
+        subjects: dict[bytes, str] = {}
+        prev = -1
         off = 0
         first_rec = True
         try:
@@ -334,9 +346,22 @@ class FileStore(_IndexedStore):
                     dlen = blen - _MSG_BODY_LEN - slen - hlen
                     if dlen < 0:
                         raise CorruptStoreError(path, off, "record fields exceed its length")
-                    subject = intern(str(data[p:p + slen], "utf-8"))
-                    size = 30 + slen + dlen + (4 + hlen if hlen else 0)
-                    b.add(seq, off, end - off, ts, size, subject)
+                    raw_subject = data[p:p + slen]
+                    subject = subjects.get(raw_subject)
+                    if subject is None:
+                        subject = subjects[raw_subject] = intern(str(raw_subject, "utf-8"))
+                    if seq != prev + 1 and prev >= 0:
+                        b.dense = False
+                    prev = seq
+                    seqs_append(seq)  # _Block.add() inlined: replay is per record
+                    offs_append(off)
+                    lens_append(end - off)
+                    tss_append(ts)
+                    msz_append(30 + slen + dlen + (4 + hlen if hlen else 0))
+                    subs_append(subject)
+                    live_append(1)
+                    b.nlive += 1
+                    b.live_bytes += end - off
                     self._last = seq
                     self._last_ts = ts
                 elif typ == _DEL:
