@@ -58,6 +58,8 @@ class ClusterGlue:
             routes=list(o.routes),
             advertise=o.cluster_advertise,
             no_advertise=o.no_advertise,
+            username=getattr(o, "cluster_username", ""),
+            password=getattr(o, "cluster_password", ""),
             version=VERSION,
             max_payload=o.max_payload,
             limits=limits,

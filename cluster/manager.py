@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import secrets
+import urllib.parse
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -62,6 +64,8 @@ class ClusterConfig:
     routes: list[str] = field(default_factory=list)
     advertise: str = ""  # "host:port" announced to peers instead of the listen address
     no_advertise: bool = False  # do not offer our client URL to other nodes' clients
+    username: str = ""  # when set, peers must present these in CONNECT (and we send them)
+    password: str = ""
     version: str = "2.15.1"
     max_payload: int = 1048576
     forget_after_s: float = 30.0
@@ -72,6 +76,14 @@ class ClusterConfig:
     gossip_dial_delay_s: float = 1.0
     housekeeping_interval_s: float = 1.0
     limits: RouteLimits = field(default_factory=RouteLimits)
+
+
+def route_url_credentials(url: str) -> tuple[str, str] | None:
+    """User and password embedded in a route URL, if any."""
+    parts = urllib.parse.urlsplit(url.strip() if "://" in url else "nats://" + url.strip())
+    if parts.username is None:
+        return None
+    return urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
 
 
 def parse_route_url(url: str) -> str:
@@ -100,6 +112,7 @@ class ClusterManager:
         self.routes: dict[str, Route] = {}  # remote server_id -> registered route
         self.port = cfg.port
         self.configured_urls = [parse_route_url(u) for u in cfg.routes]
+        self._credentials = {parse_route_url(u): c for u in cfg.routes if (c := route_url_credentials(u))}
         self._rid = 0
         self._self_urls: set[str] = set()
         self._dialing: set[str] = set()
@@ -138,6 +151,7 @@ class ClusterManager:
             server_id=self.cfg.server_id, server_name=self.cfg.server_name, version=self.cfg.version,
             proto=3, headers=True, host=h, port=p, max_payload=self.cfg.max_payload, cluster=self.cfg.name,
             connect_urls=urls, cluster_dynamic=self.cfg.dynamic_name,
+            auth_required=bool(self.cfg.username),
         )
 
     def _name_ok(self, theirs: str, their_dynamic: bool) -> bool:
@@ -274,7 +288,13 @@ class ClusterManager:
             log.error("%r: %s", route, text)
             route.close(text)
             return None
-        connect = proto.RouteConnect(name=self.cfg.server_id, cluster=self.cfg.name)
+        connect = proto.RouteConnect(name=self.cfg.server_id, cluster=self.cfg.name,
+                                     dynamic=self.cfg.dynamic_name)
+        creds = self._credentials.get(f"{route.ip}:{route.port}")
+        if creds is None and self.cfg.username:
+            creds = (self.cfg.username, self.cfg.password)
+        if creds is not None:
+            connect.user, connect.password = creds
         route.send(proto.encode_connect(connect) + proto.encode_info(self.my_info()))
         return info
 
@@ -290,7 +310,13 @@ class ClusterManager:
         if "cluster" not in op.raw or "lang" in op.raw:
             route.close("attempted to connect to route port")
             return None
-        if not self._name_ok(op.connect.cluster, False):
+        if self.cfg.username and not (
+            secrets.compare_digest(str(op.raw.get("user", "")), self.cfg.username)
+            and secrets.compare_digest(str(op.raw.get("pass", "")), self.cfg.password)
+        ):
+            route.close("Authorization Violation")
+            return None
+        if not self._name_ok(op.connect.cluster, op.connect.dynamic):
             route.close(f'Rejecting connection, cluster name "{op.connect.cluster}" does not match "{self.cfg.name}"')
             return None
         if op.connect.name == self.cfg.server_id:

@@ -50,6 +50,7 @@ class RouteInfo(msgspec.Struct, omit_defaults=True):
     max_payload: int = 1048576
     cluster: str = ""
     cluster_dynamic: bool = False
+    auth_required: bool = False
     connect_urls: list[str] = []
     ip: str = ""
     gossip_mode: int = 0
@@ -71,6 +72,8 @@ class RouteConnect(msgspec.Struct):
     cluster: str = ""
     dynamic: bool = False
     lnoc: bool = False
+    user: str | None = None
+    password: str | None = msgspec.field(default=None, name="pass")
 
 
 class Info(msgspec.Struct, gc=False):
@@ -391,7 +394,8 @@ def encode_info(info: RouteInfo) -> bytes:
 
 
 def encode_connect(connect: RouteConnect) -> bytes:
-    return b"CONNECT " + _json_encoder.encode(connect) + b"\r\n"
+    fields = msgspec.to_builtins(connect)
+    return b"CONNECT " + _json_encoder.encode({k: v for k, v in fields.items() if v is not None}) + b"\r\n"
 
 
 def encode_rsub(subject: str, queue: str | None, weight: int, account: str = ACCOUNT) -> bytes:

@@ -55,13 +55,15 @@ class FakeHost:
 
 
 class Node:
-    def __init__(self, name: str, routes: list[str], forget_after_s: float = 30.0, cluster: str = "test"):
+    def __init__(self, name: str, routes: list[str], forget_after_s: float = 30.0, cluster: str = "test",
+                 username: str = "", password: str = "", dynamic: bool = False):
         self.name = name
         self.host = FakeHost(f"127.0.0.1:4{name[-1]}00")
         cfg = ClusterConfig(server_id="N" + name.upper() * 3, server_name=name, name=cluster,
                             host="127.0.0.1", port=0, routes=routes, forget_after_s=forget_after_s,
                             backoff_max_s=0.5, gossip_dial_delay_s=0.3, housekeeping_interval_s=0.1,
-                            limits=RouteLimits(ping_interval_s=0.5, ping_max=3))
+                            limits=RouteLimits(ping_interval_s=0.5, ping_max=3),
+                            username=username, password=password, dynamic_name=dynamic)
         self.mgr = ClusterManager(cfg, self.host)
         self.scope: trio.CancelScope | None = None
 
@@ -230,6 +232,33 @@ async def test_dead_node_is_dropped_forgotten_and_rejoins():
         await c2.start(nursery)
         await wait_until(lambda: all(len(n.mgr.routes) == 2 for n in (a, b, c2)), "mesh again")
         await wait_until(lambda: ("c", "c.sub", None) in b.host.remote, "c's interest re-synced")
+        nursery.cancel_scope.cancel()
+
+
+async def test_route_authorization():
+    async with trio.open_nursery() as nursery:
+        a = Node("a", [], username="ru", password="rp")
+        await a.start(nursery)
+        host_port = parse_route_url(a.url)
+        b = Node("b", [f"nats-route://ru:rp@{host_port}"])  # credentials in the route URL
+        c = Node("c", [a.url], username="ru", password="rp")  # the cluster's own credentials
+        await b.start(nursery)
+        await c.start(nursery)
+        await wait_until(lambda: len(a.mgr.routes) == 2, "authorized routes")
+        bad = proto.encode_connect(proto.RouteConnect(name="NZZZ", cluster="test", user="ru", password="no"))
+        out = await _raw_exchange(a.mgr.port, bad)
+        assert b'"auth_required":true' in out and out.endswith(b"-ERR 'Authorization Violation'\r\n")
+        nursery.cancel_scope.cancel()
+
+
+async def test_dynamic_cluster_name_adopts_the_configured_one():
+    async with trio.open_nursery() as nursery:
+        a = Node("a", [], cluster="fixed")
+        await a.start(nursery)
+        b = Node("b", [a.url], cluster="zzdynamic", dynamic=True)
+        await b.start(nursery)
+        await wait_until(lambda: len(b.mgr.routes) == 1, "route despite b's generated name")
+        assert b.mgr.cfg.name == "fixed" and not b.mgr.cfg.dynamic_name
         nursery.cancel_scope.cancel()
 
 
