@@ -215,8 +215,16 @@ class Storage:
         if problems and not repair:
             raise StorageCorruption("; ".join(problems) + " (open with repair=True to rejoin as a quarantined follower)")
         entries, offsets, end = scan.entries, scan.offsets, scan.end
+        if problems:
+            # Quarantine first, so a crash during the repair cannot leave a shortened log that
+            # is allowed to vote. Keep the vote when the hard state survived: forgetting it could
+            # allow two votes in one term once the quarantine ends.
+            term = max([hard.term, snap.term] + [e.term for e in entries])
+            hard = HardState(term, hard.vote if term == hard.term else 0, True)
+            disk.replace(HARD_STATE, _sealed(encode(hard)))
         if snap_lost:
             entries, offsets, end = [], [], 0  # the log may start past a lost snapshot: start empty
+            disk.replace(SNAPSHOT, _sealed(encode(snap)))
         if end < len(data):
             disk.truncate(WAL, end)  # torn tail (never acknowledged) or, under repair, the damage
             disk.sync(WAL)
@@ -237,12 +245,6 @@ class Storage:
             disk.replace(WAL, blob)
             base = offsets[keep_from] if kept else 0
             entries, offsets, end = kept, [o - base for o in offsets[keep_from:]], len(blob)
-        if problems:
-            # Keep the vote when the hard state survived: forgetting it could allow two votes in
-            # one term once the quarantine ends.
-            term = max([hard.term, snap.term] + [e.term for e in entries])
-            hard = HardState(term, hard.vote if term == hard.term else 0, True)
-            disk.replace(HARD_STATE, _sealed(encode(hard)))
         return cls(disk, hard, snap, entries, offsets, end)
 
     def initial_state(self) -> tuple[HardState, Snapshot, list[Entry]]:

@@ -4,7 +4,8 @@ N nodes run the real core and the real Storage (on SimDisk) in one process, with
 persist -> send -> apply -> advance cycle as the trio driver (`raft.node.process_ready` parts).
 A discrete-event loop delivers messages through a network that drops, duplicates, delays
 (hence reorders) and partitions them; nodes crash (losing unsynced writes, sometimes in the
-middle of a save, sometimes all at once), restart from disk, get a WAL bit flipped while down,
+middle of a save, sometimes all at once), pause (frozen, inbox waiting), run on slightly skewed
+clocks, restart from disk, get a WAL or snapshot bit flipped while down,
 change membership and transfer leadership. Checked on every run:
 
   election safety        at most one leader per term (paper 5.2)
@@ -29,7 +30,7 @@ import zlib
 from raft.core import LEADER, NotLeader, ProposalRejected, RaftConfig, RaftCore
 from raft.messages import NORMAL, AnyMessage, ConfChange, ConfState, Entry, decode_message, encode
 from raft.node import deliver_ready
-from raft.storage import WAL, Storage, StorageCorruption, scan_wal
+from raft.storage import SNAPSHOT, WAL, Storage, StorageCorruption, scan_wal
 from tests.raft.simdisk import SimCrash, SimDisk
 
 NODE_IDS = (1, 2, 3, 4, 5)
@@ -76,6 +77,8 @@ class SimNode:
         self.crash_term = 0
         self.crash_vote = 0
         self.led_term = 0
+        self.tick_ms = tick_ms  # this node's clock: skewed a little per node
+        self.paused_until = 0  # a frozen process (SIGSTOP, GC, VM pause): no ticks, inbox waits
         self.initial_conf = ConfState(())  # the bootstrap configuration, used while the disk is empty
 
 
@@ -118,6 +121,7 @@ class Simulation:
             if node.id <= self.n_initial:
                 node.initial_conf = initial
             self._start(node)
+            node.tick_ms = tick_ms + r.choice((-1, 0, 0, 1))
             self._schedule(r.randrange(tick_ms), "tick", node.id)
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -293,6 +297,10 @@ class Simulation:
                 self._schedule(r.randrange(50, 400), "restart", node.id)
         elif roll < 0.7 and downs:
             self.corrupt(r.choice(downs))
+        elif roll < 0.75 and ups:
+            node = r.choice(ups)
+            node.paused_until = self.now + r.randrange(50, 600)
+            self.trace(f"n{node.id} paused until {node.paused_until}")
         elif roll < 0.85 and self.membership:
             self.change_membership()
         elif roll < 0.9:
@@ -315,6 +323,13 @@ class Simulation:
             if not (self.lossy.up and not self.lossy.core.quarantined):
                 return
             self.lossy = None
+        if node.disk.read(SNAPSHOT) and self.rng.random() < 0.2:
+            node.disk.flip_bit(SNAPSHOT, self.rng)
+            node.corrupted = True
+            self.lossy = node
+            self.stats["corruptions"] += 1
+            self.trace(f"n{node.id} snapshot bit flip")
+            return
         data = node.disk.read(WAL)
         if not data:
             return
@@ -353,15 +368,17 @@ class Simulation:
         if kind == "msg":
             m = decode_message(payload)
             node = self.nodes[m.dst]
-            if node.up and (m.src, m.dst) not in self.blocked:
+            if node.paused_until > self.now:
+                self._schedule(node.paused_until - self.now, "msg", payload)  # waits in the socket
+            elif node.up and (m.src, m.dst) not in self.blocked:
                 node.core.step(m)
                 self.process(node)
         elif kind == "tick":
             node = self.nodes[payload]
-            if node.up:
+            if node.up and node.paused_until <= self.now:
                 node.core.tick()
                 self.process(node)
-            self._schedule(tick_ms, "tick", payload)
+            self._schedule(node.tick_ms, "tick", payload)
         elif kind == "restart":
             node = self.nodes[payload]
             if not node.up:
@@ -389,6 +406,7 @@ class Simulation:
         self.blocked = set()
         for node in self.nodes.values():
             node.disk.armed = False
+            node.paused_until = min(node.paused_until, self.now)
             if not node.up:
                 self._schedule(0, "restart", node.id)
         self.trace("faults stop: healing")

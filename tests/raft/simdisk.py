@@ -29,12 +29,18 @@ class SimDisk:
         self.files: dict[str, _File] = {}
         self.syncs = 0
         self.armed = False
+        self.armed_after = 0
 
-    def arm_crash(self) -> None:
+    def arm_crash(self, after: int = 0) -> None:
+        """Lose power at the next fsync or replace, or `after` durable writes later."""
         self.armed = True
+        self.armed_after = after
 
     def _boom(self) -> None:
         if self.armed:
+            if self.armed_after > 0:
+                self.armed_after -= 1
+                return
             self.armed = False
             raise SimCrash()
 

@@ -35,3 +35,11 @@ def test_raft_imports_only_stdlib_trio_and_msgspec():
         roots = imported_roots(f)
         assert not roots & {"broker", "cluster", "tests"}, (f.name, roots)
         assert roots <= set(sys.stdlib_module_names) | ALLOWED_THIRD_PARTY, (f.name, roots)
+
+
+def test_importing_the_core_does_not_load_trio():
+    import subprocess
+
+    code = "import sys, raft, raft.core, raft.log, raft.messages, raft.storage; print('trio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=RAFT.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -195,3 +195,93 @@ async def test_fsync_in_a_worker_thread(tmp_path):
             idx, result = await leader.propose(b"threaded")
         assert result == 1 and idx >= 2
         nursery.cancel_scope.cancel()
+
+
+class OrderingSpy:
+    """Wraps storage and transport: every vote or acknowledgement must leave after the fsync
+    that made the state it vouches for durable."""
+
+    def __init__(self, storage, transport) -> None:
+        self.storage = storage
+        self.transport = transport
+        self.durable_term = storage.hard_state.term
+        self.durable_vote = storage.hard_state.vote
+        self.durable_last = storage.last_index
+        self.checked = 0
+
+    def save(self, hard_state, snapshot, entries):
+        self.storage.save(hard_state, snapshot, entries)
+        if hard_state is not None:
+            self.durable_term, self.durable_vote = hard_state.term, hard_state.vote
+        if snapshot is not None:
+            self.durable_last = snapshot.index
+        if entries:
+            self.durable_last = entries[-1].index
+
+    def compact(self, snap):
+        self.storage.compact(snap)
+
+    def send(self, m):
+        from raft.messages import AppendResponse, VoteResponse
+
+        if isinstance(m, VoteResponse) and m.granted and not m.pre_vote:
+            assert (self.durable_term, self.durable_vote) == (m.term, m.dst)
+            self.checked += 1
+        if isinstance(m, AppendResponse) and not m.reject:
+            assert m.index <= self.durable_last and m.term <= self.durable_term
+            self.checked += 1
+        self.transport.send(m)
+
+
+async def test_votes_and_acknowledgements_leave_only_after_fsync(tmp_path, clock):
+    net = InMemoryNetwork()
+    spies = []
+    async with trio.open_nursery() as nursery:
+        nodes = {}
+        for i in VOTERS:
+            storage = Storage.open(OsDisk(str(tmp_path / f"s{i}")), ConfState(VOTERS))
+            spy = OrderingSpy(storage, net.transport(i))
+            spies.append(spy)
+            node = RaftNode(RaftConfig(node_id=i), storage, ListMachine(), spy, seed=i,
+                            tick_interval_s=0.01, fsync_in_thread=False)
+            node.storage = spy  # the driver persists through the spy
+            net.register(i, node.deliver)
+            nodes[i] = node
+            await nursery.start(node.run)
+        while not any(n.is_leader for n in nodes.values()):
+            await trio.sleep(0.01)
+        leader = next(n for n in nodes.values() if n.is_leader)
+        for k in range(30):
+            await leader.propose(b"%d" % k)
+        nursery.cancel_scope.cancel()
+    assert sum(s.checked for s in spies) > 30
+
+
+async def test_proposal_lost_to_a_new_leader_raises_proposal_dropped(tmp_path, clock):
+    from raft.node import ProposalDropped
+
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, tmp_path)
+        for i in VOTERS:
+            await h.start(i)
+        old = await h.leader()
+        await old.propose(b"committed")
+        h.net.isolate(old.id)
+        outcome = []
+
+        async def doomed():
+            try:
+                await old.propose(b"doomed")
+            except ProposalDropped as exc:
+                outcome.append(exc)
+
+        nursery.start_soon(doomed)
+        new = await h.leader(exclude=(old.id,))
+        await new.propose(b"winner")
+        h.net.heal()
+        with trio.fail_after(10):
+            while not outcome:
+                await trio.sleep(0.01)
+        await trio.sleep(0.5)
+        assert h.machines[old.id].items == [b"committed", b"winner"]
+        nursery.cancel_scope.cancel()

@@ -168,3 +168,24 @@ def test_every_save_with_entries_ends_in_an_fsync():
         s.save(None, None, ents(1, i, i))
         assert disk.syncs == before + 1
         assert disk.synced(WAL)
+
+
+@pytest.mark.parametrize("after", range(4))
+def test_a_crash_during_repair_never_leaves_a_short_log_that_may_vote(after):
+    from tests.raft.simdisk import SimCrash
+
+    disk = SimDisk()
+    s = Storage.open(disk, CONF)
+    s.save(HardState(3, 2), None, ents(1, 1, 10))
+    offsets = scan_wal(disk.read(WAL)).offsets
+    disk.flip_bit(WAL, random.Random(5), offsets[3] + 12, offsets[4])
+    disk.arm_crash(after=after)
+    try:
+        Storage.open(disk, CONF, repair=True)
+    except SimCrash:
+        disk.crash(random.Random(after), torn=True)
+    try:
+        hs, _, entries = reopen(disk)
+    except StorageCorruption:
+        hs, _, entries = reopen(disk, repair=True)
+    assert hs.quarantined and [e.index for e in entries] == [1, 2, 3]
