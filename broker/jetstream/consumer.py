@@ -33,6 +33,7 @@ DEFAULT_ACK_WAIT_NS = 30_000_000_000
 DEFAULT_MAX_ACK_PENDING = 1000
 DEFAULT_MAX_WAITING = 512
 DEFAULT_INACTIVE_NS = 5_000_000_000
+MATCH_CACHE_MAX = 4096  # subjects remembered per consumer as matching its filters or not
 DELIVER_POLICIES = ("all", "last", "new", "by_start_sequence", "by_start_time", "last_per_subject")
 ACK_POLICIES = ("none", "all", "explicit")
 
@@ -221,6 +222,7 @@ class Consumer:
         self.store = store
         self.created_ns = created_ns
         self.filters = filters_of(cfg)
+        self._match_cache: dict[str, bool] = {}
         self.push = bool(cfg.deliver_subject)
         self.ack_none = cfg.ack_policy == "none"
         self.ack_prefix = f"$JS.ACK.{stream_name}.{name}."
@@ -305,10 +307,13 @@ class Consumer:
     def matches(self, subject: str) -> bool:
         if not self.filters:
             return True
-        for f in self.filters:
-            if f == subject or subj.match(f, subject):
-                return True
-        return False
+        hit = self._match_cache.get(subject)
+        if hit is None:
+            hit = any(f == subject or subj.match(f, subject) for f in self.filters)
+            if len(self._match_cache) >= MATCH_CACHE_MAX:
+                self._match_cache.clear()
+            self._match_cache[subject] = hit
+        return hit
 
     def on_stored(self, seq: int, subject: str) -> bool:
         """A message was appended; True if this consumer may now have something to deliver."""
@@ -328,6 +333,11 @@ class Consumer:
         return m
 
     def _next_stored(self):
+        s = self.sseq
+        if not self.lps and s <= self.known_last:  # fast path: the very next sequence matches
+            m = self.store.get(s)
+            if m is not None and (not self.filters or self.matches(m.subject)):
+                return m
         while self.lps:
             m = self.store.get(self.lps[0])
             if m is not None:
