@@ -53,6 +53,14 @@ def insufficient_resources() -> JSError:
     return JSError(503, 10023, "insufficient resources")
 
 
+def storage_resources_exceeded() -> JSError:
+    return JSError(500, 10047, "insufficient storage resources available")
+
+
+def memory_resources_exceeded() -> JSError:
+    return JSError(500, 10028, "insufficient memory resources available")
+
+
 def max_streams() -> JSError:
     return JSError(400, 10027, "maximum number of streams reached")
 

@@ -269,6 +269,8 @@ class JetStream:
         stored: list[tuple[int, str]] = []
         process = stream.process
         now = time.time_ns()
+        if self.write_error is not None or self._over_limit(stream.config.storage):
+            process = _refuse
         for subject, reply, hdr, payload in batch:
             try:
                 seq, dup = process(subject, hdr, payload, now)
@@ -281,7 +283,14 @@ class JetStream:
             if not dup:
                 stored.append((seq, subject))
         if stored and self.sync_always and stream.config.storage == "file":
-            await trio.to_thread.run_sync(stream.store.sync)
+            try:
+                await trio.to_thread.run_sync(stream.store.sync)
+            except OSError as e:  # the disk failed: nothing in this batch is acknowledged
+                self.write_error = f"JetStream stream '$G > {stream.name}' write error: {e}"
+                log.error("%s", self.write_error)
+                err = errors.store_failed(str(e))
+                acks = [(reply, self.pub_error(stream, err)) for reply, _ in acks]
+                stored = []
         publish = self.server.publish
         for reply, body in acks:
             publish(reply, "", None, body)
@@ -302,6 +311,24 @@ class JetStream:
             at = stream.next_expiry_ns()
             if at and (self._timer_at == 0 or at < self._timer_at):
                 self.kick_timer()
+
+    def _over_limit(self, storage: str) -> bool:
+        limit = self.max_memory if storage == "memory" else self.max_storage
+        if limit <= 0:
+            return False
+        used = sum(s.store.state().bytes for s in self.streams.values() if s.config.storage == storage)
+        return used >= limit
+
+    def check_reservation(self, cfg: api.StreamConfig) -> None:
+        """A stream's max_bytes must fit in what the server still has (nats-server 10047/10028)."""
+        if cfg.max_bytes <= 0:
+            return
+        memory = cfg.storage == "memory"
+        limit = self._config_block()["max_memory" if memory else "max_storage"]
+        reserved = sum(s.config.max_bytes for s in self.streams.values()
+                       if s.config.storage == cfg.storage and s.config.max_bytes > 0 and s.name != cfg.name)
+        if reserved + cfg.max_bytes > limit:
+            raise errors.memory_resources_exceeded() if memory else errors.storage_resources_exceeded()
 
     @staticmethod
     def pub_error(stream: Stream, e: errors.JSError) -> bytes:
@@ -451,6 +478,11 @@ class JetStream:
 
     def healthz(self) -> str | None:
         return self.write_error
+
+
+def _refuse(subject: str, hdr, data: bytes, now_ns: int):
+    """Stands in for Stream.process while storage is over its limit or failed."""
+    raise errors.insufficient_resources()
 
 
 def _truthy(value) -> bool:

@@ -99,12 +99,14 @@ async def _create(js, name: str, payload: bytes):
     if cfg.mirror_direct and cfg.mirror is msgspec.UNSET:
         raise errors.stream_invalid_config("stream has no mirror but does have mirror direct")
     cfg = sc.normalize(cfg)
+    sc.check_supported(cfg)
     existing = js.streams.get(name)
     if existing is not None:
         if _same_config(existing.config, cfg):
             return _info_like(js, existing, api.StreamCreateResponse, did_create=True)
         raise errors.stream_name_exists()
     sc.check_overlap(cfg, [s.config for s in js.streams.values()])
+    js.check_reservation(cfg)
     created = _now()
     stream = Stream(cfg, js.open_store(cfg), created)
     if cfg.first_seq not in (msgspec.UNSET, 0, 1):
@@ -138,8 +140,10 @@ async def _update(js, name: str, payload: bytes):
     if stream is None:
         raise errors.stream_not_found()
     cfg = sc.normalize(cfg)
+    sc.check_supported(cfg)
     sc.check_update(stream.config, cfg)
     sc.check_overlap(cfg, [s.config for s in js.streams.values()])
+    js.check_reservation(cfg)
     sc.apply_seal(cfg)
     old = stream.config
     stream.update(cfg, _now())

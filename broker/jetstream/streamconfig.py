@@ -177,6 +177,16 @@ def check_create(cfg: StreamConfig) -> None:
         raise errors.stream_invalid_config("stream configuration for create can not be sealed")
 
 
+def check_supported(cfg: StreamConfig) -> None:
+    """Refuse what this server does not implement rather than accept it and ignore it."""
+    for name in ("mirror", "sources", "subject_transform"):
+        if getattr(cfg, name) not in (msgspec.UNSET, None, []):
+            raise errors.stream_invalid_config(f"{name} is not supported by this server")
+    for name in ("allow_msg_counter", "allow_atomic", "allow_msg_schedules", "allow_batched"):
+        if cfg.flag(name):
+            raise errors.stream_invalid_config(f"{name} is not supported by this server")
+
+
 def check_update(old: StreamConfig, new: StreamConfig) -> None:
     """Rules nats-server applies to an update on top of `normalize` (texts as it sends them)."""
     invalid = errors.stream_invalid_config

@@ -179,3 +179,31 @@ def test_config_file_jetstream_block(tmp_path):
         assert (store / "jetstream" / "$G" / "streams" / "C" / "meta.json").is_file()
     finally:
         srv.stop()
+
+
+def test_storage_limits_and_unsupported_features(tmp_path):
+    conf = tmp_path / "small.conf"
+    conf.write_text(f'jetstream {{ store_dir: "{tmp_path / "small"}", max_file_store: 2KB }}\n')
+    srv = our_server(tmp_path, "-c", str(conf), jetstream=False).start()
+    try:
+        async def body(nc, js):
+            resp = await nc.request("$JS.API.STREAM.CREATE.BIG",
+                                    b'{"name":"BIG","subjects":["big"],"max_bytes":4096}', timeout=5)
+            assert json.loads(resp.data)["error"] == {
+                "code": 500, "err_code": 10047, "description": "insufficient storage resources available"}
+            await js.add_stream(name="S", subjects=["s"])
+            errors = []
+            for _ in range(40):
+                resp = json.loads((await nc.request("s", b"x" * 100, timeout=5)).data)
+                if "error" in resp:
+                    errors.append(resp["error"])
+            assert errors and errors[0] == {"code": 503, "err_code": 10023, "description": "insufficient resources"}
+            info = await js.stream_info("S")
+            assert 2048 <= info.state.bytes < 2048 + 138
+            resp = await nc.request("$JS.API.STREAM.CREATE.M",
+                                    b'{"name":"M","mirror":{"name":"S"}}', timeout=5)
+            assert json.loads(resp.data)["error"]["err_code"] == 10052
+            assert [s.config.name for s in await js.streams_info()] == ["S"]
+        _run(srv.url, body)
+    finally:
+        srv.stop()
