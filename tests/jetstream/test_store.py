@@ -937,10 +937,12 @@ class StoresMachine(RuleBasedStateMachine):
     def sync(self):
         self._all(lambda s: s.sync())
 
-    @rule(which=st.sampled_from(["file", "tiny"]))
-    def reopen(self, which):
+    @rule(which=st.sampled_from(["file", "tiny"]), replay=st.booleans())
+    def reopen(self, which, replay):
         s = self.stores[which]
         s.close()
+        if replay:  # without the clean-close snapshot, as after a crash
+            os.unlink(os.path.join(self.dir, which[0], "index.db"))
         bs = 150 if which == "tiny" else BLOCK_DEFAULT
         self.stores[which] = FileStore(os.path.join(self.dir, which[0]), block_size_max_bytes=bs)
 
