@@ -271,6 +271,8 @@ class JetStream:
         now = time.time_ns()
         if self.write_error is not None or self._over_limit(stream.config.storage):
             process = _refuse
+        if stream.config.no_ack is True:  # no_ack streams never answer publishers
+            batch = [(subject, "", hdr, payload) for subject, _, hdr, payload in batch]
         for subject, reply, hdr, payload in batch:
             try:
                 seq, dup = process(subject, hdr, payload, now)

@@ -207,3 +207,12 @@ def test_storage_limits_and_unsupported_features(tmp_path):
         _run(srv.url, body)
     finally:
         srv.stop()
+
+
+def test_no_ack_stream_stores_without_answering(server):
+    async def body(nc, js):
+        await js.add_stream(name="NA", subjects=["na"], no_ack=True)
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.request("na", b"quiet", timeout=0.5)
+        assert (await js.stream_info("NA")).state.messages == 1
+    _run(server.url, body)
