@@ -1,0 +1,121 @@
+"""Consumers and their stream: workqueue/interest retention, purge, stream delete, pause.
+
+Runs against our broker and the real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tests.jetstream.consumer_fixtures import (Inbox, add_consumer, add_stream, api, publish, run, server_fixture,
+                                               status)
+
+server = server_fixture()
+MS = 1_000_000
+
+
+async def wait_messages(nc, stream: str, want: int) -> int:
+    n = -1
+    for _ in range(100):
+        n = (await api(nc, f"STREAM.INFO.{stream}"))["state"]["messages"]
+        if n == want:
+            return n
+        await asyncio.sleep(0.05)
+    return n
+
+
+def test_workqueue_ack_removes_and_consumer_rules(server):
+    async def main(nc):
+        await add_stream(nc, "WQ", ["wq.>"], retention="workqueue")
+        await publish(nc, "wq.a", b"x", 4)
+        r = await add_consumer(nc, "WQ", {"durable_name": "w", "name": "w", "ack_policy": "explicit"}, "w")
+        assert "error" not in r
+        r = await add_consumer(nc, "WQ", {"durable_name": "w2", "name": "w2", "ack_policy": "explicit"}, "w2")
+        assert r["error"]["code"] == 400 and r["error"]["err_code"] == 10099
+        psub = await nc.jetstream().pull_subscribe_bind("w", stream="WQ")
+        msgs = await psub.fetch(3, timeout=5)
+        for m in msgs[:2]:
+            await m.ack_sync()
+        assert await wait_messages(nc, "WQ", 2) == 2
+        await msgs[2].term()
+        assert await wait_messages(nc, "WQ", 1) == 1
+    run(main, server.url)
+
+
+def test_interest_retention_waits_for_every_consumer(server):
+    async def main(nc):
+        await add_stream(nc, "IR", ["ir.>"], retention="interest")
+        for n in ("a", "b"):
+            await add_consumer(nc, "IR", {"durable_name": n, "name": n, "ack_policy": "explicit"}, n)
+        await publish(nc, "ir.x", b"x", 2)
+        js = nc.jetstream()
+        sa = await js.pull_subscribe_bind("a", stream="IR")
+        sb = await js.pull_subscribe_bind("b", stream="IR")
+        for m in await sa.fetch(2, timeout=5):
+            await m.ack_sync()
+        assert await wait_messages(nc, "IR", 2) == 2
+        mb = await sb.fetch(2, timeout=5)
+        await mb[0].ack_sync()
+        assert await wait_messages(nc, "IR", 1) == 1
+    run(main, server.url)
+
+
+def test_purge_resets_pending_counts(server):
+    async def main(nc):
+        await add_stream(nc, "PU", ["pu.>"])
+        await publish(nc, "pu.x", b"x", 5)
+        await add_consumer(nc, "PU", {"durable_name": "c", "name": "c", "ack_policy": "explicit"}, "c")
+        psub = await nc.jetstream().pull_subscribe_bind("c", stream="PU")
+        await psub.fetch(2, timeout=5)
+        r = await api(nc, "STREAM.PURGE.PU")
+        assert r["success"]
+        info = await api(nc, "CONSUMER.INFO.PU.c")
+        for _ in range(50):
+            if info["num_pending"] == 0 and info["num_ack_pending"] == 0:
+                break
+            await asyncio.sleep(0.05)
+            info = await api(nc, "CONSUMER.INFO.PU.c")
+        assert info["num_pending"] == 0 and info["num_ack_pending"] == 0
+        await publish(nc, "pu.x", b"after")
+        m = (await psub.fetch(1, timeout=5))[0]
+        assert m.data == b"after" and m.metadata.sequence.stream == 6
+    run(main, server.url)
+
+
+def test_stream_delete_tells_waiting_pulls(server):
+    async def main(nc):
+        await add_stream(nc, "SD", ["sd.>"])
+        await add_consumer(nc, "SD", {"durable_name": "c", "name": "c", "ack_policy": "explicit"}, "c")
+        inbox = await Inbox(nc, "in.sd").start()
+        await nc.publish("$JS.API.CONSUMER.MSG.NEXT.SD.c", json.dumps({"batch": 1, "expires": 10_000 * MS}).encode(),
+                         reply="in.sd")
+        await asyncio.sleep(0.2)
+        assert (await api(nc, "STREAM.DELETE.SD"))["success"]
+        m = await inbox.wait_for(lambda m: status(m) is not None)
+        assert status(m)[0] == "409"
+        r = await api(nc, "CONSUMER.INFO.SD.c")
+        assert r["error"]["err_code"] == 10059
+    run(main, server.url)
+
+
+def test_pause_and_resume(server):
+    async def main(nc):
+        js = nc.jetstream()
+        await add_stream(nc, "PZ", ["pz.>"])
+        await add_consumer(nc, "PZ", {"durable_name": "c", "name": "c", "ack_policy": "explicit"}, "c")
+        r = await api(nc, "CONSUMER.PAUSE.PZ.c", {"pause_until": "2099-01-01T00:00:00Z"})
+        assert r["paused"] is True and r["pause_until"] == "2099-01-01T00:00:00Z" and r["pause_remaining"] > 0
+        info = await api(nc, "CONSUMER.INFO.PZ.c")
+        assert info["paused"] is True and info["config"]["pause_until"] == "2099-01-01T00:00:00Z"
+        await publish(nc, "pz.x", b"held")
+        psub = await js.pull_subscribe_bind("c", stream="PZ")
+        from nats.errors import TimeoutError as NatsTimeout
+        try:
+            got = await psub.fetch(1, timeout=0.5)
+        except NatsTimeout:
+            got = []
+        assert got == []
+        r = await api(nc, "CONSUMER.PAUSE.PZ.c", {})
+        assert r["paused"] is False
+        assert (await psub.fetch(1, timeout=5))[0].data == b"held"
+    run(main, server.url)
