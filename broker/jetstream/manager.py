@@ -306,9 +306,11 @@ class JetStream:
         on_stored = self.consumers.on_stored
         for seq, subject in stored:
             on_stored(stream, seq, subject)
-        if cfg.retention == "interest" and self.consumers.consumer_count(stream.name) == 0:
-            for seq, _ in stored:
-                stream.remove_acked(seq)
+        if cfg.retention == "interest":  # kept only while some consumer's filter wants it
+            needs = self.consumers.needs_msg
+            for seq, subject in stored:
+                if not needs(stream, seq, subject):
+                    stream.remove_acked(seq)
         if cfg.max_age > 0 or cfg.allow_msg_ttl:
             at = stream.next_expiry_ns()
             if at and (self._timer_at == 0 or at < self._timer_at):

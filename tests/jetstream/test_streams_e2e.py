@@ -216,3 +216,17 @@ def test_no_ack_stream_stores_without_answering(server):
             await nc.request("na", b"quiet", timeout=0.5)
         assert (await js.stream_info("NA")).state.messages == 1
     _run(server.url, body)
+
+
+def test_interest_retention_keeps_only_what_a_consumer_filter_wants(server):
+    async def body(nc, js):
+        await js.add_stream(name="IF", subjects=["if.*"], retention=RetentionPolicy.INTEREST)
+        sub = await js.pull_subscribe("if.a", durable="only_a")
+        await js.publish("if.a", b"wanted")
+        await js.publish("if.b", b"unwanted")
+        info = await js.stream_info("IF", subjects_filter=">")
+        assert info.state.subjects == {"if.a": 1}
+        msgs = await sub.fetch(1, timeout=5)
+        await msgs[0].ack_sync()
+        assert await _eventually(js, "IF", 0)
+    _run(server.url, body)
