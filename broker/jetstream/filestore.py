@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import struct
 import sys
@@ -74,6 +75,7 @@ _DEL_HEAD = struct.Struct("<IBQ")
 _META_HEAD = struct.Struct("<IB4sBQqQ")
 _META_BODY = struct.Struct("<4sBQqQ")
 _FLAG_HDR = 1
+_TYPE_BYTE = re.compile(b"[\x01\x02\x03]")
 _MIN_BODY = {_META: _META_BODY.size, _MSG: _MSG_BODY_LEN, _DEL: 8}
 
 
@@ -397,10 +399,12 @@ class FileStore(_IndexedStore):
         n = len(data)
         rec_unpack = _REC.unpack_from
         crc32 = zlib.crc32
-        for p in range(start, n - 8):
+        # Only offsets whose type byte (at +8) is valid can start a record; the regex
+        # skips zero-filled or garbage stretches at C speed.
+        for m in _TYPE_BYTE.finditer(data, start + 8, n):
+            p = m.start() - 8
             crc, blen, typ = rec_unpack(data, p)
-            mb = _MIN_BODY.get(typ)
-            if mb is None or blen < mb or p + 9 + blen > n:
+            if blen < _MIN_BODY[typ] or p + 9 + blen > n:
                 continue
             if crc32(data[p + 4:p + 9 + blen]) == crc:
                 return True
@@ -920,8 +924,9 @@ class FileStore(_IndexedStore):
             self._lock_fd = -1
 
     def delete(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._pending.clear()
-            self._release()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        with self._sync_lock:  # let a sync running in a thread finish first
+            with self._lock:
+                self._closed = True
+                self._pending.clear()
+                self._release()
+            shutil.rmtree(self._dir, ignore_errors=True)
