@@ -7,9 +7,11 @@ with generous bounds; nothing asserts a duration.
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 
+import pytest
 import trio
 
 from cluster import protocol as proto
@@ -20,26 +22,30 @@ WAIT_S = 15.0
 
 
 class FakeHost:
-    """Records what the cluster asks of the broker."""
+    """Records what the cluster asks of the broker (route interest kept per peer object,
+    as the real router does)."""
 
     def __init__(self, client_url: str) -> None:
         self.url = client_url
         self.interest: dict[tuple[str, str | None], int] = {}
-        self.remote: dict[tuple[str, str, str | None], int] = {}
+        self.by_peer: dict[object, dict[tuple[str, str | None], int]] = {}
         self.delivered: list[tuple] = []
         self.urls: list[str] = []
         self.peers: dict[str, object] = {}
 
+    @property
+    def remote(self) -> dict[tuple[str, str, str | None], int]:
+        return {(peer.name, s, q): w for peer, subs in self.by_peer.items() for (s, q), w in subs.items()}
+
     def add_route_sub(self, peer, subject, queue, weight):
         self.peers[peer.remote_id] = peer
-        self.remote[(peer.name, subject, queue)] = weight
+        self.by_peer.setdefault(peer, {})[(subject, queue)] = weight
 
     def remove_route_sub(self, peer, subject, queue):
-        self.remote.pop((peer.name, subject, queue), None)
+        self.by_peer.get(peer, {}).pop((subject, queue), None)
 
     def remove_peer_subs(self, peer):
-        for k in [k for k in self.remote if k[0] == peer.name]:
-            del self.remote[k]
+        self.by_peer.pop(peer, None)
 
     def deliver_routed(self, subject, reply, hdr, payload, queues):
         self.delivered.append((subject, reply, hdr, payload, queues))
@@ -56,10 +62,10 @@ class FakeHost:
 
 class Node:
     def __init__(self, name: str, routes: list[str], forget_after_s: float = 30.0, cluster: str = "test",
-                 username: str = "", password: str = "", dynamic: bool = False):
+                 username: str = "", password: str = "", dynamic: bool = False, generation: str = ""):
         self.name = name
         self.host = FakeHost(f"127.0.0.1:4{name[-1]}00")
-        cfg = ClusterConfig(server_id="N" + name.upper() * 3, server_name=name, name=cluster,
+        cfg = ClusterConfig(server_id="N" + name.upper() * 3 + generation, server_name=name, name=cluster,
                             host="127.0.0.1", port=0, routes=routes, forget_after_s=forget_after_s,
                             backoff_max_s=0.5, gossip_dial_delay_s=0.3, housekeeping_interval_s=0.1,
                             limits=RouteLimits(ping_interval_s=0.5, ping_max=3),
@@ -325,6 +331,68 @@ async def test_stale_route_is_cut_when_peer_stops_answering():
         assert b"-ERR 'Stale Connection'" in received
         await wait_until(lambda: "NQQQ" not in a.mgr.routes, "stale route dropped")
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_kills_restarts_and_interest_changes_converge(seed):
+    """Seeded fault schedule: kill and restart nodes (restarts get a new server id, as a
+    real process does) while interest changes; afterwards every pair is connected once
+    and every node holds exactly the current interest of every other node."""
+    rng = random.Random(seed)
+    names = ["a", "b", "c", "d"]
+    async with trio.open_nursery() as nursery:
+        first = Node("a", [])
+        await first.start(nursery)
+        seed_url = first.url
+        alive: dict[str, Node] = {"a": first}
+        ports: dict[str, int] = {"a": first.mgr.port}
+        for name in names[1:]:
+            alive[name] = Node(name, [seed_url])
+            await alive[name].start(nursery)
+            ports[name] = alive[name].mgr.port
+        interest: dict[str, dict[tuple[str, str | None], int]] = {n: {} for n in names}
+        for step in range(10):
+            action = rng.choice(["kill", "restart", "interest", "interest"])
+            if action == "kill" and len(alive) > 2:
+                victim = rng.choice(sorted(alive))
+                alive.pop(victim).stop()
+            elif action == "restart" and len(alive) < len(names):
+                name = rng.choice(sorted(set(names) - set(alive)))
+                alive[name] = await _restart(nursery, name, seed_url, ports[name], interest[name], step)
+            else:
+                name = rng.choice(sorted(alive))
+                key = (rng.choice(["s.1", "s.2", "s.>"]), rng.choice([None, "q"]))
+                count = rng.randint(0, 3)
+                interest[name][key] = count
+                alive[name].set_interest(key[0], key[1], count)
+                if not count:
+                    del interest[name][key]
+            await trio.sleep(rng.uniform(0, 0.4))
+        for name in sorted(set(names) - set(alive)):
+            alive[name] = await _restart(nursery, name, seed_url, ports[name], interest[name], 99)
+        nodes = list(alive.values())
+        await wait_until(lambda: all(len(n.mgr.routes) == 3 for n in nodes), f"full mesh (seed {seed})")
+
+        def expected(me: str) -> dict:
+            return {(o, s, q): (w if q else 1) for o in names if o != me for (s, q), w in interest[o].items()}
+
+        await wait_until(lambda: all(n.host.remote == expected(n.name) for n in nodes),
+                         f"interest converged (seed {seed})")
+        nursery.cancel_scope.cancel()
+
+
+async def _restart(nursery, name: str, seed_url: str, port: int, interest: dict, gen: int) -> Node:
+    node = Node(name, [seed_url], generation=str(gen))
+    node.mgr.cfg.port = port
+    node.host.interest.update(interest)
+    with trio.move_on_after(WAIT_S):
+        while True:  # the old listener's port may take a moment to be free
+            try:
+                await node.start(nursery)
+                return node
+            except OSError:
+                await trio.sleep(0.1)
+    raise AssertionError(f"could not restart {name} on port {port}")
 
 
 def test_pure_modules_do_not_import_trio():
