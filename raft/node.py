@@ -1,4 +1,5 @@
 """The trio driver: one task owns the core and runs persist -> send -> apply -> advance.
+(A leader's own appends go out before its fsync: see send_leader_messages_early.)
 
 Create a node, start it in a nursery, feed it transport messages, propose:
 
@@ -22,7 +23,7 @@ from typing import Any, Callable, Protocol
 import trio
 
 from .core import LEADER, NotLeader, RaftConfig, RaftCore, Ready
-from .messages import NORMAL, AnyMessage, ConfChange, Entry
+from .messages import NORMAL, AnyMessage, AppendEntries, ConfChange, Entry, InstallSnapshot
 from .storage import Storage
 from .transport import Transport
 
@@ -42,9 +43,23 @@ class ProposalDropped(Exception):
 def process_ready(core: RaftCore, storage: Storage, rd: Ready, send: Callable[[AnyMessage], None],
                   state_machine: StateMachine, on_apply: Callable[[Entry, Any], None] | None = None) -> None:
     """The Ready contract, synchronously: persist (fsync), then send, then apply, then advance.
-    The simulator uses this directly; the trio driver does the same with the fsync in a thread."""
+    The trio driver does the same with the fsync in a thread."""
+    send_leader_messages_early(rd, send)
     storage.save(rd.hard_state, rd.snapshot, rd.entries)
     deliver_ready(core, rd, send, state_machine, on_apply)
+
+
+def send_leader_messages_early(rd: Ready, send: Callable[[AnyMessage], None]) -> None:
+    """Send a leader's appends before its own fsync, so the leader's and the followers' fsyncs
+    overlap (dissertation 10.2.1). Safe because the leader counts itself toward a quorum only
+    in advance(), after persisting. Votes and acknowledgements stay in `rd.messages` and wait."""
+    late = []
+    for m in rd.messages:
+        if isinstance(m, (AppendEntries, InstallSnapshot)):
+            send(m)
+        else:
+            late.append(m)
+    rd.messages = late
 
 
 def deliver_ready(core: RaftCore, rd: Ready, send: Callable[[AnyMessage], None], state_machine: StateMachine,
@@ -211,6 +226,7 @@ class RaftNode:
 
     async def _cycle(self) -> None:
         rd = self.core.ready()
+        send_leader_messages_early(rd, self.transport.send)
         if rd.hard_state is not None or rd.snapshot is not None or rd.entries:
             if self.fsync_in_thread:
                 await trio.to_thread.run_sync(self.storage.save, rd.hard_state, rd.snapshot, rd.entries)

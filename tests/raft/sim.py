@@ -29,7 +29,7 @@ import zlib
 
 from raft.core import LEADER, NotLeader, ProposalRejected, RaftConfig, RaftCore
 from raft.messages import NORMAL, AnyMessage, ConfChange, ConfState, Entry, decode_message, encode
-from raft.node import deliver_ready
+from raft.node import deliver_ready, send_leader_messages_early
 from raft.storage import SNAPSHOT, WAL, Storage, StorageCorruption, scan_wal
 from tests.raft.simdisk import SimCrash, SimDisk
 
@@ -187,6 +187,7 @@ class Simulation:
                 seen = self.log_terms.setdefault((e.index, e.term), (e.kind, e.data))
                 if seen != (e.kind, e.data):
                     self.fail(f"log matching: two different entries at index {e.index} term {e.term}")
+            send_leader_messages_early(rd, self.send)
             try:
                 node.storage.save(rd.hard_state, rd.snapshot, rd.entries)
             except SimCrash:
