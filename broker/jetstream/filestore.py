@@ -835,6 +835,8 @@ class FileStore(_IndexedStore):
         Compact past the end); moving backwards is a caller bug."""
         if seq <= self._last:
             raise ValueError(f"skip_to({seq}): sequence must be > last_seq {self._last}")
+        if self._n == 0 and seq == self._last + 1:
+            return  # already there
         self._restart(seq - 1, seq)
 
     def sync(self) -> None:

@@ -445,6 +445,8 @@ class MemoryStore(_IndexedStore):
         Compact past the end); moving backwards is a caller bug."""
         if seq <= self._last:
             raise ValueError(f"skip_to({seq}): sequence must be > last_seq {self._last}")
+        if self._n == 0 and seq == self._last + 1:
+            return  # already there
         if self._n:
             self._purge_all()
         self._last = seq - 1

@@ -361,7 +361,11 @@ def test_skip_to(h):
     assert s.append("a", None, b"", 1) == 50
     with pytest.raises(ValueError):
         s.skip_to(10)
-    s.skip_to(80)  # removes what is left, like nats-server's compact past the end
+    s.skip_to(51)  # the next sequence already: removes what is left
+    st = s.state()
+    assert (st.messages, st.first_seq, st.last_seq) == (0, 51, 50)
+    s.skip_to(51)  # empty and already there: nothing to do
+    s.skip_to(80)  # like nats-server's compact past the end
     st = h.reopen().state()
     assert (st.messages, st.first_seq, st.last_seq) == (0, 80, 79)
     assert h.store.append("a", None, b"", 1) == 80
