@@ -381,3 +381,30 @@ def test_candidate_state_names():
     c = Cluster(3, pre_vote=False, seed=12)
     c.nodes[1].campaign()
     assert c.nodes[1].state == CANDIDATE
+
+
+def test_3_10_transfer_to_an_unreachable_target_is_abandoned_after_an_election_timeout():
+    c = Cluster(3, seed=13)
+    leader = c.elect(1)
+    c.tick(1)
+    c.isolate(3)
+    leader.transfer_leadership(3)
+    with pytest.raises(ProposalRejected):
+        leader.propose(b"blocked")
+    c.tick(10, only=(1,))
+    assert leader.state == LEADER and leader.transferee == 0
+    leader.propose(b"accepted again")
+
+
+def test_4_2_3_removed_server_cannot_disrupt_the_cluster():
+    c = Cluster(3, seed=14)
+    leader = c.elect(1)
+    c.tick(2)
+    leader.propose_conf_change(ConfChange(ConfChange.REMOVE, 3))
+    c.isolate(3)  # node 3 never learns it was removed, so it keeps campaigning
+    c.tick(5)
+    c.heal()
+    term = leader.term
+    c.tick(80)
+    assert leader.state == LEADER and leader.term == term
+    assert c.nodes[3].state != LEADER

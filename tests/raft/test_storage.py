@@ -189,3 +189,19 @@ def test_a_crash_during_repair_never_leaves_a_short_log_that_may_vote(after):
     except StorageCorruption:
         hs, _, entries = reopen(disk, repair=True)
     assert hs.quarantined and [e.index for e in entries] == [1, 2, 3]
+
+
+def test_torn_tail_on_real_files_is_cut(tmp_path):
+    from raft.messages import encode
+    from raft.storage import _frame
+
+    disk = OsDisk(str(tmp_path))
+    s = Storage.open(disk, CONF)
+    s.save(HardState(1, 1), None, ents(1, 1, 4))
+    disk.close()
+    rec = _frame(encode(Entry(1, 5, 0, b"half-written")))
+    with open(tmp_path / "wal", "ab") as f:
+        f.write(rec[: len(rec) // 2])
+    _, _, entries = reopen(OsDisk(str(tmp_path)))
+    assert [e.index for e in entries] == [1, 2, 3, 4]
+    assert scan_wal((tmp_path / "wal").read_bytes()).end == (tmp_path / "wal").stat().st_size
