@@ -415,6 +415,8 @@ class ClusterManager:
                 backlog.clear()
             else:
                 ops = await route.read_ops()
+            if not route.registered:
+                return  # replaced by a duplicate: its interest must not come back
             for op in ops:
                 cls = op.__class__
                 if cls is Msg:  # only before registration; afterwards the parser calls the host
