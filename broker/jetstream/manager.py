@@ -297,7 +297,10 @@ class JetStream:
         for reply, body in acks:
             publish(reply, "", None, body)
         if stored:
-            self._after_store(stream, stored)
+            try:
+                self._after_store(stream, stored)
+            except Exception:  # our bug; the messages are stored and acked, keep the stream running
+                log.exception("stream '%s': post-store processing failed", stream.name)
 
     def _after_store(self, stream: Stream, stored: list[tuple[int, str]]) -> None:
         cfg = stream.config
