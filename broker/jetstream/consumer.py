@@ -116,24 +116,23 @@ def normalize(cfg: ConsumerConfig, stream_cfg) -> ConsumerConfig:
     c.deliver_policy = c.deliver_policy or "all"
     c.ack_policy = c.ack_policy or "none"
     c.replay_policy = c.replay_policy or "instant"
-    if c.deliver_policy not in DELIVER_POLICIES or c.ack_policy not in ACK_POLICIES \
-            or c.replay_policy not in ("instant", "original"):
-        raise cerr(400, 10025, "invalid JSON: bad enum value")
+    for value, allowed in ((c.deliver_policy, DELIVER_POLICIES), (c.ack_policy, ACK_POLICIES),
+                           (c.replay_policy, ("instant", "original"))):
+        if value not in allowed:
+            raise cerr(400, 10025, f'invalid JSON: can not unmarshal "\\"{value}\\""')
     if c.num_replicas is None:
         c.num_replicas = 0
     if c.max_deliver is None or c.max_deliver == 0:
         c.max_deliver = -1
     push = bool(c.deliver_subject)
     if c.flow_control and not push:
-        raise cerr(400, 10136, "consumer in pull mode can not have flow control set")
+        raise cerr(400, 10089, "consumer flow control requires a push based consumer")
     if c.flow_control and not c.idle_heartbeat:
         raise cerr(400, 10108, "consumer with flow control also needs heartbeats")
     if push and c.max_waiting:
         raise cerr(400, 10080, "consumer in push mode can not set max waiting")
-    if not push and c.deliver_group:
-        raise cerr(400, 10082, "consumer in pull mode requires no deliver group")
     if not push and c.idle_heartbeat:
-        raise cerr(400, 10083, "consumer idle heartbeat requires a push based consumer")
+        raise cerr(400, 10088, "consumer idle heartbeat requires a push based consumer")
     if c.backoff:
         if c.max_deliver != -1 and len(c.backoff) > c.max_deliver:
             raise cerr(400, 10116, "max deliver is required to be > length of backoff values")
@@ -156,11 +155,11 @@ def normalize(cfg: ConsumerConfig, stream_cfg) -> ConsumerConfig:
 
 def _check_filters(c: ConsumerConfig, stream_cfg) -> None:
     if c.filter_subject and c.filter_subjects:
-        raise cerr(400, 10134, "consumer cannot have both FilterSubject and FilterSubjects specified")
+        raise cerr(400, 10136, "consumer cannot have both FilterSubject and FilterSubjects specified")
     fs = filters_of(c)
     for f in fs:
         if not f or not subj.valid_subject(f):
-            raise cerr(400, 10093, "consumer filter subject is not a valid subset of the interest subjects")
+            raise cerr(500, 10052, "invalid subject")
     for i, a in enumerate(fs):
         for b in fs[i + 1:]:
             if subj.overlaps(a, b):

@@ -8,6 +8,7 @@ require certain keys).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -67,8 +68,56 @@ def _timegm(t) -> int:
     return calendar.timegm(t)
 
 
-def _json_error(ex: Exception) -> jerr.JSError:
-    return jerr.invalid_json(str(ex))
+def go_json_text(body: bytes, with_offset: bool = True) -> str:
+    """Go's encoding/json syntax error text for a malformed body (the parts nats-server shows)."""
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as ex:
+        pos, msg = ex.pos, ex.msg
+    except (UnicodeDecodeError, ValueError):
+        return "invalid character looking for beginning of value"
+    else:
+        return ""
+    if pos >= len(body.rstrip()) and msg != "Extra data":
+        return "unexpected EOF"
+    ch = body[pos:pos + 1].decode("latin-1")
+    what = {"Expecting property name enclosed in double quotes": "looking for beginning of object key string",
+            "Expecting ':' delimiter": "after object key",
+            "Expecting ',' delimiter": "after object key:value pair"}.get(msg, "looking for beginning of value")
+    text = f"invalid character {ch!r} {what}"
+    return f"{text} at offset {pos + 1}" if with_offset else text
+
+
+def _json_error(body: bytes, ex: Exception | None = None) -> jerr.JSError:
+    text = go_json_text(body)
+    if not text:
+        text = _go_type_error(str(ex)) if ex is not None else "cannot unmarshal"
+    return jerr.invalid_json(text)
+
+
+_DURATIONS = {"ack_wait", "idle_heartbeat", "inactive_threshold", "max_expires", "priority_timeout"}
+_GO_KIND = {"str": "string", "int": "number", "float": "number", "object": "object", "array": "array",
+            "bool": "bool"}
+
+
+def _go_type_error(text: str) -> str:
+    """msgspec's `Expected `int`, got `str` - at `$.config.ack_wait`` in Go's words."""
+    m = re.match(r"Expected `([^`]*)`, got `([^`]*)`(?: - at `\$\.?([^`]*)`)?", text)
+    if not m:
+        return text
+    want, got, path = m.group(1), m.group(2), m.group(3) or ""
+    field = path.rsplit(".", 1)[-1]
+    gotype = "time.Duration" if field in _DURATIONS else {"int": "int", "str": "string", "bool": "bool",
+                                                          "object": "map", "array": "slice"}.get(want, want)
+    where = f"Go struct field CreateConsumerRequest.{path}" if path else "Go value"
+    return f"json: cannot unmarshal {_GO_KIND.get(got, got)} into {where} of type {gotype}"
+
+
+def error_body(op: str, e: jerr.JSError) -> dict:
+    d = {"type": api.PREFIX + KINDS[op], "error": e.as_dict()}
+    if op in ("NAMES", "LIST"):  # nats-server's paged responses keep their zero-valued paging fields
+        d.update({"total": 0, "offset": 0, "limit": 0, "consumers": []})
+    return d
 
 
 # ---- info -------------------------------------------------------------------------------
@@ -134,14 +183,12 @@ def _entry(mgr, tokens: list[str]):
 
 # ---- create -----------------------------------------------------------------------------
 def _decode_create(tokens: list[str], payload: bytes, stream) -> tuple[ConsumerConfig, str]:
-    if not payload:
-        raise cerr(400, 10025, "invalid JSON: unexpected end of JSON input")
+    if not payload.strip():
+        raise jerr.stream_mismatch()
     try:
         req = msgspec.json.decode(payload, type=CreateRequest)
-    except msgspec.ValidationError as ex:
-        raise _json_error(ex) from None
-    except msgspec.DecodeError as ex:
-        raise _json_error(ex) from None
+    except (msgspec.ValidationError, msgspec.DecodeError) as ex:
+        raise _json_error(payload, ex) from None
     if req.stream_name != stream.name:
         raise jerr.stream_mismatch()
     if req.config is None:
@@ -172,7 +219,7 @@ def create(mgr, tokens: list[str], payload: bytes, durable_api: bool) -> dict:
             raise cerr(400, 10020, "consumer expected to be ephemeral but a durable name was set in request")
         name = cfg.name or mgr.new_name(stream.name)
     if _BAD_NAME.search(name) or len(name) > 255:
-        raise cerr(400, 10103, "consumer name can not contain path separators")
+        raise cerr(500, 10052, "consumer name can not contain '.', '*', '>', '\\', '/'")
     if durable_api or len(tokens) >= 2 or cfg.name:
         cfg.name = name  # an unnamed ephemeral keeps an empty config name, as nats-server shows it
     ncfg = normalize(cfg, stream.config)
@@ -277,7 +324,7 @@ def _offset(payload: bytes) -> int:
     try:
         d = msgspec.json.decode(payload)
     except msgspec.DecodeError as ex:
-        raise _json_error(ex) from None
+        raise _json_error(payload) from None
     off = d.get("offset", 0) if isinstance(d, dict) else 0
     return max(0, off) if isinstance(off, int) else 0
 
@@ -307,7 +354,7 @@ def h_pause(mgr, tokens, payload):
         try:
             d = msgspec.json.decode(payload)
         except msgspec.DecodeError as ex:
-            raise _json_error(ex) from None
+            raise _json_error(payload) from None
         until = parse_time(d.get("pause_until")) if isinstance(d, dict) else 0
     now = time.time_ns()
     c = e.c
@@ -328,19 +375,18 @@ def h_reset(mgr, tokens, payload):
         try:
             d = msgspec.json.decode(payload)
         except msgspec.DecodeError as ex:
-            raise _json_error(ex) from None
+            raise _json_error(payload) from None
         seq = d.get("seq", 0) if isinstance(d, dict) else 0
         if not isinstance(seq, int) or seq < 0:
             raise cerr(400, 10204, "invalid reset: bad sequence")
     c = e.c
+    if not seq:
+        seq = c.asflr + 1  # back to just after the ack floor
     c.pending.clear()
     c.rdc.clear()
     c.redeliver.clear()
     c.lps.clear()
-    if seq:
-        c.sseq = seq
-    else:
-        c.start(time.time_ns(), parse_time(c.cfg.opt_start_time))
+    c.sseq = seq
     c.dsseq = c.asflr = c.sseq - 1
     c.adflr = c.dseq
     c.recount()
@@ -353,9 +399,10 @@ def h_reset(mgr, tokens, payload):
 
 def h_stepdown(mgr, tokens, payload):
     _entry(mgr, tokens)
-    raise cerr(503, 10076, "JetStream not in clustered mode")
+    raise cerr(503, 10010, "JetStream clustering support required")
 
 
+NEEDS_CONSUMER = {"DURABLE.CREATE", "INFO", "DELETE", "PAUSE", "RESET", "LEADER.STEPDOWN"}
 HANDLERS = {"CREATE": h_create, "DURABLE.CREATE": h_durable_create, "INFO": h_info, "DELETE": h_delete,
             "NAMES": h_names, "LIST": h_list, "PAUSE": h_pause, "RESET": h_reset, "LEADER.STEPDOWN": h_stepdown}
 
@@ -375,7 +422,7 @@ def next_request(payload: bytes, reply: str, cfg: ConsumerConfig, now: int) -> P
         try:
             r = msgspec.json.decode(body, type=NextRequest)
         except (msgspec.DecodeError, msgspec.ValidationError) as ex:
-            raise ValueError(_go_json_text(body, ex)) from None
+            raise ValueError(go_json_text(body, with_offset=False)) from None
     if r.batch <= 0:
         r.batch = 1
     if r.idle_heartbeat and r.expires and r.idle_heartbeat * 2 > r.expires:
@@ -388,15 +435,6 @@ def next_request(payload: bytes, reply: str, cfg: ConsumerConfig, now: int) -> P
         raise ValueError(f"Exceeded MaxRequestMaxBytes of {cfg.max_bytes}")
     expires = now + r.expires if r.expires > 0 else 0
     return PullRequest(reply, r.batch, r.max_bytes, expires, r.no_wait, r.idle_heartbeat, now)
-
-
-def _go_json_text(body: bytes, ex: Exception) -> str:
-    if not body.startswith(b"{"):
-        return f"invalid character {body[:1].decode(errors='replace')!r} looking for beginning of value"
-    rest = body[1:].lstrip()
-    if rest and rest[:1] not in (b'"', b"}"):
-        return f"invalid character {rest[:1].decode(errors='replace')!r} looking for beginning of object key string"
-    return str(ex)
 
 
 def next_request_from_ack(rest: bytes, reply: str, now: int) -> PullRequest | None:

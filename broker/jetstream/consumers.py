@@ -406,12 +406,13 @@ class ConsumerManager:
             self._next(tokens, reply, payload)
             return
         fn = capi.HANDLERS.get(op)
-        if fn is None:
+        if fn is None or (op in capi.NEEDS_CONSUMER and len(tokens) < 2):
             return  # nats-server does not answer unknown API subjects
         try:
             obj = fn(self, tokens, payload)
         except JSError as ex:
-            self._err(reply, capi.KINDS[op], ex)
+            self.js.count_api(True)
+            self.reply(reply, capi.error_body(op, ex))
             return
         self.js.count_api(False)
         self.reply(reply, obj)
