@@ -100,6 +100,19 @@ BAD = [
     ("CONSUMER.DURABLE.CREATE.CA4.d4", {"durable_name": "d5"},
      (400, 10017, "consumer name in subject does not match durable name in request")),
     ("CONSUMER.CREATE.NOPE.d1", {"name": "d1"}, (404, 10059, "stream not found")),
+    ("CONSUMER.CREATE.CA4.q", {"name": "q", "flow_control": True},
+     (400, 10089, "consumer flow control requires a push based consumer")),
+    ("CONSUMER.CREATE.CA4.q", {"name": "q", "idle_heartbeat": 10**9},
+     (400, 10088, "consumer idle heartbeat requires a push based consumer")),
+    ("CONSUMER.CREATE.CA4.q", {"name": "q", "filter_subject": "ca4.x", "filter_subjects": ["ca4.y"]},
+     (400, 10136, "consumer cannot have both FilterSubject and FilterSubjects specified")),
+    ("CONSUMER.CREATE.CA4.q", {"name": "q", "filter_subject": "a..b"}, (500, 10052, "invalid subject")),
+    ("CONSUMER.CREATE.CA4", {"name": "x.y"}, (500, 10052, "consumer name can not contain '.', '*', '>', '\\', '/'")),
+    ("CONSUMER.CREATE.CA4.q", {"name": "q", "ack_policy": "bogus"},
+     (400, 10025, 'invalid JSON: can not unmarshal "\\"bogus\\""')),
+    ("CONSUMER.CREATE.CA4.q", {"name": "q", "ack_wait": "x"},
+     (400, 10025, "invalid JSON: json: cannot unmarshal string into Go struct field "
+                  "CreateConsumerRequest.config.ack_wait of type time.Duration")),
 ]
 
 
@@ -127,7 +140,16 @@ def test_mismatched_stream_and_bad_json(server):
         assert r["error"] == {"code": 400, "err_code": 10056,
                               "description": "stream name in subject does not match request"}
         r = await api(nc, "CONSUMER.CREATE.CA5.d1", b"{bad")
-        assert r["error"]["err_code"] == 10025 and r["error"]["description"].startswith("invalid JSON: ")
+        assert r["error"] == {"code": 400, "err_code": 10025, "description":
+                              "invalid JSON: invalid character 'b' looking for beginning of object key string at offset 2"}
+        r = await api(nc, "CONSUMER.CREATE.CA5.d1", b'{"stream_name":"CA5","config":{"name":"q"}')
+        assert r["error"]["description"] == "invalid JSON: unexpected EOF"
+        r = await api(nc, "CONSUMER.CREATE.CA5", b"")
+        assert r["error"]["err_code"] == 10056
+        r = await api(nc, "CONSUMER.NAMES.CA5", b"{bad")
+        assert (r["error"]["err_code"], r["total"], r["consumers"]) == (10025, 0, [])
+        r = await api(nc, "CONSUMER.LEADER.STEPDOWN.CA5.x")
+        assert r["error"]["err_code"] in (10010, 10014)
         assert (await api(nc, "CONSUMER.NAMES.CA5"))["consumers"] == []
     run(main, server.url)
 
