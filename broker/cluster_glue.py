@@ -80,6 +80,9 @@ class ClusterGlue:
     def local_interest_changed(self, subject: str, queue: str | None, count: int) -> None:
         self.manager.local_interest_changed(subject, queue, count)
 
+    def lame_duck(self) -> None:
+        self.manager.lame_duck()
+
     # ------------------------------------------------------------ monitoring
 
     def varz(self) -> dict:

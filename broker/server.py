@@ -232,6 +232,8 @@ class Server:
         log.info("Entering lame duck mode, stop accepting new clients")
         if self._listen_scope is not None:
             self._listen_scope.cancel()
+        if self.cluster is not None:
+            self.cluster.lame_duck()
         self.send_async_info()
         await trio.sleep(self.opts.lame_duck_grace_period_s)
         clients = list(self.clients.values())

@@ -119,6 +119,7 @@ class ClusterManager:
         self._announced: set[str] = set()
         self._client_urls: list[str] | None = None
         self._nursery: trio.Nursery | None = None
+        self._lame_duck = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -146,12 +147,12 @@ class ClusterManager:
             h, p = split_host_port(parse_route_url(self.cfg.advertise))
         else:
             h, p = self.cfg.host, self.port
-        urls = [] if self.cfg.no_advertise else [self.host.client_url()]
+        urls = [] if self.cfg.no_advertise or self._lame_duck else [self.host.client_url()]
         return proto.RouteInfo(
             server_id=self.cfg.server_id, server_name=self.cfg.server_name, version=self.cfg.version,
             proto=3, headers=True, host=h, port=p, max_payload=self.cfg.max_payload, cluster=self.cfg.name,
             connect_urls=urls, cluster_dynamic=self.cfg.dynamic_name,
-            auth_required=bool(self.cfg.username),
+            auth_required=bool(self.cfg.username), ldm=self._lame_duck,
         )
 
     def _name_ok(self, theirs: str, their_dynamic: bool) -> bool:
@@ -448,7 +449,8 @@ class ClusterManager:
         now = trio.current_time()
         if info.server_id == route.remote_id:
             route.remote = info
-            if self.membership.update_client_urls(info.server_id, info.connect_urls, now):
+            urls = [] if info.ldm else info.connect_urls
+            if self.membership.update_client_urls(info.server_id, urls, now):
                 self._urls_changed()
             return
         if info.server_id == self.cfg.server_id or (info.cluster and info.cluster != self.cfg.name):
@@ -474,6 +476,15 @@ class ClusterManager:
             frame = proto.encode_rsub(subject, queue, count)
         else:
             frame = proto.encode_runsub(subject, queue)
+        for r in self.routes.values():
+            r.send(frame)
+
+    def lame_duck(self) -> None:
+        """This node entered lame duck mode: tell peers to stop offering our client URL."""
+        if self._lame_duck:
+            return
+        self._lame_duck = True
+        frame = proto.encode_info(self.my_info())
         for r in self.routes.values():
             r.send(frame)
 

@@ -51,6 +51,7 @@ class RouteInfo(msgspec.Struct, omit_defaults=True):
     cluster: str = ""
     cluster_dynamic: bool = False
     auth_required: bool = False
+    ldm: bool = False  # the sender entered lame duck mode: stop offering its client URLs
     connect_urls: list[str] = []
     ip: str = ""
     gossip_mode: int = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import time
 import urllib.request
@@ -345,6 +346,32 @@ def test_route_interop_with_a_real_nats_server_node(tmp_path):
     finally:
         py.stop()
         go.stop()
+
+
+def test_lame_duck_node_is_no_longer_offered_to_clients(cluster):
+    n1, n2, n3 = cluster
+    url3 = f"127.0.0.1:{n3.port}"
+    assert url3 in http_json(n1, "/varz")["connect_urls"]
+
+    async def main():
+        infos: list = []
+        c1 = await nats.connect(n1.url)
+        orig = c1._process_info
+
+        def spy(info, initial_connection=False):
+            infos.append(info)
+            return orig(info, initial_connection)
+
+        c1._process_info = spy
+        n3.signal(signal.SIGUSR2)
+        await _until(lambda: url3 not in http_json(n1, "/varz")["connect_urls"]
+                     and url3 not in http_json(n2, "/varz")["connect_urls"], "node3's URL withdrawn")
+        await _until(lambda: any(url3 not in i.get("connect_urls", [url3]) for i in infos),
+                     "async INFO without node3 sent to clients of node1")
+        assert http_json(n1, "/routez")["num_routes"] == 2  # still routed while draining
+        await c1.close()
+
+    asyncio.run(main())
 
 
 def test_clients_learn_new_members_by_async_info(tmp_path):
