@@ -17,7 +17,8 @@ import msgspec
 from broker import subjects as subj
 from broker.jetstream import api
 from broker.jetstream import errors as jerr
-from broker.jetstream.consumer import Consumer, ConsumerConfig, PullRequest, cerr, normalize
+from broker.jetstream.consumer import Consumer, PullRequest
+from broker.jetstream.consumerconfig import ConsumerConfig, cerr, normalize
 
 NAMES_LIMIT = 1024
 LIST_LIMIT = 256
@@ -408,33 +409,62 @@ HANDLERS = {"CREATE": h_create, "DURABLE.CREATE": h_durable_create, "INFO": h_in
 
 
 # ---- pull requests ----------------------------------------------------------------------
+class PullRejected(ValueError):
+    """A MSG.NEXT request answered with a status instead of being queued."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
 def next_request(payload: bytes, reply: str, cfg: ConsumerConfig, now: int) -> PullRequest:
-    """Decode a MSG.NEXT body; ValueError carries the `400 Bad Request - <text>` reason."""
+    """Decode a MSG.NEXT body; PullRejected carries the status nats-server answers with."""
     body = payload.strip()
-    if not body:
-        r = NextRequest()
-    elif body[:1].isdigit():
-        try:
-            r = NextRequest(batch=int(body))
-        except ValueError:
-            raise ValueError("invalid batch") from None
-    else:
+    if body[:1] == b"{":
         try:
             r = msgspec.json.decode(body, type=NextRequest)
-        except (msgspec.DecodeError, msgspec.ValidationError) as ex:
-            raise ValueError(go_json_text(body, with_offset=False)) from None
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise PullRejected("400", "Bad Request - " + (go_json_text(body, with_offset=False)
+                                                          or "invalid request")) from None
+    else:
+        r = NextRequest(batch=int(body) if body.isdigit() else 1)
     if r.batch <= 0:
         r.batch = 1
     if r.idle_heartbeat and r.expires and r.idle_heartbeat * 2 > r.expires:
-        raise ValueError("heartbeat value too large")
+        raise PullRejected("400", "Bad Request - heartbeat value too large")
     if cfg.max_batch and r.batch > cfg.max_batch:
-        raise ValueError(f"Exceeded MaxRequestBatch of {cfg.max_batch}")
+        raise PullRejected("409", f"Exceeded MaxRequestBatch of {cfg.max_batch}")
     if cfg.max_expires and r.expires > cfg.max_expires:
-        raise ValueError(f"Exceeded MaxRequestExpires of {cfg.max_expires}")
+        raise PullRejected("409", f"Exceeded MaxRequestExpires of {go_duration(cfg.max_expires)}")
     if cfg.max_bytes and r.max_bytes > cfg.max_bytes:
-        raise ValueError(f"Exceeded MaxRequestMaxBytes of {cfg.max_bytes}")
+        raise PullRejected("409", f"Exceeded MaxRequestMaxBytes of {cfg.max_bytes}")
     expires = now + r.expires if r.expires > 0 else 0
     return PullRequest(reply, r.batch, r.max_bytes, expires, r.no_wait, r.idle_heartbeat, now)
+
+
+def go_duration(ns: int) -> str:
+    """Go's time.Duration.String(): 1s, 1.5s, 250ms, 1m30s, 2h0m0s."""
+    if ns == 0:
+        return "0s"
+    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
+    if ns < 1_000_000_000:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size:
+                return sign + _trim(ns / size) + unit
+    h, rem = divmod(ns, 3600 * 10**9)
+    m, rem = divmod(rem, 60 * 10**9)
+    secs = _trim(rem / 10**9) + "s"
+    if h:
+        return f"{sign}{h}h{m}m{secs}"
+    if m:
+        return f"{sign}{m}m{secs}"
+    return sign + secs
+
+
+def _trim(x: float) -> str:
+    text = f"{x:.9f}".rstrip("0").rstrip(".")
+    return text or "0"
 
 
 def next_request_from_ack(rest: bytes, reply: str, now: int) -> PullRequest | None:

@@ -22,7 +22,8 @@ import trio
 from broker import headers as hdrs
 from broker.jetstream import api
 from broker.jetstream import consumer_api as capi
-from broker.jetstream.consumer import Consumer, ConsumerConfig, Out, PullRequest, parse_duration_ns
+from broker.jetstream.consumer import Consumer, Out
+from broker.jetstream.consumerconfig import ConsumerConfig, parse_duration_ns
 from broker.jetstream.errors import JSError
 
 log = logging.getLogger("broker.jetstream.consumers")
@@ -429,8 +430,8 @@ class ConsumerManager:
         now = time.time_ns()
         try:
             req = capi.next_request(payload, reply, c.cfg, now)
-        except ValueError as ex:
-            c.out.append(Out(reply, reply, "", hdrs.build(status="400", description=f"Bad Request - {ex}"), b""))
+        except capi.PullRejected as ex:
+            c.out.append(Out(reply, reply, "", hdrs.build(status=ex.code, description=ex.text), b""))
             self.emit(c)
             return
         c.add_request(req, now)

@@ -225,3 +225,19 @@ def test_fetch_with_nats_py_and_ack_policy_all(server):
         info = await js.consumer_info("PK", "all")
         assert info.num_ack_pending == 0 and info.ack_floor.stream_seq == 10
     run(main, server.url)
+
+
+def test_request_limits_from_consumer_config(server):
+    async def main(nc):
+        inbox = await setup(nc, "PL", 1, max_batch=2, max_expires=1000 * MS, max_bytes=100)
+        await next_req(nc, "PL", {"batch": 3}, inbox)
+        await next_req(nc, "PL", {"batch": 1, "expires": 2000 * MS}, inbox)
+        await next_req(nc, "PL", {"batch": 1, "max_bytes": 200}, inbox)
+        msgs = await inbox.wait_count(3)
+        assert sorted(status(m) for m in msgs) == [("409", "Exceeded MaxRequestBatch of 2"),
+                                                   ("409", "Exceeded MaxRequestExpires of 1s"),
+                                                   ("409", "Exceeded MaxRequestMaxBytes of 100")]
+        await next_req(nc, "PL", b"abc", inbox)  # not JSON and not a number: a request for one message
+        m = (await inbox.wait_count(4))[3]
+        assert m.data == b"hello" and ack_meta(m.reply)["sseq"] == 1
+    run(main, server.url)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from broker import headers as hdrs
-from broker.jetstream.consumer import Consumer, ConsumerConfig, PullRequest, normalize, parse_duration_ns
+from broker.jetstream.consumer import Consumer, PullRequest
+from broker.jetstream.consumerconfig import ConsumerConfig, normalize, parse_duration_ns
 from broker.jetstream.errors import JSError
 from broker.jetstream.store import MemoryStore
 
@@ -278,3 +279,11 @@ def test_parse_duration():
     assert parse_duration_ns("1m30s") == 90 * S and parse_duration_ns("250ms") == S // 4
     with pytest.raises(ValueError):
         parse_duration_ns("5x")
+
+
+def test_pure_modules_do_not_import_trio():
+    import subprocess
+    import sys
+    code = ("import sys, broker.jetstream.consumer, broker.jetstream.consumerconfig, broker.jetstream.consumer_api; "
+            "assert 'trio' not in sys.modules, 'trio imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

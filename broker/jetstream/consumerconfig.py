@@ -1,0 +1,171 @@
+"""Consumer configuration: the JSON shape nats-server uses, validation and defaults (pure).
+
+`normalize` turns a requested config into the one a consumer runs with, raising the
+JSError nats-server answers for each invalid combination; field order and omission
+of `ConsumerConfig` follow nats-server's JSON so responses compare equal.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from broker import subjects as subj
+from broker.jetstream.errors import JSError
+
+DEFAULT_ACK_WAIT_NS = 30_000_000_000
+DEFAULT_MAX_ACK_PENDING = 1000
+DEFAULT_MAX_WAITING = 512
+DEFAULT_INACTIVE_NS = 5_000_000_000
+DELIVER_POLICIES = ("all", "last", "new", "by_start_sequence", "by_start_time", "last_per_subject")
+ACK_POLICIES = ("none", "all", "explicit")
+
+
+class ConsumerConfig(msgspec.Struct, omit_defaults=True):
+    """Field order and omission follow nats-server's JSON; None-defaults are the always-present fields."""
+    durable_name: str = ""
+    name: str = ""
+    description: str = ""
+    deliver_policy: str | None = None
+    opt_start_seq: int = 0
+    opt_start_time: str | None = None
+    ack_policy: str | None = None
+    ack_wait: int = 0
+    max_deliver: int | None = None
+    backoff: list[int] | None = None
+    filter_subject: str = ""
+    filter_subjects: list[str] | None = None
+    replay_policy: str | None = None
+    rate_limit_bps: int = 0
+    sample_freq: str = ""
+    max_waiting: int = 0
+    max_ack_pending: int = 0
+    flow_control: bool = False
+    headers_only: bool = False
+    max_batch: int = 0
+    max_expires: int = 0
+    max_bytes: int = 0
+    deliver_subject: str = ""
+    deliver_group: str = ""
+    idle_heartbeat: int = 0
+    inactive_threshold: int = 0
+    num_replicas: int | None = None
+    mem_storage: bool = False
+    direct: bool = False
+    metadata: dict[str, str] | None = None
+    pause_until: str | None = None
+    priority_groups: list[str] | None = None
+    priority_policy: str = ""
+    priority_timeout: int = 0
+
+
+def cerr(code: int, err_code: int, text: str) -> JSError:
+    return JSError(code, err_code, text)
+
+
+def _policy_text(p: str) -> str:
+    return {"all": "deliver all", "last": "deliver last", "new": "deliver new",
+            "by_start_sequence": "deliver by start sequence", "by_start_time": "deliver by start time",
+            "last_per_subject": "deliver last per subject"}[p]
+
+
+def normalize(cfg: ConsumerConfig, stream_cfg) -> ConsumerConfig:
+    """Validate a requested config and fill in nats-server's defaults; raises JSError."""
+    c = msgspec.structs.replace(cfg)
+    c.deliver_policy = c.deliver_policy or "all"
+    c.ack_policy = c.ack_policy or "none"
+    c.replay_policy = c.replay_policy or "instant"
+    for value, allowed in ((c.deliver_policy, DELIVER_POLICIES), (c.ack_policy, ACK_POLICIES),
+                           (c.replay_policy, ("instant", "original"))):
+        if value not in allowed:
+            raise cerr(400, 10025, f'invalid JSON: can not unmarshal "\\"{value}\\""')
+    if c.num_replicas is None:
+        c.num_replicas = 0
+    if c.max_deliver is None or c.max_deliver == 0:
+        c.max_deliver = -1
+    push = bool(c.deliver_subject)
+    if c.flow_control and not push:
+        raise cerr(400, 10089, "consumer flow control requires a push based consumer")
+    if c.flow_control and not c.idle_heartbeat:
+        raise cerr(400, 10108, "consumer with flow control also needs heartbeats")
+    if push and c.max_waiting:
+        raise cerr(400, 10080, "consumer in push mode can not set max waiting")
+    if not push and c.idle_heartbeat:
+        raise cerr(400, 10088, "consumer idle heartbeat requires a push based consumer")
+    if c.backoff:
+        if c.max_deliver != -1 and len(c.backoff) > c.max_deliver:
+            raise cerr(400, 10116, "max deliver is required to be > length of backoff values")
+        c.ack_wait = c.backoff[0]
+    if c.ack_policy != "none" and not c.ack_wait:
+        c.ack_wait = DEFAULT_ACK_WAIT_NS
+    if c.ack_policy != "none" and not c.max_ack_pending:
+        c.max_ack_pending = DEFAULT_MAX_ACK_PENDING
+    if not push and not c.max_waiting:
+        c.max_waiting = DEFAULT_MAX_WAITING
+    if not c.durable_name and not c.inactive_threshold:
+        c.inactive_threshold = DEFAULT_INACTIVE_NS
+    _check_filters(c, stream_cfg)
+    _check_start(c)
+    md = dict(c.metadata or {})
+    md.setdefault("_nats.req.level", "0")
+    c.metadata = md
+    return c
+
+
+def _check_filters(c: ConsumerConfig, stream_cfg) -> None:
+    if c.filter_subject and c.filter_subjects:
+        raise cerr(400, 10136, "consumer cannot have both FilterSubject and FilterSubjects specified")
+    fs = filters_of(c)
+    for f in fs:
+        if not f or not subj.valid_subject(f):
+            raise cerr(500, 10052, "invalid subject")
+    for i, a in enumerate(fs):
+        for b in fs[i + 1:]:
+            if subj.overlaps(a, b):
+                raise cerr(400, 10138, "consumer subject filters cannot overlap")
+    if c.filter_subject == ">":
+        c.filter_subject = ""
+
+
+def _check_start(c: ConsumerConfig) -> None:
+    p = c.deliver_policy
+    name = _policy_text(p)
+    if p == "by_start_sequence":
+        if not c.opt_start_seq:
+            raise cerr(400, 10094, f"consumer delivery policy is {name}, but optional start sequence is not set")
+    elif c.opt_start_seq:
+        raise cerr(400, 10094, f"consumer delivery policy is {name}, but optional start sequence is also set")
+    if p == "by_start_time":
+        if not c.opt_start_time:
+            raise cerr(400, 10094, f"consumer delivery policy is {name}, but optional start time is not set")
+    elif c.opt_start_time:
+        raise cerr(400, 10094, f"consumer delivery policy is {name}, but optional start time is also set")
+    if p == "last_per_subject" and not filters_of(c):
+        raise cerr(400, 10094, f"consumer delivery policy is {name}, but optional filter subject is not set")
+
+
+def filters_of(c: ConsumerConfig) -> list[str]:
+    if c.filter_subjects:
+        return [f for f in c.filter_subjects]
+    if c.filter_subject and c.filter_subject != ">":
+        return [c.filter_subject]
+    return []
+
+
+def parse_duration_ns(text: str) -> int:
+    """A Go duration such as `5s`, `1m30s`, `250ms` in nanoseconds; ValueError if malformed."""
+    units = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+    total, i, text = 0.0, 0, text.strip()
+    if not text:
+        raise ValueError("empty duration")
+    while i < len(text):
+        j = i
+        while j < len(text) and (text[j].isdigit() or text[j] == "."):
+            j += 1
+        k = j
+        while k < len(text) and not (text[k].isdigit() or text[k] == "."):
+            k += 1
+        if j == i or text[j:k] not in units:
+            raise ValueError(f"bad duration {text!r}")
+        total += float(text[i:j]) * units[text[j:k]]
+        i = k
+    return int(total)
