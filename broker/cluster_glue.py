@@ -101,7 +101,9 @@ class ClusterGlue:
 
     def routez(self, q: dict) -> dict:
         now = time.time()
-        subs = str(q.get("subs", "")).lower() in ("1", "true", "detail")
+        subs_arg = str(q.get("subs", "")).lower()
+        subs = subs_arg in ("1", "true", "detail")
+        detail = subs_arg == "detail"
         routes = []
         for r in self.manager.route_list():
             d = {
@@ -124,8 +126,14 @@ class ClusterGlue:
                 "out_bytes": r.out_bytes,
                 "subscriptions": len(r.subs),
             }
-            if subs:
-                d["subscriptions_list"] = sorted(s if qn is None else f"{s} {qn}" for s, qn in r.subs)
+            if detail:
+                d["subscriptions_list_detail"] = [
+                    {"account": "$G", "subject": s, "sid": s if qn is None else f"{s} {qn}", "msgs": 0, "max": 0,
+                     "cid": r.rid, **({"qgroup": qn} if qn else {})}
+                    for s, qn in sorted(r.subs, key=lambda k: (k[0], k[1] or ""))
+                ]
+            elif subs:
+                d["subscriptions_list"] = sorted(s for s, _ in r.subs)
             d["compression"] = "off"
             routes.append(d)
         return {

@@ -62,8 +62,10 @@ def meshed(procs: list[ServerProc]) -> bool:
 
 def remote_interest(proc: ServerProc, entry: str) -> int:
     """How many of proc's routes carry `entry` ("subject" or "subject queue")."""
-    rz = http_json(proc, "/routez?subs=1")
-    return sum(1 for r in rz["routes"] if entry in r.get("subscriptions_list", []))
+    subject, _, queue = entry.partition(" ")
+    rz = http_json(proc, "/routez?subs=detail")
+    return sum(1 for r in rz["routes"] for d in r.get("subscriptions_list_detail", [])
+               if d["subject"] == subject and d.get("qgroup", "") == queue)
 
 
 @pytest.fixture
@@ -87,6 +89,8 @@ def test_single_seed_full_mesh_routez_and_varz(cluster):
             for key in ("rid", "remote_id", "did_solicit", "is_configured", "ip", "port", "start", "rtt",
                         "uptime", "idle", "pending_size", "in_msgs", "out_msgs", "subscriptions"):
                 assert key in r
+        listed = http_json(p, "/routez?subs=1")["routes"][0]
+        assert "subscriptions_list" in listed and "subscriptions_list_detail" not in listed
         v = http_json(p, "/varz")
         assert v["cluster"]["name"] == "test"
         assert v["cluster"]["cluster_port"] == p.cluster_port
