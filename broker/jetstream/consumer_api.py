@@ -252,14 +252,18 @@ def _check_stream_rules(mgr, stream, cfg: ConsumerConfig, name: str) -> None:
     if stream.config.retention != "workqueue":
         return
     if cfg.ack_policy != "explicit":
-        raise cerr(400, 10084, "consumer must be explicit ack on workqueue stream")
+        if not cfg.deliver_subject and cfg.ack_policy == "none":
+            raise cerr(400, 10084, "consumer in pull mode requires explicit ack policy on workqueue stream")
+        raise cerr(400, 10098, "workqueue stream requires explicit ack")
+    if cfg.deliver_policy != "all":
+        raise cerr(400, 10101, "consumer must be deliver all on workqueue stream")
+    mine = cfg.filter_subjects or ([cfg.filter_subject] if cfg.filter_subject else [])
     for other in mgr.by_stream.get(stream.name, {}).values():
         if other.c.name == name:
             continue
-        a, b = other.c.filters or [">"], (cfg.filter_subjects or ([cfg.filter_subject] if cfg.filter_subject else [">"]))
-        if any(subj.overlaps(x, y) for x in a for y in b):
-            if not other.c.filters and cfg.filter_subject in ("", ">") and not cfg.filter_subjects:
-                raise cerr(400, 10099, "multiple non-filtered consumers not allowed on workqueue stream")
+        if not mine or not other.c.filters:
+            raise cerr(400, 10099, "multiple non-filtered consumers not allowed on workqueue stream")
+        if any(subj.overlaps(x, y) for x in other.c.filters for y in mine):
             raise cerr(400, 10100, "filtered consumer not unique on workqueue stream")
 
 

@@ -119,3 +119,27 @@ def test_pause_and_resume(server):
         assert r["paused"] is False
         assert (await psub.fetch(1, timeout=5))[0].data == b"held"
     run(main, server.url)
+
+
+def test_workqueue_consumer_rules_and_max_consumers(server):
+    async def main(nc):
+        await add_stream(nc, "WR", ["wr.>"], retention="workqueue")
+
+        async def err(name, **cfg):
+            r = await add_consumer(nc, "WR", dict(name=name, **cfg), name)
+            return (r["error"]["err_code"], r["error"]["description"]) if "error" in r else None
+        assert await err("a", ack_policy="none") == (
+            10084, "consumer in pull mode requires explicit ack policy on workqueue stream")
+        assert await err("a", ack_policy="all") == (10098, "workqueue stream requires explicit ack")
+        assert await err("a", ack_policy="explicit", filter_subject="wr.a") is None
+        assert await err("b", ack_policy="explicit", filter_subject="wr.*") == (
+            10100, "filtered consumer not unique on workqueue stream")
+        assert await err("b", ack_policy="explicit") == (
+            10099, "multiple non-filtered consumers not allowed on workqueue stream")
+        assert await err("c", ack_policy="explicit", filter_subject="wr.c", deliver_policy="new") == (
+            10101, "consumer must be deliver all on workqueue stream")
+        await add_stream(nc, "MC", ["mc.>"], max_consumers=1)
+        assert "error" not in await add_consumer(nc, "MC", {"name": "a"}, "a")
+        r = await add_consumer(nc, "MC", {"name": "b"}, "b")
+        assert r["error"] == {"code": 400, "err_code": 10026, "description": "maximum consumers limit reached"}
+    run(main, server.url)
