@@ -1,6 +1,7 @@
 """Core benchmark: our broker next to the real nats-server, one load generator for both.
 
-    python bench/core_bench.py [--seconds N] [--only NAME[,NAME..]] [--conns N] [--subs N]
+    python bench/core_bench.py [--seconds N] [--repeat N] [--only NAME[,NAME..]]
+                               [--conns N] [--subs N] [--servers nats,ours] [--ours-root DIR]
 
 Starts nats-server and our server (`python -m broker`), each as its own process on a free
 loopback port, runs every scenario against both with the same load generator
@@ -80,9 +81,10 @@ def nats_server_binary() -> str:
 
 
 class Server:
-    def __init__(self, kind: str, logdir: Path):
+    def __init__(self, kind: str, logdir: Path, root: Path = ROOT):
         self.kind = kind
         self.logdir = logdir
+        self.root = root  # for ours: the source tree whose `broker` package runs
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -100,8 +102,11 @@ class Server:
         self.port = free_port()
         self.starts += 1
         log = open(self.logdir / f"{self.kind}-{self.starts}.log", "wb")
-        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     start_new_session=True)
+        env = dict(os.environ)
+        if self.kind == "ours":
+            env["PYTHONPATH"] = os.pathsep.join([str(self.root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+                                     env=env, start_new_session=True)
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -209,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conns", type=int, default=10_000, help="idle connections for memconns")
     ap.add_argument("--subs", type=int, default=100_000, help="subscriptions for memsubs")
     ap.add_argument("--servers", default="nats,ours", help="which servers (nats,ours)")
+    ap.add_argument("--ours-root", type=Path, default=ROOT,
+                    help="source tree to run our server from (A/B-test a change in a copy of the tree)")
     args = ap.parse_args(argv)
 
     names = [n.strip() for n in args.only.split(",") if n.strip()] or THROUGHPUT + MEMORY
@@ -220,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     # children (servers and generator processes) inherit the raised descriptor limit
     nofile = loadgen.raise_nofile(max(args.conns, 1024) + 1024)
     logdir = Path(tempfile.mkdtemp(prefix="core-bench-"))
-    servers = {k: Server(k, logdir) for k in kinds}
+    servers = {k: Server(k, logdir, args.ours_root.resolve()) for k in kinds}
     print(f"# {os.cpu_count()} CPUs, load average {loadavg()} at start; {args.seconds:g}s window "
           f"(+{args.warmup:g}s warm-up) per run, {args.repeat} round(s), median shown; "
-          f"RLIMIT_NOFILE {nofile}; nats-server = {nats_server_binary()}; logs in {logdir}", flush=True)
+          f"RLIMIT_NOFILE {nofile}; nats-server = {nats_server_binary()}; ours from {args.ours_root}; "
+          f"logs in {logdir}", flush=True)
 
     runs: dict[str, dict[str, list[loadgen.Result]]] = {}
     memory: dict[str, dict[str, dict]] = {}
@@ -271,17 +279,22 @@ def print_table(results, memory, kinds, args) -> None:
     both = "nats" in kinds and "ours" in kinds
     if results:
         hdr = f"| {'scenario':<30} | {'nats-server msgs/s':>18} | {'ours msgs/s':>12} | {'ratio':>6} |" \
-              f" {'cpu srv/gen (nats)':>18} | {'cpu srv/gen (ours)':>18} |"
+              f" {'cpu srv/gen (nats)':>18} | {'cpu srv/gen (ours)':>18} | {'ratio per srv CPU-s':>19} |"
         print(hdr)
         print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
         for name, by in results.items():
             n = by.get("nats")
             o = by.get("ours")
             ratio = f"{o.msgs_per_s / n.msgs_per_s:.3f}" if n and o and n.msgs_per_s else "-"
+            eff = (f"{(o.msgs_per_s / o.server_cpu) / (n.msgs_per_s / n.server_cpu):.3f}"
+                   if n and o and n.msgs_per_s and n.server_cpu and o.server_cpu else "-")
             cpu = lambda r: f"{r.server_cpu:.2f}/{r.gen_cpu:.2f}" if r else "-"  # noqa: E731
             err = " (errors!)" if (n and n.errors) or (o and o.errors) else ""
             print(f"| {TITLES[name] + err:<30} | {fmt_rate(n.msgs_per_s) if n else '-':>18} |"
-                  f" {fmt_rate(o.msgs_per_s) if o else '-':>12} | {ratio:>6} | {cpu(n):>18} | {cpu(o):>18} |")
+                  f" {fmt_rate(o.msgs_per_s) if o else '-':>12} | {ratio:>6} | {cpu(n):>18} | {cpu(o):>18} |"
+                  f" {eff:>19} |")
+        print("(cpu: CPU seconds per wall second, 1.00 = one core; 'ratio per srv CPU-s' compares msgs per "
+              "server CPU-second, which is less sensitive to other load on the machine)")
         name, want = TARGET
         if both and name in results:
             r = results[name]["ours"].msgs_per_s / max(1.0, results[name]["nats"].msgs_per_s)
