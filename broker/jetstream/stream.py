@@ -131,8 +131,7 @@ class Stream:
             if msg_id and msg.ts > horizon:
                 self._dedupe[msg_id] = (msg.seq, msg.ts)
                 self._dedupe_order.append((msg.ts, msg_id))
-            if msg.seq == st.last_seq:
-                self.last_msg_id = msg_id or ""
+                self.last_msg_id = msg_id  # the newest id in the window, as nats-server rebuilds it
 
     def _first_seq_after(self, ts: int) -> int:
         """Smallest stored seq whose timestamp is > ts (timestamps grow with seq)."""
