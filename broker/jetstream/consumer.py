@@ -365,11 +365,14 @@ class Consumer:
     def serve_pull(self, now_ns: int, has_interest=None) -> int:
         """Hand available messages to waiting requests; returns a wake time for replay, or 0."""
         wake = 0
+        checked: set[int] = set()
         while self.waiting:
             req = self.waiting[0]
-            if has_interest is not None and not has_interest(req.reply):
-                self.waiting.popleft()
-                continue
+            if has_interest is not None and id(req) not in checked:
+                if not has_interest(req.reply):  # the requester went away: drop it silently
+                    self.waiting.popleft()
+                    continue
+                checked.add(id(req))
             m, x = self._take(now_ns)
             if m is None:
                 wake = x

@@ -239,6 +239,9 @@ def create(mgr, tokens: list[str], payload: bytes, durable_api: bool) -> dict:
     now = time.time_ns()
     c = Consumer(stream.name, name, ncfg, stream.store, now)
     c.start(now, parse_time(ncfg.opt_start_time))
+    c.paused_until = max(0, parse_time(ncfg.pause_until))
+    if c.paused_until <= now:
+        c.paused_until, ncfg.pause_until = 0, None
     e = mgr._add(stream, c, now)
     if e.durable:
         mgr._write_meta(e)

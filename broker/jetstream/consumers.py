@@ -144,7 +144,7 @@ class ConsumerManager:
                 if c.out:
                     e.hb_next = now + c.cfg.idle_heartbeat if c.cfg.idle_heartbeat else 0
         elif c.waiting:
-            if c.serve_pull(now):
+            if c.serve_pull(now, self.server.has_interest):
                 self._kick()
         self.emit(c)
 
@@ -190,6 +190,7 @@ class ConsumerManager:
                         c.load_state(msgspec.json.decode(f.read()), now)
                 else:
                     c.start(now, capi.parse_time(cfg.opt_start_time))
+                c.paused_until = capi.parse_time(cfg.pause_until)
             except (OSError, ValueError, KeyError, msgspec.DecodeError, msgspec.ValidationError) as ex:
                 log.error("cannot restore consumer %s > %s: %s", stream.name, name, ex)
                 continue
