@@ -120,6 +120,7 @@ class JetStream:
         self._api_subs: list = []
         self._timer_wake = trio.Event()
         self._timer_at = 0
+        self._marked: set[str] = set()  # streams holding subject delete markers not yet fsynced
         self._nursery: trio.Nursery | None = None
         self.write_error: str | None = None
         self.consumers = _consumer_manager(self)
@@ -350,8 +351,10 @@ class JetStream:
             now = time.time_ns()
             nxt = 0
             for stream in list(self.streams.values()):
-                if stream.expire(now):
-                    self.consumers.stream_purged(stream)
+                self.expire_stream(stream, now)
+                if stream.config.storage == "file" and self.sync_always and stream.name in self._marked:
+                    self._marked.discard(stream.name)
+                    await trio.to_thread.run_sync(stream.store.sync)
                 at = stream.next_expiry_ns()
                 if at and (nxt == 0 or at < nxt):
                     nxt = at
@@ -360,6 +363,17 @@ class JetStream:
             with trio.move_on_after(delay):
                 await self._timer_wake.wait()
             self._timer_wake = trio.Event()
+
+    def expire_stream(self, stream: Stream, now: int) -> None:
+        """Apply due expiries; subject delete markers it stored reach consumers like messages."""
+        if stream.expire(now):
+            self.consumers.stream_purged(stream)
+        if stream.markers:
+            markers, stream.markers = stream.markers, []
+            self._marked.add(stream.name)
+            for seq, subject in markers:
+                self.consumers.on_stored(stream, seq, subject)
+            self.kick_timer()
 
     async def _sync_loop(self) -> None:
         while True:

@@ -30,6 +30,7 @@ EXPECTED_LAST_SUBJ_SEQ_SUBJ = "Nats-Expected-Last-Subject-Sequence-Subject"
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 ROLLUP = "Nats-Rollup"
 TTL = "Nats-TTL"
+MARKER_REASON = "Nats-Marker-Reason"
 
 _GO_DURATION = re.compile(r"^([0-9]*(\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$")
 _GO_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
@@ -53,6 +54,17 @@ def parse_go_duration(text: str) -> int | None:
             return None
         total += float(number) * _GO_UNITS[unit]
     return sign * int(total)
+
+
+def go_duration(secs: int) -> str:
+    """Whole seconds as Go's time.Duration prints them: 1s, 1m0s, 1h2m3s."""
+    h, rest = divmod(secs, 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h}h{m}m{sec}s"
+    if m:
+        return f"{m}m{sec}s"
+    return f"{sec}s"
 
 
 def parse_ttl(value: str) -> int:
@@ -91,6 +103,7 @@ class Stream:
         self._dedupe_order: deque[tuple[int, str]] = deque()
         self._ttls: list[tuple[int, int]] = []  # heap of (expires_ns, seq)
         self._pub_prefix = b""
+        self.markers: list[tuple[int, str]] = []  # (seq, subject) stored by expire(); the caller drains
         self._configure()
         self._rebuild_indexes()
 
@@ -276,7 +289,7 @@ class Stream:
             cutoff = now_ns - max_age
             st = self.store.state()
             while st.messages > 0 and 0 < st.first_ts <= cutoff:
-                if self.store.remove(st.first_seq):
+                if not self._mark_subject_delete(st.first_seq, now_ns) and self.store.remove(st.first_seq):
                     removed += 1
                 st = self.store.state()
         while self._ttls and self._ttls[0][0] <= now_ns:
@@ -290,6 +303,27 @@ class Stream:
             if entry is not None and entry[1] == ts:
                 del self._dedupe[msg_id]
         return removed
+
+    def _mark_subject_delete(self, seq: int, now_ns: int) -> bool:
+        """With subject_delete_marker_ttl, the last message of a subject aged out by max_age
+        is replaced by a marker (Nats-Marker-Reason: MaxAge) that itself expires after the
+        marker TTL, so watchers learn the key is gone. Returns True when it did so."""
+        ttl = self.config.subject_delete_marker_ttl
+        if not isinstance(ttl, int) or ttl <= 0:
+            return False
+        msg = self.store.get(seq)
+        if msg is None or (msg.hdr and headers.get(msg.hdr, MARKER_REASON)):
+            return False
+        if len(self.store.subject_seqs(msg.subject)) != 1:
+            return False
+        secs = max(1, ttl // 1_000_000_000)
+        hdr = (f"NATS/1.0\r\n{MARKER_REASON}: MaxAge\r\n{TTL}: {go_duration(secs)}\r\n"
+               f"{ROLLUP}: sub\r\n\r\n").encode()
+        new_seq = self.store.append(msg.subject, hdr, b"", now_ns)
+        self.store.remove(seq)
+        heapq.heappush(self._ttls, (now_ns + secs * 1_000_000_000, new_seq))
+        self.markers.append((new_seq, msg.subject))
+        return True
 
     def next_expiry_ns(self) -> int:
         """Earliest time something expires (0 = nothing scheduled)."""

@@ -47,8 +47,7 @@ def _now() -> int:
 
 def _fresh(js, stream: Stream) -> None:
     """Apply due expiries before reporting, so reads never show expired messages."""
-    if stream.expire(_now()):
-        js.consumers.stream_purged(stream)
+    js.expire_stream(stream, _now())
 
 
 def stream_state(js, stream: Stream, subjects_filter: str = "") -> api.StreamState:
@@ -317,7 +316,7 @@ def direct_get_handler(js, stream: Stream):
             except msgspec.DecodeError:
                 publish(reply, "", BAD_REQUEST, b"")
                 return
-        stream.expire(_now())
+        js.expire_stream(stream, _now())
         try:
             msg = find_msg(stream, req)
         except errors.JSError:
