@@ -69,12 +69,14 @@ def http(node: str, path: str) -> tuple[int, dict]:
 
 
 def routez(node: str) -> dict:
-    return http(node, "/routez?subs=1")[1]
+    return http(node, "/routez?subs=detail")[1]
 
 
-def remote_interest(node: str, entry: str) -> int:
-    """How many of node's routes carry `entry` ("subject" or "subject queue")."""
-    return sum(1 for r in routez(node)["routes"] if entry in r.get("subscriptions_list", []))
+def remote_interest(node: str, subject: str, queue: str | None = None) -> int:
+    """How many of node's routes carry interest in `subject` (in queue group `queue`)."""
+    return sum(1 for r in routez(node)["routes"]
+               if any(d["subject"] == subject and d.get("qgroup") == queue
+                      for d in r.get("subscriptions_list_detail", [])))
 
 
 def route_names(node: str) -> set[str]:
@@ -185,7 +187,7 @@ def test_queue_group_across_nodes_delivers_each_message_once(cluster):
             # plain (non-queue) subject: every worker sees each publisher's end marker
             await c.subscribe("deploy.jobs.done", cb=collect(done[node]))
             await c.flush()
-        await until(lambda: remote_interest("n1", "deploy.jobs workers") == 2
+        await until(lambda: remote_interest("n1", "deploy.jobs", "workers") == 2
                     and remote_interest("n1", "deploy.jobs.done") == 2, "queue interest at n1")
         pub = await nats.connect(url("n1"))
         total = 300
@@ -217,7 +219,7 @@ def test_request_reply_across_nodes(cluster):
 
         await svc_conn.subscribe("deploy.svc.echo", queue="svc", cb=echo)
         await svc_conn.flush()
-        await until(lambda: remote_interest("n1", "deploy.svc.echo svc") == 1, "service interest at n1")
+        await until(lambda: remote_interest("n1", "deploy.svc.echo", "svc") == 1, "service interest at n1")
         for i in range(25):
             reply = await client.request("deploy.svc.echo", b"%d" % i, timeout=10)
             assert reply.data == b"n3:%d" % i
