@@ -27,6 +27,7 @@ from broker.jetstream.consumerconfig import ConsumerConfig, filters_of
 
 HDR_IDLE_HB = "100 Idle Heartbeat"
 FC_MAX_PENDING_BYTES = 2 * 1024 * 1024  # flow-control window; a request goes out at half of it
+LOW_SCAN_MAX = 64  # sequences scanned for the next pending one before falling back to min()
 MATCH_CACHE_MAX = 4096  # subjects remembered per consumer as matching its filters or not
 
 
@@ -72,6 +73,7 @@ class Consumer:
         self.adflr = 0
         self.asflr = 0
         self.pending: dict[int, list[int]] = {}  # sseq -> [dseq, ts, deliver count, ack deadline]
+        self.low = 0  # smallest stream seq in pending (0 when empty): moves the ack floor in O(1)
         self.rdc: dict[int, int] = {}  # sseq -> deliver count for messages delivered more than once
         self.deadlines: list[tuple[int, int]] = []  # heap of (deadline, sseq); stale unless it equals pending[3]
         self.redeliver: deque[int] = deque()
@@ -258,6 +260,8 @@ class Consumer:
                 self.asflr = self.dsseq
             else:
                 self.pending[m.seq] = [self.dseq, m.ts, 1, 0]
+                if not self.low:
+                    self.low = m.seq
         if not self.ack_none:
             self._arm(m.seq, now_ns + self._ack_wait(dc))
         return dc, self.dseq, self.npending
@@ -426,7 +430,7 @@ class Consumer:
         else:
             done = [sseq] if sseq in self.pending else []
         for s in done:
-            dseq = self.pending.pop(s)[0]
+            dseq = self._pop_pending(s)[0]
             self.rdc.pop(s, None)
             if self.cfg.ack_policy == "all":
                 self.adflr = max(self.adflr, dseq)
@@ -443,13 +447,28 @@ class Consumer:
             self.adflr = self.dseq
             self.asflr = self.dsseq
             return
-        low = min(self.pending)
+        low = self.low
         if low > self.asflr:
             self.asflr = low - 1
             self.adflr = max(self.adflr, self.pending[low][0] - 1)
 
+    def _pop_pending(self, sseq: int) -> list[int]:
+        p = self.pending.pop(sseq)
+        if sseq == self.low:
+            self.low = 0
+            if self.pending:
+                s, top = sseq + 1, sseq + LOW_SCAN_MAX
+                while s <= top and s not in self.pending:
+                    s += 1
+                self.low = s if s <= top else min(self.pending)
+        return p
+
+    def _reset_low(self) -> None:
+        self.low = min(self.pending) if self.pending else 0
+
     def _drop_pending(self, sseq: int) -> None:
-        if self.pending.pop(sseq, None) is not None:
+        if sseq in self.pending:
+            self._pop_pending(sseq)
             self.dirty = True
 
     def nak(self, sseq: int, delay_ns: int, now_ns: int) -> None:
@@ -472,7 +491,7 @@ class Consumer:
         self.last_active = now_ns
         if sseq not in self.pending:
             return []
-        self.pending.pop(sseq)
+        self._pop_pending(sseq)
         self.rdc.pop(sseq, None)
         self.dirty = True
         self.last_ack_ns = now_ns
@@ -489,7 +508,7 @@ class Consumer:
             if p is None or p[3] != d:
                 continue  # acked, NAKed, redelivered or extended since
             if md > 0 and p[2] >= md:
-                self.pending.pop(s)
+                self._pop_pending(s)
                 self.dirty = True
                 continue
             p[3] = 0
@@ -535,6 +554,7 @@ class Consumer:
         for s in [s for s in self.pending if self.store.get(s) is None]:
             self.pending.pop(s)
             self.rdc.pop(s, None)
+        self._reset_low()
         if self.sseq < first:
             self.sseq = first
         self.lps = deque(s for s in self.lps if self.store.get(s) is not None)
@@ -558,7 +578,8 @@ class Consumer:
         """Restore persisted state; every pending message is redelivered after ack_wait."""
         self.sseq, self.dseq, self.dsseq = st["sseq"], st["dseq"], st["dsseq"]
         self.adflr, self.asflr = st["adflr"], st["asflr"]
-        self.pending = {s: [d, ts, dc, 0] for s, d, ts, dc in st["pending"]}
+        self.pending = {s: [d, ts, dc, 0] for s, d, ts, dc in sorted(st["pending"])}
+        self._reset_low()
         self.rdc = {s: c for s, c in st["rdc"]}
         self.lps = deque(st.get("lps", []))
         self.last_active = st.get("last_active", 0)

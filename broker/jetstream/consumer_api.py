@@ -391,6 +391,7 @@ def h_reset(mgr, tokens, payload):
     if not seq:
         seq = c.asflr + 1  # back to just after the ack floor
     c.pending.clear()
+    c.low = 0
     c.rdc.clear()
     c.redeliver.clear()
     c.lps.clear()

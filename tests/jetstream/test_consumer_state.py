@@ -287,3 +287,46 @@ def test_pure_modules_do_not_import_trio():
     code = ("import sys, broker.jetstream.consumer, broker.jetstream.consumerconfig, broker.jetstream.consumer_api; "
             "assert 'trio' not in sys.modules, 'trio imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st_  # noqa: E402
+
+OPS = st_.lists(st_.tuples(st_.sampled_from(["pub", "pull", "ack", "nak", "term", "wpi", "tick", "purge"]),
+                           st_.integers(0, 40)), max_size=80)
+
+
+@settings(max_examples=150, deadline=None)
+@given(OPS, st_.sampled_from(["explicit", "all", "none"]), st_.sampled_from([None, "a.*", "a.1"]))
+def test_random_operations_keep_invariants(ops, ack_policy, filt):
+    st = MemoryStore()
+    kw = {"ack_policy": ack_policy, "ack_wait": 3 * S, "max_deliver": 3}
+    if filt:
+        kw["filter_subject"] = filt
+    c = make(st, **kw)
+    now = T0
+    for op, n in ops:
+        now += S
+        if op == "pub":
+            seq = st.append(f"a.{n % 3}", None, b"x", now)
+            c.on_stored(seq, f"a.{n % 3}")
+        elif op == "pull":
+            pull(c, now, batch=n % 5 + 1, no_wait=True)
+        elif op in ("ack", "nak", "term", "wpi") and c.pending:
+            s = sorted(c.pending)[n % len(c.pending)]
+            {"ack": lambda: c.ack(s, now), "nak": lambda: c.nak(s, 0, now), "term": lambda: c.term(s, now),
+             "wpi": lambda: c.progress(s, now)}[op]()
+        elif op == "tick":
+            c.tick(now)
+        elif op == "purge" and n % 4 == 0:
+            st.purge()
+            c.purged()
+        c.out.clear()
+        assert c.low == (min(c.pending) if c.pending else 0)
+        want = c.npending
+        c.recount()
+        assert c.npending == want
+        assert c.asflr <= c.dsseq and c.adflr <= c.dseq
+        assert all(s >= c.asflr + 1 for s in c.pending)
+        if ack_policy == "none":
+            assert not c.pending
