@@ -230,3 +230,17 @@ def test_interest_retention_keeps_only_what_a_consumer_filter_wants(server):
         await msgs[0].ack_sync()
         assert await _eventually(js, "IF", 0)
     _run(server.url, body)
+
+
+def test_delete_and_recreate_while_publishing(server):
+    async def body(nc, js):
+        await js.add_stream(name="CH", subjects=["ch"])
+        pending = [await js.publish_async("ch", b"x" * 64) for _ in range(500)]
+        await js.delete_stream("CH")
+        await asyncio.gather(*pending, return_exceptions=True)
+        await js.add_stream(name="CH", subjects=["ch"])
+        ack = await js.publish("ch", b"fresh")
+        assert ack.seq == 1
+        info = await js.stream_info("CH")
+        assert (info.state.messages, info.state.last_seq) == (1, 1)
+    _run(server.url, body)
