@@ -395,6 +395,30 @@ async def _restart(nursery, name: str, seed_url: str, port: int, interest: dict,
     raise AssertionError(f"could not restart {name} on port {port}")
 
 
+async def test_route_that_stops_reading_is_cut_as_slow_consumer():
+    async with trio.open_nursery() as nursery:
+        a = Node("a", [])
+        a.mgr.cfg.limits = RouteLimits(ping_interval_s=30, pending_bytes_max=256 * 1024, write_timeout_s=30)
+        await a.start(nursery)
+        stream = await trio.open_tcp_stream("127.0.0.1", a.mgr.port)  # never reads after this
+        hello = proto.encode_connect(proto.RouteConnect(name="NSSS", cluster="test"))
+        hello += proto.encode_info(proto.RouteInfo(server_id="NSSS", server_name="s", cluster="test",
+                                                   host="127.0.0.1", port=1))
+        await stream.send_all(hello + b"RS+ $G big\r\n")
+        await wait_until(lambda: ("s", "big", None) in a.host.remote, "fake peer's interest")
+        peer = a.host.peers["NSSS"]
+        payload = b"x" * 4096
+        with trio.move_on_after(WAIT_S):
+            while "NSSS" in a.mgr.routes:
+                for _ in range(64):
+                    peer.forward("big", "", None, payload, None)  # never blocks, even now
+                await trio.sleep(0)
+        assert "NSSS" not in a.mgr.routes
+        assert ("s", "big", None) not in a.host.remote
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
 def test_pure_modules_do_not_import_trio():
     code = "import sys, cluster.protocol, cluster.membership; print('trio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
