@@ -25,7 +25,6 @@ import collections
 import logging
 import secrets
 import urllib.parse
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
@@ -488,11 +487,5 @@ class ClusterManager:
         for r in self.routes.values():
             r.send(frame)
 
-    def num_routes(self) -> int:
-        return len(self.routes)
-
     def route_list(self) -> list[Route]:
         return sorted(self.routes.values(), key=lambda r: r.rid)
-
-    def uptime_now(self) -> float:
-        return time.time()
