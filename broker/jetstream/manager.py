@@ -170,9 +170,14 @@ class JetStream:
             path = os.path.join(root, name, "meta.json")
             if not os.path.isfile(path):
                 continue
-            with open(path, "rb") as f:
-                meta = _meta_decoder.decode(f.read())
-            stream = Stream(meta.config, self.open_store(meta.config), meta.created)
+            try:
+                with open(path, "rb") as f:
+                    meta = _meta_decoder.decode(f.read())
+                stream = Stream(meta.config, self.open_store(meta.config), meta.created)
+            except Exception as e:  # a damaged stream must not keep the others from starting
+                self.write_error = self.write_error or f"JetStream stream '$G > {name}' could not be restored: {e}"
+                log.error("Error recreating stream %r: %s", name, e)
+                continue
             stream.expire(time.time_ns())
             self.streams[stream.name] = stream
             loaded.append(stream)

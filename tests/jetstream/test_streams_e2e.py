@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
 
 import nats
@@ -244,3 +245,30 @@ def test_delete_and_recreate_while_publishing(server):
         info = await js.stream_info("CH")
         assert (info.state.messages, info.state.last_seq) == (1, 1)
     _run(server.url, body)
+
+
+def test_damaged_stream_meta_is_reported_and_others_still_load(server):
+    async def create(nc, js):
+        await js.add_stream(name="GOOD", subjects=["good"])
+        await js.add_stream(name="BAD", subjects=["bad"])
+        await js.publish("good", b"kept")
+    _run(server.url, create)
+    server.stop()
+    meta = f"{server.store_dir}/jetstream/$G/streams/BAD/meta.json"
+    with open(meta, "wb") as f:
+        f.write(b"{ not json")
+    server.start()
+
+    async def check(nc, js):
+        assert [s.config.name for s in await js.streams_info()] == ["GOOD"]
+        assert (await js.stream_info("GOOD")).state.messages == 1
+    _run(server.url, check)
+    status, body = _http_status(server, "/healthz")
+    assert status == 503 and "BAD" in json.dumps(body)
+
+
+def _http_status(srv, path):
+    try:
+        return _http(srv, path)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
