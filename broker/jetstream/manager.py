@@ -122,7 +122,8 @@ class JetStream:
         self._timer_at = 0
         self._marked: set[str] = set()  # streams holding subject delete markers not yet fsynced
         self._nursery: trio.Nursery | None = None
-        self.write_error: str | None = None
+        self.write_error: str | None = None  # a failed fsync: publishing stops, /healthz reports it
+        self.load_errors: list[str] = []  # streams that could not be restored (reported by /healthz)
         self.consumers = _consumer_manager(self)
 
     # ---- paths and persistence ----
@@ -175,7 +176,7 @@ class JetStream:
                     meta = _meta_decoder.decode(f.read())
                 stream = Stream(meta.config, self.open_store(meta.config), meta.created)
             except Exception as e:  # a damaged stream must not keep the others from starting
-                self.write_error = self.write_error or f"JetStream stream '$G > {name}' could not be restored: {e}"
+                self.load_errors.append(f"JetStream stream '$G > {name}' could not be restored: {e}")
                 log.error("Error recreating stream %r: %s", name, e)
                 continue
             stream.expire(time.time_ns())
@@ -503,7 +504,9 @@ class JetStream:
         return out
 
     def healthz(self) -> str | None:
-        return self.write_error
+        if self.write_error is not None:
+            return self.write_error
+        return self.load_errors[0] if self.load_errors else None
 
 
 def _refuse(subject: str, hdr, data: bytes, now_ns: int):

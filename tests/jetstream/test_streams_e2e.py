@@ -262,6 +262,7 @@ def test_damaged_stream_meta_is_reported_and_others_still_load(server):
     async def check(nc, js):
         assert [s.config.name for s in await js.streams_info()] == ["GOOD"]
         assert (await js.stream_info("GOOD")).state.messages == 1
+        assert (await js.publish("good", b"still works")).seq == 2
     _run(server.url, check)
     status, body = _http_status(server, "/healthz")
     assert status == 503 and "BAD" in json.dumps(body)
