@@ -125,6 +125,14 @@ class RaftNode:
     def term(self) -> int:
         return self.core.term
 
+    @property
+    def voters(self) -> tuple[int, ...]:
+        return self.core.voters
+
+    @property
+    def applied_index(self) -> int:
+        return self.core.log.applied
+
     # -- inputs --------------------------------------------------------------------------------
     def deliver(self, message: AnyMessage) -> None:
         """Called by the transport for every inbound message. Never blocks."""

@@ -108,6 +108,7 @@ class Simulation:
         self.now = 0
         self.leaders: dict[int, int] = {}
         self.committed: dict[int, int] = {}  # index -> term, from every node's commit index
+        self.committed_by: dict[int, int] = {}  # index -> term of the first node seen committing it
         self.applied_by_index: dict[int, tuple[int, int, bytes]] = {}
         self.sm_hash = {0: 0}  # index -> HashMachine.h after applying up to index
         self.log_terms: dict[tuple[int, int], tuple[int, bytes]] = {}
@@ -202,6 +203,7 @@ class Simulation:
                 self.fail(f"node {node.id} commit went back {node.commit_seen} -> {core.log.commit}")
             for i in range(max(node.commit_seen, core.log.snapshot.index) + 1, core.log.commit + 1):
                 t = core.log.term(i)
+                self.committed_by.setdefault(i, core.term)  # >= the term of the leader that committed it
                 if self.committed.setdefault(i, t) != t:
                     self.fail(f"committed entry {i} changed term {self.committed[i]} -> {t} on node {node.id}")
             node.commit_seen = core.log.commit
@@ -220,7 +222,9 @@ class Simulation:
                 self.stats["elections"] += 1
                 self.trace(f"n{node.id} leads term {core.term} voters {core.voters}")
                 for i, t in self.committed.items():
-                    if i > core.log.snapshot.index and core.log.term(i) != t:
+                    # Paper 5.4: leaders of *later* terms hold every committed entry. A delayed
+                    # election can still crown a leader of an older term that lacks it.
+                    if self.committed_by[i] < core.term and i > core.log.snapshot.index and core.log.term(i) != t:
                         self.fail(f"leader completeness: leader {node.id} term {core.term} lacks committed {i}")
 
     def _on_apply(self, node: SimNode, e: Entry) -> None:
