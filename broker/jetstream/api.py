@@ -87,6 +87,7 @@ class StreamState(msgspec.Struct, kw_only=True):
     num_subjects: int | UnsetType = UNSET
     subjects: dict[str, int] | UnsetType = UNSET
     num_deleted: int | UnsetType = UNSET
+    deleted: list[int] | UnsetType = UNSET
     consumer_count: int = 0
 
 

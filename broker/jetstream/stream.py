@@ -377,6 +377,19 @@ class Stream:
         return self.store.remove(seq)
 
     # ---- views ----
+    def deleted_seqs(self) -> list[int]:
+        """Interior gaps between first_seq and last_seq (STREAM.INFO deleted_details)."""
+        st = self.store.state()
+        if not st.num_deleted:
+            return []
+        gaps = []
+        expected = st.first_seq
+        seq = st.first_seq
+        while (msg := self.store.next_msg(seq)) is not None:
+            gaps.extend(range(expected, msg.seq))
+            expected = seq = msg.seq + 1
+        return gaps
+
     def state(self, consumer_count: int = 0, subjects_filter: str = "") -> StreamState:
         st = self.store.state()
         first_seq = st.first_seq
@@ -389,7 +402,9 @@ class Stream:
         if st.num_subjects:
             out.num_subjects = st.num_subjects
         if subjects_filter and st.messages:
-            out.subjects = self.store.subjects(subjects_filter)
+            found = self.store.subjects(subjects_filter)
+            if found:
+                out.subjects = found
         if st.num_deleted:
             out.num_deleted = st.num_deleted
         return out

@@ -160,10 +160,11 @@ async def _info(js, name: str, payload: bytes):
     if stream is None:
         raise errors.stream_not_found()
     state = stream_state(js, stream, req.subjects_filter)
+    if req.deleted_details and isinstance(state.num_deleted, int):
+        state.deleted = stream.deleted_seqs()
     total = limit = 0
-    if req.subjects_filter:
-        total = len(state.subjects) if isinstance(state.subjects, dict) else 0
-        limit = SUBJECTS_LIMIT
+    if isinstance(state.subjects, dict):
+        total, limit = len(state.subjects), SUBJECTS_LIMIT
     return api.StreamInfoResponse(total=total, limit=limit, config=sc.with_version_metadata(stream.config),
                                   created=api.rfc3339(stream.created_ns), state=state,
                                   cluster=api.ClusterInfo(js.server.server_name), ts=api.rfc3339(_now()))
