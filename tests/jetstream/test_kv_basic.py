@@ -142,3 +142,33 @@ def test_kv_invalid_bucket_config_changes_nothing(server):
         names = await js.streams_info()
         assert [s.config.name for s in names] == []
     _run(server.url, body)
+
+
+def test_per_message_ttl_and_limit_markers(server):
+    async def body(nc, js):
+        kv = await js.create_key_value(bucket="TT", history=2, limit_marker_ttl=5)
+        sinfo = await js.stream_info("KV_TT")
+        assert sinfo.config.allow_msg_ttl is True
+        assert sinfo.config.subject_delete_marker_ttl == 5
+        await kv.create("short", b"v", msg_ttl=1)
+        await kv.put("long", b"v")
+        assert (await kv.get("short")).value == b"v"
+        for _ in range(100):  # expiry is due after 1 s; poll generously
+            try:
+                await kv.get("short")
+            except KeyNotFoundError:
+                break
+            await asyncio.sleep(0.1)
+        with pytest.raises(KeyNotFoundError):
+            await kv.get("short")
+        assert (await kv.get("long")).value == b"v"
+        await js.add_stream(name="T", subjects=["t"], allow_msg_ttl=True)
+        await js.publish("t", b"gone soon", msg_ttl=1)
+        await js.publish("t", b"stays")
+        for _ in range(100):
+            if (await js.stream_info("T")).state.messages == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert (await js.stream_info("T")).state.messages == 1
+        assert (await js.get_last_msg("T", "t")).data == b"stays"
+    _run(server.url, body)
