@@ -337,7 +337,7 @@ class Consumer:
         self.out.append(Out(to, to, "", hdrs.build(items, status="100", description="Idle Heartbeat"), b""))
 
     # ---- pull requests ---------------------------------------------------------------
-    def add_request(self, req: PullRequest, now_ns: int) -> None:
+    def add_request(self, req: PullRequest, now_ns: int, has_interest=None) -> None:
         """Queue a pull request (already validated) and serve what is available now."""
         self.last_active = now_ns
         if self.push:
@@ -351,7 +351,7 @@ class Consumer:
             self._status(req.reply, "404", "No Messages")
             return
         self.waiting.append(req)
-        self.serve_pull(now_ns)
+        self.serve_pull(now_ns, has_interest)
 
     def _has_available(self, now_ns: int) -> bool:
         if self.redeliver or (self.redeliver_at and self.redeliver_at[0][0] <= now_ns):

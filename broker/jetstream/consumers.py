@@ -30,6 +30,8 @@ log = logging.getLogger("broker.jetstream.consumers")
 
 FLUSH_INTERVAL_S = 0.5
 IDLE_POLL_S = 0.1  # how often push consumers without interest and inactivity are re-checked
+BIND_POLL_NS = 5_000_000  # a push consumer that just lost or never had interest is re-checked this often...
+BIND_FAST_NS = 2_000_000_000  # ...for this long (clients subscribe to the deliver subject after creating it)
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _enc = msgspec.json.Encoder()
 
@@ -291,7 +293,7 @@ class ConsumerManager:
         interest = self.server.has_interest(c.cfg.deliver_subject)
         if not interest:
             self.busy.discard(e)
-            return 0
+            return now + BIND_POLL_NS if now - e.inactive_since < BIND_FAST_NS else 0
         e.inactive_since = now
         more = c.deliver_push(now, True, 256)
         if more == 1:
@@ -435,7 +437,7 @@ class ConsumerManager:
             c.out.append(Out(reply, reply, "", hdrs.build(status=ex.code, description=ex.text), b""))
             self.emit(c)
             return
-        c.add_request(req, now)
+        c.add_request(req, now, self.server.has_interest)
         self.emit(c)
         self._kick()
 
