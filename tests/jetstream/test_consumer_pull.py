@@ -241,3 +241,17 @@ def test_request_limits_from_consumer_config(server):
         m = (await inbox.wait_count(4))[3]
         assert m.data == b"hello" and ack_meta(m.reply)["sseq"] == 1
     run(main, server.url)
+
+
+def test_pull_request_without_requester_interest_consumes_nothing(server):
+    async def main(nc):
+        inbox = await setup(nc, "PM", 0)
+        await publish(nc, "pm.x", b"one")
+        await nc.publish("$JS.API.CONSUMER.MSG.NEXT.PM.c", json.dumps({"batch": 1}).encode(), reply="nobody.pm")
+        await nc.flush()
+        await asyncio.sleep(0.2)
+        info = await api(nc, "CONSUMER.INFO.PM.c")
+        assert info["num_pending"] == 1 and info["num_ack_pending"] == 0
+        await next_req(nc, "PM", {"batch": 1}, inbox)
+        assert (await inbox.wait_count(1))[0].data == b"one"
+    run(main, server.url)

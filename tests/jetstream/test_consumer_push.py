@@ -189,3 +189,22 @@ def test_kv_style_ordered_consumer_num_pending_exact(server):
         assert [(m.subject, ack_meta(m.reply)["sseq"], ack_meta(m.reply)["pending"]) for m in msgs] == \
             [("qh.a", 3, 2), ("qh.c", 4, 1), ("qh.b", 5, 0)]
     run(main, server.url)
+
+
+def test_two_ephemeral_push_consumers_each_get_everything(server):
+    async def main(nc):
+        js = nc.jetstream()
+        await js.add_stream(name="QI", subjects=["qi"])
+        for i in range(10):
+            await js.publish("qi", b"%d" % i)
+        sub1 = await js.subscribe("qi")
+        sub2 = await js.subscribe("qi")
+        for i in range(10):
+            m = await sub1.next_msg(5)
+            await m.ack_sync()
+        for _ in range(100):  # both consumers deliver on their own, without waiting for each other
+            if sub2.pending_msgs == 10:
+                break
+            await asyncio.sleep(0.01)
+        assert sub2.pending_msgs == 10
+    run(main, server.url)
