@@ -295,6 +295,17 @@ def print_table(results, memory, kinds, args) -> None:
                   f" {eff:>19} |")
         print("(cpu: CPU seconds per wall second, 1.00 = one core; 'ratio per srv CPU-s' compares msgs per "
               "server CPU-second, which is less sensitive to other load on the machine)")
+        if any(len(r.extra.get("all_rates", [])) > 1 for by in results.values() for r in by.values()):
+            print("spread over rounds (min..max msgs/s):")
+            for name, by in results.items():
+                cells = []
+                for k in ("nats", "ours"):
+                    r = by.get(k)
+                    if r is not None and r.extra.get("all_rates"):
+                        rates = r.extra["all_rates"]
+                        cells.append(f"{'nats-server' if k == 'nats' else 'ours'} "
+                                     f"{fmt_rate(min(rates))}..{fmt_rate(max(rates))}")
+                print(f"  {TITLES[name]:<30} " + ";  ".join(cells))
         name, want = TARGET
         if both and name in results:
             r = results[name]["ours"].msgs_per_s / max(1.0, results[name]["nats"].msgs_per_s)
