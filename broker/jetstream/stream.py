@@ -191,6 +191,8 @@ class Stream:
             raise errors.header_too_big()
         if self._discard_new and not rollup:
             self._check_discard_new(subject, hdr, data)
+        if ttl > 0 and hdr:
+            ttl, hdr = self._raise_ttl(ttl, hdr)
         seq = self.store.append(subject, hdr, data, now_ns)
         if msg_id:
             self._dedupe[msg_id] = (seq, now_ns)
@@ -204,6 +206,18 @@ class Stream:
             heapq.heappush(self._ttls, (now_ns + ttl * 1_000_000_000, seq))
         self._enforce_limits(subject)
         return seq, False
+
+    def _raise_ttl(self, ttl: int, hdr: bytes) -> tuple[int, bytes]:
+        """With subject delete markers a message TTL is at least the marker TTL (unless only
+        one message per subject is kept); nats-server rewrites the header to whole seconds."""
+        marker = self.config.subject_delete_marker_ttl
+        if not isinstance(marker, int) or marker <= 0 or self._max_per == 1:
+            return ttl, hdr
+        floor = marker // 1_000_000_000
+        if ttl >= floor:
+            return ttl, hdr
+        lines = [ln for ln in hdr[:-4].split(b"\r\n") if not ln.startswith(TTL.encode() + b":")]
+        return floor, b"\r\n".join(lines) + f"\r\n{TTL}: {floor}\r\n\r\n".encode()
 
     def _check_headers(self, subject: str, hdr: bytes, now_ns: int) -> tuple[str, int, str, int]:
         h = headers.to_dict(hdr)
@@ -294,7 +308,7 @@ class Stream:
                 st = self.store.state()
         while self._ttls and self._ttls[0][0] <= now_ns:
             _, seq = heapq.heappop(self._ttls)
-            if self.store.remove(seq):
+            if not self._mark_subject_delete(seq, now_ns) and self.store.remove(seq):
                 removed += 1
         order = self._dedupe_order
         while order and now_ns - order[0][0] >= self._window:

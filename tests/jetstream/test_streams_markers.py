@@ -59,3 +59,39 @@ def test_max_age_leaves_subject_delete_markers(tmp_path, make):
     assert with_markers == (2, 4, 5, {"sdm.a": 1, "sdm.b": 1})
     assert marker == (4, MARKER, None)
     assert gone == (0, 6, 5, None)
+
+
+async def _ttl_script(url):
+    nc = await nats.connect(url)
+    try:
+        cfg = {"name": "SDM", "subjects": ["sdm.*"], "allow_msg_ttl": True, "allow_rollup_hdrs": True,
+               "subject_delete_marker_ttl": 2_000_000_000}
+        r = await nc.request("$JS.API.STREAM.CREATE.SDM", json.dumps(cfg).encode(), timeout=5)
+        assert "error" not in json.loads(r.data)
+        await nc.request("sdm.a", b"v", timeout=5, headers={"Nats-TTL": "1s"})
+        await nc.request("sdm.b", b"v", timeout=5)
+        await nc.request("sdm.b", b"v", timeout=5, headers={"Nats-TTL": "1s"})
+        r = await nc.request("$JS.API.STREAM.MSG.GET.SDM", b'{"seq":1}', timeout=5)
+        raised = base64.b64decode(json.loads(r.data)["message"]["hdrs"])
+        marked = await _until(nc, lambda st: st[2] == 4 and st[0] == 2)
+        r = await nc.request("$JS.API.STREAM.MSG.GET.SDM", b'{"last_by_subj":"sdm.a"}', timeout=5)
+        marker = json.loads(r.data)["message"]
+        left = await _until(nc, lambda st: st[0] == 1)
+        return raised, marked, (marker["seq"], base64.b64decode(marker["hdrs"])), left
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("make", [our_server, reference], ids=["ours", "nats-server"])
+def test_message_ttl_with_markers(tmp_path, make):
+    """A TTL below the marker TTL is raised to it (header rewritten in whole seconds); the
+    last message of a subject expiring by TTL leaves a marker, others just go."""
+    srv = make(tmp_path).start()
+    try:
+        raised, marked, marker, left = asyncio.run(_ttl_script(srv.url))
+    finally:
+        srv.stop()
+    assert raised == b"NATS/1.0\r\nNats-TTL: 2\r\n\r\n"
+    assert marked == (2, 2, 4, {"sdm.a": 1, "sdm.b": 1})
+    assert marker == (4, MARKER.replace(b"Nats-TTL: 1s", b"Nats-TTL: 2s"))
+    assert left == (1, 2, 4, {"sdm.b": 1})
