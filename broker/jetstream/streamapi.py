@@ -208,18 +208,20 @@ def _matching_streams(js, subject_filter: str) -> list[Stream]:
 async def _names(js, _name: str, payload: bytes):
     req = _decode(_names_req, payload, api.StreamNamesRequest())
     found = _matching_streams(js, req.subject)
-    page = found[max(0, req.offset):max(0, req.offset) + NAMES_LIMIT]
-    return api.StreamNamesResponse(total=len(found), offset=req.offset,
+    offset = min(max(0, req.offset), len(found))  # nats-server clamps the offset to the total
+    page = found[offset:offset + NAMES_LIMIT]
+    return api.StreamNamesResponse(total=len(found), offset=offset,
                                    streams=[s.name for s in page] or None)
 
 
 async def _list(js, _name: str, payload: bytes):
     req = _decode(_names_req, payload, api.StreamNamesRequest())
     found = _matching_streams(js, req.subject)
-    page = found[max(0, req.offset):max(0, req.offset) + LIST_LIMIT]
+    offset = min(max(0, req.offset), len(found))
+    page = found[offset:offset + LIST_LIMIT]
     items = [api.StreamListItem(config=sc.sorted_metadata(s.config), created=api.rfc3339(s.created_ns),
                                 state=stream_state(js, s), ts=api.rfc3339(_now())) for s in page]
-    return api.StreamListResponse(total=len(found), offset=req.offset, streams=items)
+    return api.StreamListResponse(total=len(found), offset=offset, streams=items)
 
 
 # ---- single messages ----
