@@ -186,8 +186,6 @@ async def _purge(js, name: str, payload: bytes):
     if stream is None:
         raise errors.stream_not_found()
     req = _decode(_purge_req, payload, api.StreamPurgeRequest())
-    if req.filter and not subj.valid_subject(req.filter):
-        raise errors.bad_request()
     purged = stream.purge(req.filter, req.seq, req.keep)
     js.consumers.stream_purged(stream)
     return api.StreamPurgeResponse(success=True, purged=purged)

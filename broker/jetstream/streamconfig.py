@@ -49,7 +49,7 @@ def _fill_limits(cfg: StreamConfig) -> None:
     if cfg.num_replicas > 5:
         raise invalid("maximum replicas is 5")
     for name in ("max_msgs", "max_msgs_per_subject", "max_bytes", "max_msg_size", "max_consumers"):
-        if getattr(cfg, name) == 0:
+        if getattr(cfg, name) <= 0:  # 0 and any negative value mean "unlimited"
             setattr(cfg, name, -1)
     if cfg.max_age < 0:
         raise invalid("max age can not be negative")
