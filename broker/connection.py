@@ -35,6 +35,7 @@ _OK = b"+OK\r\n"
 
 class ClientConn:
     is_route = False
+    local_only = False
     kind = "Client"
 
     def __init__(self, server, stream, cid: int, ip: str, port: int):

@@ -19,6 +19,7 @@ import os
 import platform
 import secrets
 import signal
+import socket
 import ssl
 import time
 
@@ -36,6 +37,15 @@ GIT_COMMIT = "pybroker"
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
+def _local_ips() -> list[str]:
+    """Non-loopback IPv4 addresses of this host, as its resolver knows them."""
+    try:
+        _, _, addrs = socket.gethostbyname_ex(socket.gethostname())
+    except OSError:
+        return []
+    return sorted({a for a in addrs if not a.startswith("127.")})
+
+
 def new_server_id() -> str:
     return "N" + "".join(secrets.choice(_B32) for _ in range(55))
 
@@ -46,6 +56,7 @@ class InternalConn:
     kind = "Internal"
     cid = 0
     echo = True
+    local_only = False
 
     def deliver(self, sub: Subscription, subject: bytes, reply: bytes, hdr, payload: bytes) -> None:
         try:
@@ -64,6 +75,8 @@ class Server:
         self._match_cache = self.sublist.cache  # the hot path reads the match cache directly
         self.clients: dict[int, ClientConn] = {}
         self.internal = InternalConn()
+        self.internal_local = InternalConn()
+        self.internal_local.local_only = True
         self.nursery: trio.Nursery | None = None
         self.jetstream = None
         self.cluster = None
@@ -187,18 +200,25 @@ class Server:
         if self.cluster is not None:
             info["cluster"] = o.cluster_name
             if self._cluster_urls and not o.no_advertise:
-                info["connect_urls"] = [self.client_url()] + self._cluster_urls
+                info["connect_urls"] = self.client_urls() + self._cluster_urls
         if self.lame_duck:
             info["ldm"] = True
         return info
 
     def client_url(self) -> str:
+        return self.client_urls()[0]
+
+    def client_urls(self) -> list[str]:
+        """host:port URLs clients can reach this node on. Listening on every interface, that
+        is each non-loopback address of this host (as nats-server advertises), so nodes in
+        containers that all listen on :4222 still advertise distinct URLs."""
         if self.opts.client_advertise:
-            return self.opts.client_advertise
+            return [self.opts.client_advertise]
         host = self.opts.host
-        if host in ("", "0.0.0.0", "::"):
-            host = "127.0.0.1"
-        return f"{host}:{self.port}"
+        if host not in ("", "0.0.0.0", "::"):
+            return [f"{host}:{self.port}"]
+        ips = _local_ips()
+        return [f"{ip}:{self.port}" for ip in ips] or [f"127.0.0.1:{self.port}"]
 
     def check_auth(self, c: dict) -> bool:
         o = self.opts
@@ -276,6 +296,8 @@ class Server:
     # ---- subscriptions ---------------------------------------------------------------
     def add_sub(self, sub: Subscription) -> None:
         self.sublist.insert(sub)
+        if sub.conn.local_only:
+            return
         key = (sub.subject, sub.queue)
         n = self._interest.get(key, 0) + 1
         self._interest[key] = n
@@ -284,6 +306,8 @@ class Server:
 
     def remove_sub(self, sub: Subscription) -> None:
         if not self.sublist.remove(sub):
+            return
+        if sub.conn.local_only:
             return
         key = (sub.subject, sub.queue)
         n = self._interest.get(key, 0) - 1
@@ -298,8 +322,13 @@ class Server:
     def local_interest(self) -> list[tuple[str, str | None, int]]:
         return [(s, q, n) for (s, q), n in self._interest.items()]
 
-    def subscribe(self, subject: str, callback, queue: str | None = None) -> Subscription:
-        sub = Subscription(self.internal, subject, queue, b"", callback=callback)
+    def subscribe(self, subject: str, callback, queue: str | None = None, *,
+                  cluster_wide: bool = False) -> Subscription:
+        """Internal subscription. By default its interest stays on this node: JetStream here
+        is per node (no meta group yet), so a request must be answered by the node the client
+        is connected to, not by every node of the cluster. cluster_wide=True propagates it."""
+        owner = self.internal if cluster_wide else self.internal_local
+        sub = Subscription(owner, subject, queue, b"", callback=callback)
         self.add_sub(sub)
         return sub
 
@@ -439,7 +468,7 @@ class Server:
         self.out_bytes += n * size
 
     def set_cluster_urls(self, urls: list[str]) -> None:
-        urls = sorted(set(urls) - {self.client_url()})
+        urls = sorted(set(urls) - set(self.client_urls()))
         if urls != self._cluster_urls:
             self._cluster_urls = urls
             self.send_async_info()
