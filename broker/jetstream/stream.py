@@ -253,9 +253,8 @@ class Stream:
         return msg_id, ttl, rollup, 0
 
     def _check_expected_seqs(self, subject: str, h: dict[str, str]) -> None:
-        raw = h.get(EXPECTED_LAST_SUBJ_SEQ)
-        if raw is not None and raw != "":
-            want = _as_int(raw)
+        want = _as_int(h.get(EXPECTED_LAST_SUBJ_SEQ))
+        if want >= 0:
             target = h.get(EXPECTED_LAST_SUBJ_SEQ_SUBJ) or subject
             last = self.store.last_msg(target)
             have = last.seq if last is not None else 0
@@ -263,10 +262,10 @@ class Stream:
                 raise errors.wrong_last_sequence(have)
         elif h.get(EXPECTED_LAST_SUBJ_SEQ_SUBJ):
             raise errors.expected_last_subject_seq_invalid()
-        raw = h.get(EXPECTED_LAST_SEQ)
-        if raw is not None and raw != "":
+        want = _as_int(h.get(EXPECTED_LAST_SEQ))
+        if want >= 0:
             last_seq = self.store.state().last_seq
-            if _as_int(raw) != last_seq:
+            if want != last_seq:
                 raise errors.wrong_last_sequence(last_seq)
 
     def _check_discard_new(self, subject: str, hdr: bytes | None, data: bytes) -> None:
@@ -424,11 +423,12 @@ class Stream:
         return out
 
 
-def _as_int(raw: str) -> int:
-    try:
-        return int(raw.strip())
-    except ValueError:
+def _as_int(raw: str | None) -> int:
+    """A header's unsigned integer, or -1 when absent or not a number (nats-server then
+    ignores the header)."""
+    if not raw or not raw.strip().isdigit():
         return -1
+    return int(raw.strip())
 
 
 def _size_fn(storage: str):
