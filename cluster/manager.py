@@ -204,6 +204,11 @@ class ClusterManager:
                     backoff = min(backoff * 2, self.cfg.backoff_max_s)
                     continue
                 route = await self._serve_route(stream, solicited=True, configured=configured)
+                if route.is_self:
+                    # remember the URL as dialled (e.g. a name like n1:6222 that resolved to
+                    # our own address), or a seed node would redial itself forever
+                    self._self_urls.add(url)
+                    return
                 if route.remote_id:
                     expect_id = route.remote_id
                     backoff = self.cfg.backoff_min_s
@@ -281,6 +286,7 @@ class ClusterManager:
         if info.server_id == self.cfg.server_id:
             log.debug("Detected route to self, ignoring %s:%d", route.ip, route.port)
             self._self_urls.add(f"{route.ip}:{route.port}")
+            route.is_self = True
             route.close()
             return None
         if not self._name_ok(info.cluster, info.cluster_dynamic):

@@ -51,6 +51,7 @@ class Route:
         self.parser = proto.RouteParser(payload_max_bytes=limits.payload_max_bytes)
         self.remote: proto.RouteInfo | None = None
         self.remote_id = ""
+        self.is_self = False  # the handshake found this is a route to ourselves
         self.name = ""  # remote server name (or id until the handshake is done)
         self.route_url = ""  # "host:port" where the remote's cluster listener can be dialed
         try:
