@@ -300,15 +300,15 @@ class Simulation:
             for node in ups:
                 self._crash(node, torn=True)  # power loss everywhere
                 self._schedule(r.randrange(50, 400), "restart", node.id)
-        elif roll < 0.7 and downs:
+        elif roll < 0.73 and downs:
             self.corrupt(r.choice(downs))
-        elif roll < 0.75 and ups:
+        elif roll < 0.78 and ups:
             node = r.choice(ups)
             node.paused_until = self.now + r.randrange(50, 600)
             self.trace(f"n{node.id} paused until {node.paused_until}")
-        elif roll < 0.85 and self.membership:
+        elif roll < 0.88 and self.membership:
             self.change_membership()
-        elif roll < 0.9:
+        elif roll < 0.93:
             leader = self.leader()
             if leader is not None:
                 target = r.choice(NODE_IDS)
@@ -322,8 +322,9 @@ class Simulation:
     def corrupt(self, node: SimNode) -> None:
         """Flip one bit in a record that is not the last (damage to the last record cannot be told
         from a torn write; see storage.py). Only one node at a time may lose data."""
-        if self.membership or self.n_initial < 3:
-            return  # repair needs healthy peers holding a majority of a fixed configuration
+        leader = self.leader()
+        if leader is None or len(leader.core.voters) < 3 or leader.core.log.conf_index > leader.core.log.commit:
+            return  # repair needs healthy peers that hold a majority of a settled configuration
         if self.lossy is not None:
             if not (self.lossy.up and not self.lossy.core.quarantined):
                 return
@@ -356,6 +357,8 @@ class Simulation:
         outside = [i for i in NODE_IDS if i not in voters]
         if outside and (len(voters) < 3 or self.rng.random() < 0.5):
             change = ConfChange(ConfChange.ADD, self.rng.choice(outside))
+        elif self.lossy is not None and len(voters) <= 3:
+            return  # shrinking while a replica repairs would leave no majority without it
         else:
             change = ConfChange(ConfChange.REMOVE, self.rng.choice(voters))
         try:
