@@ -118,10 +118,6 @@ class ConsumerManager:
         if reply:
             self.server.publish(reply, "", None, _enc.encode(obj))
 
-    def _err(self, reply: str, kind: str, e: JSError) -> None:
-        self.js.count_api(True)
-        self.reply(reply, {"type": api.PREFIX + kind, "error": e.as_dict()})
-
     # ---- interface for the stream side -------------------------------------------------
     def consumer_count(self, stream_name: str) -> int:
         return len(self.by_stream.get(stream_name, ()))
