@@ -18,12 +18,11 @@ from broker import subjects as subj
 from broker.jetstream import api
 from broker.jetstream import errors as jerr
 from broker.jetstream.consumer import Consumer, PullRequest
-from broker.jetstream.consumerconfig import ConsumerConfig, cerr, normalize
+from broker.jetstream.consumerconfig import ConsumerConfig, cerr, normalize, parse_time
 
 NAMES_LIMIT = 1024
 LIST_LIMIT = 256
 _BAD_NAME = re.compile(r"[.*>\s/\\]")
-_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 KINDS = {"CREATE": "consumer_create_response", "DURABLE.CREATE": "consumer_create_response",
          "INFO": "consumer_info_response", "DELETE": "consumer_delete_response",
@@ -45,28 +44,6 @@ class NextRequest(msgspec.Struct):
     no_wait: bool = False
     max_bytes: int = 0
     idle_heartbeat: int = 0
-
-
-def parse_time(text: str | None) -> int:
-    """RFC 3339 (any offset, up to ns precision) to ns since the epoch; 0 for empty/invalid."""
-    if not text:
-        return 0
-    m = _TIME.match(text.strip())
-    if not m:
-        return 0
-    base = time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")
-    secs = _timegm(base)
-    frac = int((m.group(2) or ".0")[1:].ljust(9, "0")[:9])
-    tz = m.group(3)
-    if tz != "Z":
-        sign = 1 if tz[0] == "+" else -1
-        secs -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
-    return secs * 1_000_000_000 + frac
-
-
-def _timegm(t) -> int:
-    import calendar
-    return calendar.timegm(t)
 
 
 def go_json_text(body: bytes, with_offset: bool = True) -> str:

@@ -7,6 +7,10 @@ of `ConsumerConfig` follow nats-server's JSON so responses compare equal.
 
 from __future__ import annotations
 
+import calendar
+import re
+import time
+
 import msgspec
 
 from broker import subjects as subj
@@ -18,6 +22,7 @@ DEFAULT_MAX_WAITING = 512
 DEFAULT_INACTIVE_NS = 5_000_000_000
 DELIVER_POLICIES = ("all", "last", "new", "by_start_sequence", "by_start_time", "last_per_subject")
 ACK_POLICIES = ("none", "all", "explicit")
+_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 
 class ConsumerConfig(msgspec.Struct, omit_defaults=True):
@@ -105,6 +110,8 @@ def normalize(cfg: ConsumerConfig, stream_cfg) -> ConsumerConfig:
         c.inactive_threshold = DEFAULT_INACTIVE_NS
     _check_filters(c, stream_cfg)
     _check_start(c)
+    if c.opt_start_time and not parse_time(c.opt_start_time):
+        raise cerr(400, 10025, "invalid JSON: " + _time_error(c.opt_start_time))
     md = dict(c.metadata or {})
     md.setdefault("_nats.req.level", "0")
     c.metadata = md
@@ -169,3 +176,34 @@ def parse_duration_ns(text: str) -> int:
         total += float(text[i:j]) * units[text[j:k]]
         i = k
     return int(total)
+
+
+def parse_time(text: str | None) -> int:
+    """RFC 3339 (any offset, up to ns precision) to ns since the epoch; 0 for empty/invalid."""
+    if not text:
+        return 0
+    m = _TIME.match(text.strip())
+    if not m:
+        return 0
+    base = time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")
+    secs = _timegm(base)
+    frac = int((m.group(2) or ".0")[1:].ljust(9, "0")[:9])
+    tz = m.group(3)
+    if tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        secs -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    return secs * 1_000_000_000 + frac
+
+
+def _timegm(t) -> int:
+    return calendar.timegm(t)
+
+
+def _time_error(text: str) -> str:
+    """Go's time.Parse error for the common malformed RFC 3339 inputs."""
+    head = f'parsing time "{text}" as "2006-01-02T15:04:05Z07:00": '
+    if not re.match(r"^\d{4}", text):
+        return head + f'cannot parse "{text}" as "2006"'
+    if len(text) > 10 and text[10] != "T":
+        return head + f'cannot parse "{text[10:]}" as "T"'
+    return head + f'cannot parse "{text}" as "2006-01-02T15:04:05Z07:00"'

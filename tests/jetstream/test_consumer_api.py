@@ -110,6 +110,9 @@ BAD = [
     ("CONSUMER.CREATE.CA4", {"name": "x.y"}, (500, 10052, "consumer name can not contain '.', '*', '>', '\\', '/'")),
     ("CONSUMER.CREATE.CA4.q", {"name": "q", "ack_policy": "bogus"},
      (400, 10025, 'invalid JSON: can not unmarshal "\\"bogus\\""')),
+    ("CONSUMER.CREATE.CA4.q", {"name": "q", "deliver_policy": "by_start_time", "opt_start_time": "garbage"},
+     (400, 10025, 'invalid JSON: parsing time "garbage" as "2006-01-02T15:04:05Z07:00": '
+                  'cannot parse "garbage" as "2006"')),
     ("CONSUMER.CREATE.CA4.q", {"name": "q", "ack_wait": "x"},
      (400, 10025, "invalid JSON: json: cannot unmarshal string into Go struct field "
                   "CreateConsumerRequest.config.ack_wait of type time.Duration")),
@@ -204,3 +207,13 @@ def test_nats_py_consumer_management(server):
         with pytest.raises(NotFoundError):
             await js.consumer_info("CA8", "dd")
     run(main, server.url)
+
+
+def test_opt_start_time_echoed_as_sent(server):
+    async def main(nc):
+        await add_stream(nc, "CA9", ["ca9.>"])
+        for t in ("2026-11-26T01:00:00.123456+01:00", "2026-11-26T01:00:00Z"):
+            r = await add_consumer(nc, "CA9", {"deliver_policy": "by_start_time", "opt_start_time": t})
+            assert r["config"]["opt_start_time"] == t
+    run(main, server.url)
+
