@@ -217,7 +217,7 @@ def test_by_start_time_and_last_per_subject():
     st = MemoryStore()
     fill(st, 6, subject=["k.a", "k.b", "k.c"])
     c = Consumer("ST", "C", normalize(ConsumerConfig(ack_policy="none", deliver_policy="by_start_time",
-                                                     opt_start_time="x"), None), st, T0)
+                                                     opt_start_time="2023-11-14T22:12:23Z"), None), st, T0)
     c.start(T0, T0 - 97 * S)
     assert c.sseq == 4 and c.npending == 3
     lps = make(st, deliver_policy="last_per_subject", filter_subject="k.>", ack_policy="none")
