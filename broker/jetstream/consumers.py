@@ -355,7 +355,9 @@ class ConsumerManager:
         if len(t) >= 11:  # v2 layout: $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<5 numbers>
             t = t[:2] + t[4:]
         e = self.lookup(t[2], t[3])
-        if e is None:
+        if e is None:  # nats-server has no subscriber for a gone consumer's acks: no responders
+            if reply:
+                self.server.publish(reply, "", hdrs.build([("Nats-Subject", subject)], status="503"), b"")
             return
         try:
             sseq = int(t[5])

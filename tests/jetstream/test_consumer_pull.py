@@ -255,3 +255,15 @@ def test_pull_request_without_requester_interest_consumes_nothing(server):
         await next_req(nc, "PM", {"batch": 1}, inbox)
         assert (await inbox.wait_count(1))[0].data == b"one"
     run(main, server.url)
+
+
+def test_ack_sync_after_consumer_delete_gets_no_responders(server):
+    async def main(nc):
+        inbox = await setup(nc, "PN", 1)
+        await next_req(nc, "PN", {"batch": 1}, inbox)
+        (m,) = await inbox.wait_count(1)
+        assert (await api(nc, "CONSUMER.DELETE.PN.c"))["success"]
+        import nats.errors
+        with pytest.raises(nats.errors.NoRespondersError):
+            await nc.request(m.reply, b"", timeout=5)
+    run(main, server.url)
