@@ -27,6 +27,7 @@ from broker.jetstream.consumerconfig import ConsumerConfig, filters_of
 
 HDR_IDLE_HB = "100 Idle Heartbeat"
 FC_MAX_PENDING_BYTES = 2 * 1024 * 1024  # flow-control window; a request goes out at half of it
+DEADLINES_SLACK = 1024  # stale ack-wait heap entries tolerated before the heap is rebuilt
 LOW_SCAN_MAX = 64  # sequences scanned for the next pending one before falling back to min()
 MATCH_CACHE_MAX = 4096  # subjects remembered per consumer as matching its filters or not
 
@@ -269,6 +270,10 @@ class Consumer:
     def _arm(self, sseq: int, deadline: int) -> None:
         self.pending[sseq][3] = deadline
         heapq.heappush(self.deadlines, (deadline, sseq))
+        if len(self.deadlines) > 2 * len(self.pending) + DEADLINES_SLACK:
+            # acked entries linger until their deadline: rebuild from what is still pending
+            self.deadlines = [(p[3], s) for s, p in self.pending.items() if p[3]]
+            heapq.heapify(self.deadlines)
 
     def _ack_wait(self, dc: int) -> int:
         bo = self.cfg.backoff

@@ -330,3 +330,15 @@ def test_random_operations_keep_invariants(ops, ack_policy, filt):
         assert all(s >= c.asflr + 1 for s in c.pending)
         if ack_policy == "none":
             assert not c.pending
+
+
+def test_ack_wait_heap_stays_bounded():
+    st = MemoryStore()
+    c = make(st)
+    for i in range(5000):
+        seq = st.append("a.x", None, b"x", T0)
+        c.on_stored(seq, "a.x")
+        pull(c, T0, batch=1)
+        c.ack(seq, T0)
+    assert len(c.deadlines) <= 1024 + 2
+    assert not c.pending
