@@ -267,3 +267,40 @@ def test_ack_sync_after_consumer_delete_gets_no_responders(server):
         with pytest.raises(nats.errors.NoRespondersError):
             await nc.request(m.reply, b"", timeout=5)
     run(main, server.url)
+
+
+def test_filtered_ack_floor_and_start_positions(server):
+    async def main(nc):
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+        js = nc.jetstream()
+        await js.add_stream(name="PO", subjects=["po.>"])
+        for s in ("a", "b", "a", "b", "a", "b", "b"):
+            await js.publish("po." + s, b"x")
+        psub = await js.pull_subscribe("po.a", "fa")
+        msgs = await psub.fetch(3, timeout=5)
+
+        async def state(name="fa"):
+            i = await js.consumer_info("PO", name)
+            return (i.delivered.consumer_seq, i.delivered.stream_seq, i.ack_floor.consumer_seq,
+                    i.ack_floor.stream_seq, i.num_ack_pending, i.num_pending)
+        assert await state() == (3, 5, 0, 0, 3, 0)
+        await msgs[1].ack_sync()
+        assert await state() == (3, 5, 0, 0, 2, 0)
+        await msgs[0].ack_sync()
+        assert await state() == (3, 5, 2, 4, 1, 0)
+        await msgs[2].ack_sync()
+        assert await state() == (3, 5, 3, 5, 0, 0)
+        await js.publish("po.a", b"y")
+        await js.publish("po.b", b"y")
+        m = (await psub.fetch(1, timeout=5))[0]
+        assert await state() == (4, 8, 3, 5, 1, 0)
+        await m.ack_sync()
+        assert await state() == (4, 8, 4, 8, 0, 0)
+        await js.pull_subscribe("po.b", "fb", config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW))
+        assert await state("fb") == (0, 9, 0, 9, 0, 0)
+        await js.pull_subscribe("po.b", "fc", config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST))
+        assert await state("fc") == (0, 8, 0, 8, 0, 1)
+        await js.pull_subscribe("po.a", "fd", config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                                                     opt_start_seq=4))
+        assert await state("fd") == (0, 3, 0, 3, 0, 2)
+    run(main, server.url)
