@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import trio
@@ -52,6 +53,11 @@ class ClientConn:
         self.out = bytearray()
         self._wake = trio.Event()
         self._kicked = False
+        self._writing = False
+        try:  # plain TCP: the reader may write straight to the socket (see flush_now)
+            self._fd = stream.socket.fileno() if server.ssl_context is None else -1
+        except AttributeError:
+            self._fd = -1
         self._closing = False
         self.closed = False
         self.close_reason = ""
@@ -121,7 +127,14 @@ class ClientConn:
             self.last_activity = time.time()
             ops = self.parser.feed(data)
             if ops:
-                self.process(ops)
+                server = self.server
+                server.batch = batch = {}
+                try:
+                    self.process(ops)
+                finally:
+                    server.batch = None
+                    for c in batch:
+                        c.flush_now()
             err = self.parser.error
             if err is not None:
                 self.fail(err.text)
@@ -136,8 +149,12 @@ class ClientConn:
             if self.out:
                 data = self.out
                 self.out = bytearray()
-                with trio.move_on_after(deadline) as cs:
-                    await self.stream.send_all(data)
+                self._writing = True
+                try:
+                    with trio.move_on_after(deadline) as cs:
+                        await self.stream.send_all(data)
+                finally:
+                    self._writing = False
                 if cs.cancelled_caught:
                     self.server.slow_consumer(self, f"WriteDeadline of {deadline:g}s exceeded")
                     self.close_reason = "Slow Consumer (Write Deadline)"
@@ -171,7 +188,36 @@ class ClientConn:
         if self.closed or self._closing:
             return
         self.out += data
-        if not self._kicked:
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        """Output is pending: during a reader batch it is flushed when the batch ends,
+        otherwise the writer task is woken."""
+        batch = self.server.batch
+        if batch is not None:
+            batch[self] = None
+        elif not self._kicked:
+            self._kicked = True
+            self._wake.set()
+
+    def flush_now(self) -> None:
+        """End of a reader batch: try one non-blocking write straight to the socket (as
+        nats-server's reader does), unless the writer task is mid-write or TLS is on; what
+        does not fit is left to the writer task."""
+        out = self.out
+        if out and not self._writing and not self._closing and self._fd >= 0:
+            try:
+                k = os.write(self._fd, out)
+            except (BlockingIOError, InterruptedError):
+                k = 0
+            except OSError:
+                k = 0  # the writer task will meet the same error and close properly
+            if k == len(out):
+                self.out = bytearray()
+                return
+            if k:
+                del out[:k]
+        if (self.out or self._closing) and not self._kicked:
             self._kicked = True
             self._wake.set()
 
@@ -210,40 +256,82 @@ class ClientConn:
         self.out_msgs += 1
         self.out_bytes += n
         if len(out) > self.max_pending:
-            self.server.slow_consumer(self, f"MaxPending of {self.max_pending} Exceeded")
-            self.close_reason = "Slow Consumer (Pending Bytes)"
-            self.out = bytearray()
-            self._closing = True
-            self._cancel.cancel()
+            self.cut_slow()
             return
-        if not self._kicked:
-            self._kicked = True
-            self._wake.set()
+        self._wake_writer()
+
+    def cut_slow(self) -> None:
+        self.server.slow_consumer(self, f"MaxPending of {self.max_pending} Exceeded")
+        self.close_reason = "Slow Consumer (Pending Bytes)"
+        self.out = bytearray()
+        self._closing = True
+        self._cancel.cancel()
 
     # ---- protocol operations ---------------------------------------------------------
     def process(self, ops: list[tuple]) -> None:
-        """Apply a batch of parsed operations. PUBs of a connected, non-verbose,
-        non-pedantic client take the short path; everything else goes to _process_op."""
-        route = self.server.route_msg
+        """Apply a batch of parsed operations.
+
+        Plain PUBs of a connected, non-verbose, non-pedantic client take the short path:
+        for a run of messages on one subject whose subscribers are all plain client
+        subscriptions, the match and each subscriber's `MSG subj sid ` prefix are worked
+        out once, each delivery is two bytearray appends, and counters, slow-consumer
+        checks and writer wake-ups happen once per batch. Everything else (queues, routes,
+        internal subscribers, max_msgs, echo off, no responders, headers) goes through
+        Server.route_msg, and every other op through _process_op.
+        """
+        server = self.server
+        route = server.route_msg
+        cache = server._match_cache
         fast = self._fast_pub
         npub = nbytes = 0
+        nshort = bshort = 0  # messages routed here rather than by route_msg
+        last = None  # subject whose targets are current
+        targets: list | None = None
+        touched: dict = {}
         try:
             for op in ops:
-                if fast and op[0] == OP_PUB:
+                if fast and op[0] == OP_PUB and op[3] is None:
+                    subject = op[1]
+                    payload = op[4]
+                    size = len(payload)
+                    npub += 1
+                    nbytes += size
+                    if subject != last:
+                        last = subject
+                        targets = self._plain_targets(cache.get(subject), subject, touched)
+                    if targets is None or (not targets and op[2] and self.no_responders):
+                        route(self, subject, op[2], None, payload, size)
+                        last = None  # routing may have changed subscriptions (max_msgs)
+                    else:
+                        nshort += 1
+                        bshort += size
+                        if not targets:
+                            continue
+                        reply = op[2]
+                        if reply:
+                            tail = b"%b %d\r\n%b\r\n" % (reply, size, payload)
+                        else:
+                            tail = b"%d\r\n%b\r\n" % (size, payload)
+                        for c, pre, t in targets:
+                            o = c.out
+                            o += pre
+                            o += tail
+                            t[0] += 1
+                            t[1] += size
+                elif fast and op[0] == OP_PUB:
                     hdr = op[3]
                     payload = op[4]
-                    if hdr is None:
-                        size = len(payload)
-                    elif self.headers:
-                        size = len(payload) + len(hdr)
-                    else:
+                    if not self.headers:
                         self.close_reason = "Protocol Violation (headers not supported)"
                         self.close()
                         return
+                    size = len(payload) + len(hdr)
                     npub += 1
                     nbytes += size
                     route(self, op[1], op[2], hdr, payload, size)
+                    last = None
                 else:
+                    last = None
                     if not self._process_op(op):
                         return
                     fast = self._fast_pub
@@ -252,6 +340,49 @@ class ClientConn:
         finally:
             self.in_msgs += npub
             self.in_bytes += nbytes
+            server.in_msgs += nshort
+            server.in_bytes += bshort
+            if touched:
+                self._settle(touched)
+
+    def _plain_targets(self, m, subject: bytes, touched: dict) -> list | None:
+        """[(conn, MSG prefix, counters)] when every match is a plain client subscription
+        (empty list: nobody, and no no-responders reply is due); None: use route_msg."""
+        if m is None or m.queues or m.peers:
+            return None
+        out = []
+        for sub in m.plain:
+            c = sub.conn
+            if c.kind != "Client" or sub.max_msgs:
+                return None
+            if c is self and not self.echo:
+                continue
+            t = touched.get(c)
+            if t is None:
+                t = touched[c] = [0, 0]
+            out.append((c, b"MSG %b %b " % (subject, sub.sid), t))
+        return out
+
+    def _settle(self, touched: dict) -> None:
+        """After a short-path batch: counters, slow-consumer checks and flushes per subscriber."""
+        server = self.server
+        msgs = nbytes = 0
+        for c, (k, b) in touched.items():
+            if not k:
+                continue
+            msgs += k
+            nbytes += b
+            c.out_msgs += k
+            c.out_bytes += b
+            if c._closing:
+                c.out = bytearray()
+                continue
+            if len(c.out) > c.max_pending:
+                c.cut_slow()
+                continue
+            c._wake_writer()
+        server.out_msgs += msgs
+        server.out_bytes += nbytes
 
     def _process_op(self, op: tuple) -> bool:
         """One operation off the short path; False stops processing the batch."""

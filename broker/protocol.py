@@ -30,6 +30,8 @@ ERR_UNKNOWN_OP = "Unknown Protocol Operation"
 ERR_MAX_PAYLOAD = "Maximum Payload Violation"
 ERR_MAX_CONTROL_LINE = "maximum control line exceeded"
 
+FAST_RESTARTS_MAX = 8
+
 _PING = (OP_PING,)
 _PONG = (OP_PONG,)
 
@@ -64,7 +66,17 @@ class Parser:
         self._need = 0
         ops: list[tuple] = []
         try:
-            pos = self._parse(data, ops)
+            pos = self._scan_plain(data, ops, 0)
+            restarts = 0
+            while pos < len(data):
+                # one op the short scan could not take, then back to the short scan (bounded,
+                # so an unusual mix of ops cannot make a feed quadratic)
+                nxt = self._parse(data, ops, pos, one=restarts < FAST_RESTARTS_MAX)
+                if nxt == pos or nxt >= len(data) or restarts >= FAST_RESTARTS_MAX:
+                    pos = nxt
+                    break
+                restarts += 1
+                pos = nxt + self._scan_plain(data[nxt:], ops, 0) if self._fast_ok(data, nxt) else nxt
         except ProtocolError as e:
             self.error = e
             return ops
@@ -72,14 +84,67 @@ class Parser:
             self._pending.append(data[pos:])
         return ops
 
-    def _parse(self, data: bytes, ops: list[tuple]) -> int:
-        pos = 0
+    @staticmethod
+    def _fast_ok(data: bytes, pos: int) -> bool:
+        return data.startswith(b"PUB ", pos) or data.startswith(b"PING\r\n", pos) or \
+            data.startswith(b"PONG\r\n", pos)
+
+    def _scan_plain(self, data: bytes, ops: list[tuple], pos: int) -> int:
+        """The common case in one C-level split: a leading run of `PUB subj [reply] n`
+        frames and PING/PONG. A payload counts only if its length equals the declared size,
+        so a payload holding CRLF (or anything unusual) stops the scan and the general
+        parser takes over at that frame. Returns the offset of the first byte not taken."""
+        parts = data.split(b"\r\n")
+        n = len(parts) - 1  # the last part has no CRLF after it yet
+        i = 0
+        mcl = self.max_control_line
+        max_payload = self.max_payload
+        append = ops.append
+        while i < n:
+            h = parts[i]
+            if h[:4] == b"PUB ":
+                if i + 1 >= n or len(h) > mcl:
+                    break
+                args = h.split()
+                na = len(args)
+                if na == 3:
+                    reply = b""
+                elif na == 4:
+                    reply = args[2]
+                else:
+                    break
+                tok = args[-1]
+                if not tok.isdigit():
+                    break
+                pl = parts[i + 1]
+                size = len(pl)
+                if size != int(tok) or size > max_payload:
+                    break
+                append((OP_PUB, args[1], reply, None, pl))
+                pos += len(h) + size + 4
+                i += 2
+            elif h == b"PING":
+                append(_PING)
+                pos += 6
+                i += 1
+            elif h == b"PONG":
+                append(_PONG)
+                pos += 6
+                i += 1
+            else:
+                break
+        return pos
+
+    def _parse(self, data: bytes, ops: list[tuple], pos: int = 0, one: bool = False) -> int:
         end = len(data)
         find = data.find
         mcl = self.max_control_line
         max_payload = self.max_payload
         append = ops.append
+        start = pos
         while pos < end:
+            if one and pos != start:
+                return pos
             eol = find(b"\n", pos)
             if eol < 0:
                 if end - pos > mcl:

@@ -73,6 +73,7 @@ class Server:
         self.server_name = self.opts.server_name or self.server_id
         self.sublist = Sublist()
         self._match_cache = self.sublist.cache  # the hot path reads the match cache directly
+        self.batch: dict | None = None  # connections written to during the current reader batch
         self.clients: dict[int, ClientConn] = {}
         self.internal = InternalConn()
         self.internal_local = InternalConn()
