@@ -22,13 +22,11 @@ CACHE_MAX = 4096
 
 
 class Subscription:
-    __slots__ = ("conn", "subject", "queue", "sid", "max_msgs", "delivered", "weight", "callback",
-                 "subject_b")
+    __slots__ = ("conn", "subject", "queue", "sid", "max_msgs", "delivered", "weight", "callback")
 
     def __init__(self, conn, subject: str, queue: str | None, sid: bytes, weight: int = 1, callback=None):
         self.conn = conn
         self.subject = subject
-        self.subject_b = subject.encode()
         self.queue = queue
         self.sid = sid
         self.max_msgs = 0
@@ -82,15 +80,16 @@ class _Level:
 
 
 class _Node:
+    # next/qsubs are created on first use: most nodes are leaves with plain subscribers
     __slots__ = ("next", "psubs", "qsubs")
 
     def __init__(self):
-        self.next = _Level()
+        self.next: _Level | None = None
         self.psubs: list[Subscription] = []
-        self.qsubs: dict[str, list[Subscription]] = {}
+        self.qsubs: dict[str, list[Subscription]] | None = None
 
     def is_empty(self) -> bool:
-        return not self.psubs and not self.qsubs and not self.next.nodes
+        return not self.psubs and not self.qsubs and not (self.next and self.next.nodes)
 
 
 class Sublist:
@@ -109,6 +108,8 @@ class Sublist:
         level = self._root
         node = None
         for tok in sub.subject.split("."):
+            if level is None:
+                level = node.next = _Level()
             node = level.nodes.get(tok)
             if node is None:
                 node = level.nodes[tok] = _Node()
@@ -117,6 +118,8 @@ class Sublist:
         if sub.queue is None:
             node.psubs.append(sub)
         else:
+            if node.qsubs is None:
+                node.qsubs = {}
             node.qsubs.setdefault(sub.queue, []).append(sub)
         self.count += 1
         self.inserts += 1
@@ -126,6 +129,8 @@ class Sublist:
         path: list[tuple[_Level, str, _Node]] = []
         level = self._root
         for tok in sub.subject.split("."):
+            if level is None:
+                return False
             node = level.nodes.get(tok)
             if node is None:
                 return False
@@ -138,7 +143,7 @@ class Sublist:
             except ValueError:
                 return False
         else:
-            group = node.qsubs.get(sub.queue)
+            group = node.qsubs.get(sub.queue) if node.qsubs else None
             if not group or sub not in group:
                 return False
             group.remove(sub)
@@ -219,20 +224,23 @@ def _collect(level: _Level, tokens: list[str], i: int, psubs: list, qsubs: dict)
             continue
         if last:
             _add(node, psubs, qsubs)
-        elif node.next.nodes:
+        elif node.next is not None and node.next.nodes:
             _collect(node.next, tokens, i + 1, psubs, qsubs)
 
 
 def _add(node: _Node, psubs: list, qsubs: dict) -> None:
     if node.psubs:
         psubs.extend(node.psubs)
-    for q, members in node.qsubs.items():
-        qsubs.setdefault(q, []).extend(members)
+    if node.qsubs:
+        for q, members in node.qsubs.items():
+            qsubs.setdefault(q, []).extend(members)
 
 
 def _walk(level: _Level, out: list) -> None:
     for node in level.nodes.values():
         out.extend(node.psubs)
-        for members in node.qsubs.values():
-            out.extend(members)
-        _walk(node.next, out)
+        if node.qsubs:
+            for members in node.qsubs.values():
+                out.extend(members)
+        if node.next is not None:
+            _walk(node.next, out)
