@@ -128,6 +128,8 @@ class ClientConn:
             ops = self.parser.feed(data)
             if ops:
                 server = self.server
+                if server.opts.trace:
+                    self._trace(ops)
                 server.batch = batch = {}
                 try:
                     self.process(ops)
@@ -139,6 +141,26 @@ class ClientConn:
             if err is not None:
                 self.fail(err.text)
                 return
+
+    def _trace(self, ops: list[tuple]) -> None:
+        """-V: one line per client operation, in nats-server's `<<- [OP args]` shape."""
+        for op in ops:
+            code = op[0]
+            if code == OP_PUB:
+                args = [op[1], op[2]] if op[2] else [op[1]]
+                if op[3] is None:
+                    line = b"PUB " + b" ".join(args) + b" %d" % len(op[4])
+                else:
+                    line = b"HPUB " + b" ".join(args) + b" %d %d" % (len(op[3]), len(op[3]) + len(op[4]))
+            elif code == OP_SUB:
+                line = b" ".join(x for x in (b"SUB", op[1], op[2], op[3]) if x)
+            elif code == OP_UNSUB:
+                line = b"UNSUB %b" % op[1] + (b" %d" % op[2] if op[2] else b"")
+            elif code == OP_CONNECT:
+                line = b"CONNECT " + op[1]
+            else:
+                line = {OP_PING: b"PING", OP_PONG: b"PONG", OP_INFO: b"INFO"}[code]
+            log.log(5, "%s:%d - cid:%d - <<- [%s]", self.ip, self.port, self.cid, line.decode("utf-8", "replace"))
 
     async def _writer(self) -> None:
         deadline = self.server.opts.write_deadline_s

@@ -475,10 +475,18 @@ class Server:
             self.send_async_info()
 
 
+TRACE = 5  # below DEBUG: protocol traces (-V)
+
+
 def setup_logging(opts: Options) -> None:
+    for lvl, name in ((TRACE, "TRC"), (logging.DEBUG, "DBG"), (logging.INFO, "INF"),
+                      (logging.WARNING, "WRN"), (logging.ERROR, "ERR"), (logging.CRITICAL, "FTL")):
+        logging.addLevelName(lvl, name)  # nats-server's level labels
     level = logging.INFO
-    if opts.debug or opts.trace:
+    if opts.debug:
         level = logging.DEBUG
+    if opts.trace:
+        level = TRACE
     fmt = f"[{os.getpid()}] %(asctime)s.%(msecs)03d [%(levelname).3s] %(message)s"
     handler: logging.Handler
     if opts.log_file:
