@@ -254,6 +254,11 @@ class JetStream:
         await runner.done.wait()
         self.streams.pop(stream.name, None)
 
+    async def sync_stream(self, stream: Stream) -> None:
+        """Make an admin change (purge, delete, new limits) durable before it is acknowledged."""
+        if self.sync_always and stream.config.storage == "file":
+            await trio.to_thread.run_sync(stream.store.sync)
+
     def remove_files(self, name: str) -> None:
         shutil.rmtree(self.stream_dir(name), ignore_errors=True)
 

@@ -150,6 +150,7 @@ async def _update(js, name: str, payload: bytes):
     if old.subject_list() != cfg.subject_list() or old.allow_direct != cfg.allow_direct:
         js.resubscribe(stream)
     js.save_meta(stream)
+    await js.sync_stream(stream)
     js.kick_timer()
     return _info_like(js, stream, api.StreamUpdateResponse)
 
@@ -188,6 +189,7 @@ async def _purge(js, name: str, payload: bytes):
     req = _decode(_purge_req, payload, api.StreamPurgeRequest())
     purged = stream.purge(req.filter, req.seq, req.keep)
     js.consumers.stream_purged(stream)
+    await js.sync_stream(stream)
     return api.StreamPurgeResponse(success=True, purged=purged)
 
 
@@ -268,6 +270,7 @@ async def _msg_delete(js, name: str, payload: bytes):
             e.counts_as_error = False
         raise
     js.consumers.stream_purged(stream)
+    await js.sync_stream(stream)
     return api.StreamMsgDeleteResponse(success=True)
 
 
