@@ -1,0 +1,88 @@
+"""The publish path in-process: acks only after fsync, and one fsync per batch (group commit).
+
+The JetStream runtime runs against a minimal in-process server (subscribe/publish with
+wildcard matching). The stream's store.sync is wrapped so it blocks in its worker thread
+until the test releases it; everything is observed through the published acks, with no
+timing assumptions.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import trio
+
+from broker.config import Options
+from broker.jetstream.manager import JetStream
+from broker.subjects import match
+
+
+class FakeServer:
+    def __init__(self, store_dir: str) -> None:
+        self.opts = Options(jetstream=True, store_dir=store_dir, sync_interval="always")
+        self.server_id = self.server_name = "NTEST"
+        self.subs: list[tuple[str, object]] = []
+        self.published: list[tuple[str, bytes]] = []
+        self.nursery = None
+
+    def subscribe(self, subject, callback, queue=None):
+        sub = (subject, callback)
+        self.subs.append(sub)
+        return sub
+
+    def unsubscribe(self, sub) -> None:
+        self.subs.remove(sub)
+
+    def has_interest(self, subject: str) -> bool:
+        return any(match(p, subject) for p, _ in self.subs)
+
+    def publish(self, subject, reply, hdr, payload) -> None:
+        self.published.append((subject, payload))
+        for pattern, callback in list(self.subs):
+            if match(pattern, subject):
+                callback(subject, reply, hdr, payload)
+
+    def replies(self, prefix: str) -> list[dict]:
+        return [json.loads(p) for s, p in self.published if s.startswith(prefix)]
+
+
+async def _wait_for(predicate) -> None:
+    with trio.fail_after(10):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+async def test_acks_wait_for_fsync_and_batches_share_one(tmp_path):
+    server = FakeServer(str(tmp_path))
+    js = JetStream(server)
+    async with trio.open_nursery() as nursery:
+        server.nursery = nursery
+        await nursery.start(js.run)
+        server.publish("$JS.API.STREAM.CREATE.GC", "r.create", None, b'{"name":"GC","subjects":["gc"]}')
+        await _wait_for(lambda: server.replies("r.create"))
+        stream = js.streams["GC"]
+        store = stream.store
+        real_sync = store.sync
+        release = threading.Event()
+        log: list[str] = []
+
+        def gated_sync() -> None:
+            log.append("sync-start")
+            release.wait(10)
+            real_sync()
+            log.append("sync-done")
+
+        store.sync = gated_sync
+        server.publish("gc", "r.ack.0", None, b"first")
+        await _wait_for(lambda: log == ["sync-start"])
+        for i in range(1, 100):  # these arrive while the first fsync is still running
+            server.publish("gc", f"r.ack.{i}", None, b"more")
+        await trio.sleep(0.05)
+        assert server.replies("r.ack.") == []  # nothing is acknowledged before its fsync
+        release.set()
+        await _wait_for(lambda: len(server.replies("r.ack.")) == 100)
+        assert log == ["sync-start", "sync-done", "sync-start", "sync-done"]
+        assert sorted(a["seq"] for a in server.replies("r.ack.")) == list(range(1, 101))
+        assert stream.store.state().messages == 100
+        nursery.cancel_scope.cancel()
