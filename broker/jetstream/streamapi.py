@@ -7,6 +7,7 @@ JetStream runtime (manager.py); handlers run one at a time in its API task.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import msgspec
@@ -16,6 +17,8 @@ from broker import subjects as subj
 from broker.jetstream import api, errors
 from broker.jetstream import streamconfig as sc
 from broker.jetstream.stream import Stream
+
+log = logging.getLogger("broker.jetstream")
 
 _info_req = msgspec.json.Decoder(api.StreamInfoRequest)
 _names_req = msgspec.json.Decoder(api.StreamNamesRequest)
@@ -307,6 +310,12 @@ def direct_get_handler(js, stream: Stream):
     def on_direct(subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
         if not reply:
             return
+        try:
+            answer(subject, reply, payload)
+        except Exception:  # our bug: never let it reach the publisher's connection
+            log.exception("DIRECT.GET on %s failed", subject)
+
+    def answer(subject: str, reply: str, payload: bytes) -> None:
         publish = js.server.publish
         last_subject = subject[prefix_len + 1:]
         if last_subject:
