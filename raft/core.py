@@ -146,6 +146,10 @@ class RaftCore:
         return self.log.conf.voters
 
     @property
+    def learners(self) -> tuple[int, ...]:
+        return self.log.conf.learners
+
+    @property
     def promotable(self) -> bool:
         return self.id in self.voters and not self.quarantined
 
@@ -177,25 +181,34 @@ class RaftCore:
             raise ProposalRejected("a configuration change is still uncommitted")
         if self.log.term(self.log.commit) != self.term:
             raise ProposalRejected("the leader has not yet committed an entry in its term")
-        voters = set(self.voters)
+        voters, learners, node = set(self.voters), set(self.learners), change.node_id
         if change.op == ConfChange.ADD:
-            if change.node_id in voters:
-                raise ProposalRejected(f"{change.node_id} is already a voter")
-            voters.add(change.node_id)
+            if node in voters:
+                raise ProposalRejected(f"{node} is already a voter")
+            learners.discard(node)
+            voters.add(node)
+        elif change.op == ConfChange.ADD_LEARNER:
+            if node in voters or node in learners:
+                raise ProposalRejected(f"{node} is already a member")
+            learners.add(node)
         elif change.op == ConfChange.REMOVE:
-            if change.node_id not in voters or len(voters) == 1:
-                raise ProposalRejected(f"cannot remove {change.node_id}")
-            voters.discard(change.node_id)
+            if node in learners:
+                learners.discard(node)
+            elif node in voters and len(voters) > 1:
+                voters.discard(node)
+            else:
+                raise ProposalRejected(f"cannot remove {node}")
         else:
             raise ProposalRejected(f"unknown op {change.op!r}")
-        index = self._append_own(CONF, encode(ConfState(tuple(sorted(voters)))))
+        conf = ConfState(tuple(sorted(voters)), tuple(sorted(learners)))
+        index = self._append_own(CONF, encode(conf))
         self._sync_progress()
         return index
 
     def transfer_leadership(self, target: int) -> None:
         if self.state != LEADER:
             raise NotLeader(self.lead or None)
-        if target == self.id or target not in self.progress:
+        if target == self.id or target not in self.voters:
             raise ProposalRejected(f"cannot transfer leadership to {target}")
         self.transferee = target
         self.transfer_elapsed = 0
@@ -370,8 +383,8 @@ class RaftCore:
         self._append_own(NOOP, b"")
 
     def _sync_progress(self) -> None:
-        """Track exactly the voters of the latest configuration (plus ourselves)."""
-        members = set(self.voters) | {self.id}
+        """Track exactly the members of the latest configuration (plus ourselves)."""
+        members = set(self.voters) | set(self.learners) | {self.id}
         for peer in list(self.progress):
             if peer not in members:
                 del self.progress[peer]

@@ -25,9 +25,12 @@ class Entry(msgspec.Struct, frozen=True, array_like=True):
 
 
 class ConfState(msgspec.Struct, frozen=True, array_like=True):
-    """The voting members. Membership changes add or remove one voter at a time."""
+    """The members. Voters elect and form quorums; learners only receive the log (a new server
+    catches up as a learner, then is promoted, so it never holds back a quorum while empty).
+    Membership changes one server at a time."""
 
     voters: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()
 
 
 class HardState(msgspec.Struct, frozen=True):
@@ -50,8 +53,9 @@ class Snapshot(msgspec.Struct, frozen=True):
 
 
 class ConfChange(msgspec.Struct, frozen=True):
-    ADD = "add"
-    REMOVE = "remove"
+    ADD = "add"  # add a voter, or promote a learner
+    ADD_LEARNER = "add_learner"
+    REMOVE = "remove"  # a voter or a learner
 
     op: str
     node_id: int

@@ -13,8 +13,8 @@ change membership and transfer leadership. Checked on every run:
   leader completeness    a new leader holds every committed entry (5.4)
   state machine safety   every node applies the same entry at each index, in order (5.4.3)
   durability             a restarted node has every write it fsynced; term never goes back
-  no loss                every committed entry is applied by every final voter
-  liveness               after the faults heal, a leader commits a new entry on every voter
+  no loss                every committed entry is applied by every final voter and learner
+  liveness               after the faults heal, a leader commits a new entry on every member
 
 Replay one seed with: RAFT_SIM_SEED=<seed> python -m pytest tests/raft/test_sim.py -q
 or: python -m tests.raft.sim <seed> [--trace]
@@ -220,7 +220,7 @@ class Simulation:
             if node.led_term != core.term:
                 node.led_term = core.term
                 self.stats["elections"] += 1
-                self.trace(f"n{node.id} leads term {core.term} voters {core.voters}")
+                self.trace(f"n{node.id} leads term {core.term} voters {core.voters} learners {core.learners}")
                 for i, t in self.committed.items():
                     # Paper 5.4: leaders of *later* terms hold every committed entry. A delayed
                     # election can still crown a leader of an older term that lacks it.
@@ -353,14 +353,21 @@ class Simulation:
         leader = self.leader()
         if leader is None:
             return
-        voters = leader.core.voters
-        outside = [i for i in NODE_IDS if i not in voters]
-        if outside and (len(voters) < 3 or self.rng.random() < 0.5):
-            change = ConfChange(ConfChange.ADD, self.rng.choice(outside))
+        core, r = leader.core, self.rng
+        voters, learners = core.voters, core.learners
+        outside = [i for i in NODE_IDS if i not in voters and i not in learners]
+        caught_up = [i for i in learners if i in core.progress and core.progress[i].match >= core.log.commit]
+        if caught_up and r.random() < 0.7:
+            change = ConfChange(ConfChange.ADD, r.choice(caught_up))  # promote a learner
+        elif outside and (len(voters) < 3 or r.random() < 0.5):
+            op = ConfChange.ADD_LEARNER if r.random() < 0.7 else ConfChange.ADD
+            change = ConfChange(op, r.choice(outside))
+        elif learners and r.random() < 0.3:
+            change = ConfChange(ConfChange.REMOVE, r.choice(learners))
         elif self.lossy is not None and len(voters) <= 3:
             return  # shrinking while a replica repairs would leave no majority without it
         else:
-            change = ConfChange(ConfChange.REMOVE, self.rng.choice(voters))
+            change = ConfChange(ConfChange.REMOVE, r.choice(voters))
         try:
             leader.core.propose_conf_change(change)
             self.stats["conf_changes"] += 1
@@ -432,8 +439,8 @@ class Simulation:
                 except (NotLeader, ProposalRejected):
                     continue
                 self.process(leader)
-            voters = leader.core.voters
-            if all(self.nodes[v].up and self.nodes[v].applied >= marker[0] for v in voters) and \
+            members = leader.core.voters + leader.core.learners
+            if all(self.nodes[v].up and self.nodes[v].applied >= marker[0] for v in members) and \
                     self.applied_by_index.get(marker[0], (0,))[0] == marker[1]:
                 return self.final_checks(leader, marker[0])
         self.fail(f"liveness: no convergence {heal_phase_ms}ms after the faults stopped "

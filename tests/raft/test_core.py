@@ -408,3 +408,33 @@ def test_4_2_3_removed_server_cannot_disrupt_the_cluster():
     c.tick(80)
     assert leader.state == LEADER and leader.term == term
     assert c.nodes[3].state != LEADER
+
+
+def test_4_2_1_learner_catches_up_without_counting_then_is_promoted():
+    c = Cluster(3, seed=15)
+    leader = c.elect(1)
+    c.tick(2)
+    c.add(4)
+    leader.propose_conf_change(ConfChange(ConfChange.ADD_LEARNER, 4))
+    c.tick(3)
+    assert leader.voters == (1, 2, 3) and leader.learners == (4,)
+    assert c.nodes[4].log.last_index == leader.log.last_index  # it receives the log
+    c.isolate(2)
+    c.isolate(3)
+    idx = leader.propose(b"needs a voter majority")
+    c.tick(3, only=(1, 4))
+    assert leader.log.commit < idx  # the learner's acknowledgement does not count
+    c.heal()
+    c.tick(2)
+    assert leader.log.commit >= idx
+    for _ in range(100):
+        c.nodes[4].tick()
+    assert c.nodes[4].state == FOLLOWER  # a learner never campaigns
+    with pytest.raises(ProposalRejected):
+        leader.transfer_leadership(4)
+    leader.propose_conf_change(ConfChange(ConfChange.ADD, 4))  # promote
+    c.tick(3)
+    assert c.nodes[4].voters == (1, 2, 3, 4) and c.nodes[4].learners == ()
+    leader.transfer_leadership(4)
+    c.deliver_all()
+    assert c.nodes[4].state == LEADER

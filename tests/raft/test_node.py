@@ -173,8 +173,11 @@ async def test_membership_change_and_leadership_transfer_through_the_driver(tmp_
         await h.start(4, voters=())  # a joiner knows nobody until the leader contacts it
         leader = await h.leader()
         await leader.propose(b"a")
-        await leader.propose_conf_change(ConfChange(ConfChange.ADD, 4))
+        await leader.propose_conf_change(ConfChange(ConfChange.ADD_LEARNER, 4))
         await leader.propose(b"b")
+        while h.nodes[4].applied_index < leader.applied_index:
+            await trio.sleep(0.01)
+        await leader.propose_conf_change(ConfChange(ConfChange.ADD, 4))  # promote once caught up
         await leader.transfer_leadership(4)
         while not h.nodes[4].is_leader:
             await trio.sleep(0.01)
