@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol
 
 import trio
 
-from .core import LEADER, NotLeader, RaftConfig, RaftCore, Ready
+from .core import LEADER, NotLeader, ProposalRejected, RaftConfig, RaftCore, Ready
 from .messages import NORMAL, AnyMessage, AppendEntries, ConfChange, Entry, InstallSnapshot
 from .storage import Storage
 from .transport import Transport
@@ -157,7 +157,7 @@ class RaftNode:
         def op() -> None:
             try:
                 self.core.transfer_leadership(target)
-            except Exception as exc:  # handed back to the caller, not swallowed
+            except (NotLeader, ProposalRejected) as exc:  # the caller's problem; our bugs crash
                 box.append(exc)
             done.set()
 
@@ -173,7 +173,7 @@ class RaftNode:
         def op() -> None:
             try:
                 index = fn()
-            except Exception as exc:  # NotLeader / ProposalRejected go back to the caller
+            except (NotLeader, ProposalRejected) as exc:  # the caller's problem; our bugs crash
                 holder.append(exc)
             else:
                 w = _Waiter(self.core.term)

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from raft.core import NotLeader, RaftConfig
+from raft.core import NotLeader, ProposalRejected, RaftConfig
 from raft.messages import ConfChange, ConfState, Entry
 from raft.node import RaftNode
 from raft.storage import OsDisk, Storage
@@ -178,6 +178,10 @@ async def test_membership_change_and_leadership_transfer_through_the_driver(tmp_
         while h.nodes[4].applied_index < leader.applied_index:
             await trio.sleep(0.01)
         await leader.propose_conf_change(ConfChange(ConfChange.ADD, 4))  # promote once caught up
+        with pytest.raises(ProposalRejected):
+            await leader.transfer_leadership(99)  # not a voter: the error reaches the caller
+        with pytest.raises(ProposalRejected):
+            await leader.propose_conf_change(ConfChange(ConfChange.ADD, 4))  # already a voter
         await leader.transfer_leadership(4)
         while not h.nodes[4].is_leader:
             await trio.sleep(0.01)
