@@ -274,3 +274,34 @@ def _http_status(srv, path):
         return _http(srv, path)
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def test_sequences_survive_purge_and_restart(server):
+    async def before(nc, js):
+        await js.add_stream(name="SEQ", subjects=["seq"])
+        for _ in range(5):
+            await js.publish("seq", b"x")
+        await js.purge_stream("SEQ")
+        await js.add_stream(name="SKIP", subjects=["skip"])
+        await js.publish("skip", b"x")
+        await js.purge_stream("SKIP", seq=40)
+        await js.add_stream(name="HOLE", subjects=["hole"])
+        for _ in range(4):
+            await js.publish("hole", b"x")
+        await js.delete_msg("HOLE", 2)
+
+    async def after(nc, js):
+        st = (await js.stream_info("SEQ")).state
+        assert (st.messages, st.first_seq, st.last_seq) == (0, 6, 5)
+        assert (await js.publish("seq", b"y")).seq == 6
+        st = (await js.stream_info("SKIP")).state
+        assert (st.messages, st.first_seq, st.last_seq) == (0, 40, 39)
+        assert (await js.publish("skip", b"y")).seq == 40
+        st = (await js.stream_info("HOLE")).state
+        assert (st.messages, st.first_seq, st.last_seq, st.num_deleted) == (3, 1, 4, 1)
+        with pytest.raises(NotFoundError):
+            await js.get_msg("HOLE", 2)
+
+    _run(server.url, before)
+    server.restart()
+    _run(server.url, after)
