@@ -105,7 +105,8 @@ class JetStream:
     def __init__(self, server) -> None:
         self.server = server
         opts = server.opts
-        self.store_dir = opts.store_dir or os.path.join(tempfile.gettempdir(), "nats", "jetstream")
+        # nats-server's default: <tmp>/nats, with streams under <tmp>/nats/jetstream
+        self.store_dir = opts.store_dir or os.path.join(tempfile.gettempdir(), "nats")
         self.streams: dict[str, Stream] = {}
         self._runners: dict[str, _Runner] = {}
         self.api_total = 0
