@@ -119,6 +119,9 @@ class Stream:
         self._rollup_ok = cfg.allow_rollup_hdrs and not cfg.deny_purge
         self._window = cfg.duplicate_window
         self._size = _size_fn(cfg.storage)
+        self._has_limits = self._max_per > 0 or self._max_msgs > 0 or self._max_bytes > 0
+        # The common case - no headers, no discard-new limits, not sealed - takes a short path.
+        self._plain = not cfg.sealed and not self._discard_new
 
     def _rebuild_indexes(self) -> None:
         """After a restart: per-message TTLs and the duplicate window come from stored headers.
@@ -175,6 +178,12 @@ class Stream:
     # ---- ingest ----
     def process(self, subject: str, hdr: bytes | None, data: bytes, now_ns: int) -> tuple[int, bool]:
         """Store one published message: (seq, duplicate) or JSError; a failure changes nothing."""
+        if hdr is None and self._plain and (self._max_size < 0 or len(data) <= self._max_size):
+            seq = self.store.append(subject, None, data, now_ns)
+            self.last_msg_id = ""
+            if self._has_limits:
+                self._enforce_limits(subject)
+            return seq, False
         if self.config.sealed:
             raise errors.sealed()
         msg_id = ""
@@ -204,7 +213,8 @@ class Stream:
             self.store.purge(None, seq)
         if ttl > 0:
             heapq.heappush(self._ttls, (now_ns + ttl * 1_000_000_000, seq))
-        self._enforce_limits(subject)
+        if self._has_limits:
+            self._enforce_limits(subject)
         return seq, False
 
     def _raise_ttl(self, ttl: int, hdr: bytes) -> tuple[int, bytes]:
