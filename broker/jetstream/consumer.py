@@ -243,8 +243,7 @@ class Consumer:
         self.dirty = True
         self.last_delivery_ns = now_ns
         if redelivery:
-            p = self.pending[m.seq]
-            p[0] = self.dseq
+            p = self.pending[m.seq]  # p[0] keeps the first delivery's consumer seq (floors use it)
             p[2] += 1
             dc = p[2]
             self.rdc[m.seq] = dc
@@ -352,17 +351,22 @@ class Consumer:
             if not req.hb:
                 self._status(req.reply, "409", "Exceeded MaxWaiting")
             return
-        if req.no_wait and not req.expires and not self._has_available(now_ns):
-            self._status(req.reply, "404", "No Messages")
-            return
+        if req.no_wait:
+            avail = self.npending + len(self.redeliver) + sum(1 for t, _ in self.redeliver_at if t <= now_ns)
+            if not avail and not req.expires:
+                self._status(req.reply, "404", "No Messages")
+                return
+            if avail and avail < sum(r.batch for r in self.waiting):
+                self._status(req.reply, "408", "Requests Pending")  # older requests will take them all
+                return
         self.waiting.append(req)
         self.serve_pull(now_ns, has_interest)
 
     def _has_available(self, now_ns: int) -> bool:
+        """Messages exist for this consumer (even if max_ack_pending holds them back: a no_wait
+        request then waits for acks instead of getting 404, as with nats-server)."""
         if self.redeliver or (self.redeliver_at and self.redeliver_at[0][0] <= now_ns):
             return True
-        if not self.ack_none and len(self.pending) >= self.cfg.max_ack_pending > 0:
-            return False
         return self.npending > 0
 
     def _status(self, to: str, code: str, text: str, pending: PullRequest | None = None) -> None:
@@ -416,6 +420,8 @@ class Consumer:
     def _finish_no_wait(self, now_ns: int) -> None:
         if not self.waiting or self._has_available(now_ns):
             return
+        if not self.ack_none and len(self.pending) >= self.cfg.max_ack_pending > 0:
+            return  # held back by max_ack_pending: requests wait for acks, no 404 yet
         keep: deque[PullRequest] = deque()
         for r in self.waiting:
             if r.no_wait and (r.sent or not r.expires):
@@ -425,37 +431,52 @@ class Consumer:
         self.waiting = keep
 
     # ---- acks ------------------------------------------------------------------------
-    def ack(self, sseq: int, now_ns: int) -> list[int]:
-        """Process a positive ack; returns the stream sequences newly acked (for retention)."""
+    def ack(self, sseq: int, now_ns: int, dseq: int = 0) -> list[int]:
+        """Process a positive ack of stream seq `sseq` (delivered as consumer seq `dseq`, from the
+        ack subject); returns the stream sequences newly acked (for retention)."""
         self.last_active = now_ns
         if self.ack_none:
             return []
         if self.cfg.ack_policy == "all":
-            done = sorted(s for s in self.pending if s <= sseq)
-        else:
-            done = [sseq] if sseq in self.pending else []
+            return self._ack_all(sseq, dseq or self._dseq_of(sseq), now_ns)
+        p = self.pending.get(sseq)
+        if p is None:
+            return []
+        self._pop_pending(sseq)
+        self.rdc.pop(sseq, None)
+        self.dirty = True
+        self.last_ack_ns = now_ns
+        self._move_floor(sseq, p[0])
+        return [sseq]
+
+    def _dseq_of(self, sseq: int) -> int:
+        p = self.pending.get(sseq)
+        return p[0] if p is not None else 0
+
+    def _ack_all(self, sseq: int, dseq: int, now_ns: int) -> list[int]:
+        # Acks at or below the floor (by consumer or stream seq) change nothing, as in nats-server.
+        if dseq <= self.adflr or sseq <= self.asflr:
+            return []
+        done = sorted(s for s in self.pending if s <= sseq)
         for s in done:
-            dseq = self._pop_pending(s)[0]
+            self._pop_pending(s)
             self.rdc.pop(s, None)
-            if self.cfg.ack_policy == "all":
-                self.adflr = max(self.adflr, dseq)
-                self.asflr = max(self.asflr, s)
-        if done:
-            self.dirty = True
-            self.last_ack_ns = now_ns
-            if self.cfg.ack_policy != "all" or not self.pending:
-                self._move_floor(done[-1])
+        self.adflr, self.asflr = dseq, sseq
+        self.dirty = True
+        self.last_ack_ns = now_ns
         return done
 
-    def _move_floor(self, acked_sseq: int) -> None:
+    def _move_floor(self, sseq: int, dseq: int) -> None:
+        """After pending `sseq` (first delivered as `dseq`) left: floors move only when it was
+        the next consumer sequence above the floor."""
         if not self.pending:
             self.adflr = self.dseq
             self.asflr = self.dsseq
-            return
-        low = self.low
-        if low > self.asflr:
-            self.asflr = low - 1
-            self.adflr = max(self.adflr, self.pending[low][0] - 1)
+        elif dseq == self.adflr + 1:
+            self.adflr, self.asflr = dseq, sseq
+            low = self.low
+            if low > sseq:
+                self.adflr, self.asflr = self.pending[low][0] - 1, low - 1
 
     def _pop_pending(self, sseq: int) -> list[int]:
         p = self.pending.pop(sseq)
@@ -492,16 +513,9 @@ class Consumer:
         if p is not None:
             self._arm(sseq, now_ns + self._ack_wait(p[2]))
 
-    def term(self, sseq: int, now_ns: int) -> list[int]:
-        self.last_active = now_ns
-        if sseq not in self.pending:
-            return []
-        self._pop_pending(sseq)
-        self.rdc.pop(sseq, None)
-        self.dirty = True
-        self.last_ack_ns = now_ns
-        self._move_floor(sseq)
-        return [sseq]
+    def term(self, sseq: int, now_ns: int, dseq: int = 0) -> list[int]:
+        """Stop redelivering: acknowledged as far as floors and retention are concerned."""
+        return self.ack(sseq, now_ns, dseq)
 
     # ---- timers ----------------------------------------------------------------------
     def tick(self, now_ns: int) -> None:

@@ -359,27 +359,31 @@ class ConsumerManager:
             if reply:
                 self.server.publish(reply, "", hdrs.build([("Nats-Subject", subject)], status="503"), b"")
             return
+        if e.c.ack_none:  # nats-server does not listen for acks of an ack-none consumer
+            if reply:
+                self.server.publish(reply, "", hdrs.build([("Nats-Subject", subject)], status="503"), b"")
+            return
         try:
-            sseq = int(t[5])
+            sseq, dseq = int(t[5]), int(t[6])
         except ValueError:
             return
-        self._apply_ack(e, sseq, reply, payload)
+        self._apply_ack(e, sseq, dseq, reply, payload)
 
-    def _apply_ack(self, e: _Entry, sseq: int, reply: str, payload: bytes) -> None:
+    def _apply_ack(self, e: _Entry, sseq: int, dseq: int, reply: str, payload: bytes) -> None:
         c = e.c
         now = time.time_ns()
         kind, _, rest = payload.partition(b" ")
         acked: list[int] = []
         if kind in (b"", b"+ACK", b"+OK"):
-            acked = c.ack(sseq, now)
+            acked = c.ack(sseq, now, dseq)
         elif kind == b"-NAK":
             c.nak(sseq, _nak_delay(rest), now)
         elif kind == b"+WPI":
             c.progress(sseq, now)
         elif kind == b"+TERM":
-            acked = c.term(sseq, now)
+            acked = c.term(sseq, now, dseq)
         elif kind == b"+NXT":
-            acked = c.ack(sseq, now)
+            acked = c.ack(sseq, now, dseq)
             if reply:
                 req = capi.next_request_from_ack(rest, reply, now)
                 if req is not None:
