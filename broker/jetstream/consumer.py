@@ -5,7 +5,10 @@ stream sequence it has not yet looked at; every message it hands out gets the ne
 consumer sequence (`dseq`) and, unless the ack policy is `none`, an entry in
 `pending` (stream seq -> [consumer seq, delivery ts, deliver count]) with a deadline
 kept in a heap. Expired deadlines, NAKs and redeliveries go to `redeliver`, which
-is served before new messages. Acks remove pending entries and move the ack floor.
+is served before new messages. Acks remove pending entries; the ack floor moves the
+way nats-server moves it (only when the ack was for the consumer sequence right
+above the floor; ack-all by the acked delivery's consumer sequence), because
+clients and operators read those numbers from CONSUMER.INFO.
 
 Pull consumers queue `PullRequest`s in `waiting`; push consumers deliver to the
 deliver subject while it has interest. Every method that can produce traffic takes
@@ -25,7 +28,6 @@ from broker import headers as hdrs
 from broker import subjects as subj
 from broker.jetstream.consumerconfig import ConsumerConfig, filters_of
 
-HDR_IDLE_HB = "100 Idle Heartbeat"
 FC_MAX_PENDING_BYTES = 2 * 1024 * 1024  # flow-control window; a request goes out at half of it
 DEADLINES_SLACK = 1024  # stale ack-wait heap entries tolerated before the heap is rebuilt
 LOW_SCAN_MAX = 64  # sequences scanned for the next pending one before falling back to min()
@@ -41,7 +43,7 @@ class Out(NamedTuple):
 
 
 class PullRequest:
-    __slots__ = ("reply", "batch", "max_bytes", "expires", "no_wait", "hb", "next_hb", "sent", "sent_bytes")
+    __slots__ = ("reply", "batch", "max_bytes", "expires", "no_wait", "hb", "next_hb", "sent")
 
     def __init__(self, reply: str, batch: int, max_bytes: int, expires: int, no_wait: bool, hb: int,
                  now_ns: int) -> None:
@@ -53,7 +55,6 @@ class PullRequest:
         self.hb = hb
         self.next_hb = now_ns + hb if hb else 0
         self.sent = 0
-        self.sent_bytes = 0
 
 
 class Consumer:
