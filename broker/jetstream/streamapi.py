@@ -110,6 +110,7 @@ async def _create(js, name: str, payload: bytes):
     sc.check_overlap(cfg, [s.config for s in js.streams.values()])
     js.check_reservation(cfg)
     created = _now()
+    js.remove_files(name)  # leftovers of an interrupted delete must not come back to life
     stream = Stream(cfg, js.open_store(cfg), created)
     if cfg.first_seq not in (msgspec.UNSET, 0, 1):
         stream.store.skip_to(cfg.first_seq)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -304,4 +305,21 @@ def test_sequences_survive_purge_and_restart(server):
 
     _run(server.url, before)
     server.restart()
+    _run(server.url, after)
+
+
+def test_leftover_files_of_a_deleted_stream_do_not_return(server):
+    async def before(nc, js):
+        await js.add_stream(name="OLD", subjects=["old"])
+        await js.publish("old", b"stale")
+    _run(server.url, before)
+    server.stop()
+    os.remove(f"{server.store_dir}/jetstream/$G/streams/OLD/meta.json")  # a delete cut short
+    server.start()
+
+    async def after(nc, js):
+        assert await js.streams_info() == []
+        await js.add_stream(name="OLD", subjects=["old"])
+        st = (await js.stream_info("OLD")).state
+        assert (st.messages, st.last_seq) == (0, 0)
     _run(server.url, after)
