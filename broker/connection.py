@@ -309,6 +309,8 @@ class ClientConn:
         nshort = bshort = 0  # messages routed here rather than by route_msg
         last = None  # subject whose targets are current
         targets: list | None = None
+        peers = None
+        subject_s = ""
         touched: dict = {}
         try:
             for op in ops:
@@ -321,15 +323,24 @@ class ClientConn:
                     if subject != last:
                         last = subject
                         targets = self._plain_targets(cache.get(subject), subject, touched)
+                        if targets is not None and targets and targets[-1][0] is None:
+                            peers = targets.pop()[1]  # route peers with plain interest
+                            subject_s = subject.decode("utf-8", "surrogateescape")
+                        else:
+                            peers = None
                     if targets is None or (not targets and op[2] and self.no_responders):
                         route(self, subject, op[2], None, payload, size)
                         last = None  # routing may have changed subscriptions (max_msgs)
                     else:
                         nshort += 1
                         bshort += size
+                        reply = op[2]
+                        if peers:
+                            r = reply.decode("utf-8", "surrogateescape") if reply else ""
+                            for peer in peers:
+                                peer.forward(subject_s, r, None, payload, None)
                         if not targets:
                             continue
-                        reply = op[2]
                         if reply:
                             tail = b"%b %d\r\n%b\r\n" % (reply, size, payload)
                         else:
@@ -368,9 +379,10 @@ class ClientConn:
                 self._settle(touched)
 
     def _plain_targets(self, m, subject: bytes, touched: dict) -> list | None:
-        """[(conn, MSG prefix, counters)] when every match is a plain client subscription
-        (empty list: nobody, and no no-responders reply is due); None: use route_msg."""
-        if m is None or m.queues or m.peers:
+        """[(conn, MSG prefix, counters)] when every match is a plain client subscription or
+        a route peer's plain interest (then a last entry (None, [peers]) lists the peers);
+        an empty list: nobody; None: use route_msg."""
+        if m is None or m.queues:
             return None
         out = []
         for sub in m.plain:
@@ -383,6 +395,8 @@ class ClientConn:
             if t is None:
                 t = touched[c] = [0, 0]
             out.append((c, b"MSG %b %b " % (subject, sub.sid), t))
+        if m.peers:
+            out.append((None, list(m.peers), None))
         return out
 
     def _settle(self, touched: dict) -> None:
