@@ -93,6 +93,8 @@ class Consumer:
         self.fc_seq = 0
         self.replay_base: tuple[int, int] | None = None  # (now_ns, msg ts) for replay original
         self.paused_until = 0
+        self.rl_tokens = 0.0  # rate_limit_bps bucket (bytes) and when it was last filled
+        self.rl_at = 0
         self.dirty = False  # state changed since the last persist
 
     # ---- start position --------------------------------------------------------------
@@ -312,6 +314,11 @@ class Consumer:
             if m is None:
                 return x
             o = self._render(to, m, *self._predict(m, x))
+            if self.cfg.rate_limit_bps:
+                wait = self._rate_wait(now_ns, len(o.payload) + (len(o.hdr) if o.hdr else 0))
+                if wait:
+                    self._unread(m, x)
+                    return wait
             self._account(m, x, now_ns)
             self.out.append(o)
             if self.cfg.flow_control:
@@ -319,6 +326,20 @@ class Consumer:
                 if not self.fc_reply and self.pbytes > FC_MAX_PENDING_BYTES // 2:
                     self._send_fc(now_ns)
         return 1  # more may be ready: call again
+
+    def _rate_wait(self, now_ns: int, size: int) -> int:
+        """Token bucket for rate_limit_bps (bits/s): 0 to send `size` bytes now, else when."""
+        rate = self.cfg.rate_limit_bps / 8  # bytes per second
+        cap = max(rate, size)
+        if self.rl_at:
+            self.rl_tokens = min(cap, self.rl_tokens + (now_ns - self.rl_at) * rate / 1e9)
+        else:
+            self.rl_tokens = cap
+        self.rl_at = now_ns
+        if self.rl_tokens >= size:
+            self.rl_tokens -= size
+            return 0
+        return now_ns + int((size - self.rl_tokens) * 1e9 / rate) + 1
 
     def _send_fc(self, now_ns: int) -> None:
         self.fc_seq += 1

@@ -342,3 +342,16 @@ def test_ack_wait_heap_stays_bounded():
         c.ack(seq, T0)
     assert len(c.deadlines) <= 1024 + 2
     assert not c.pending
+
+
+def test_rate_limit_spaces_push_deliveries():
+    st = MemoryStore()
+    for _ in range(3):
+        st.append("a.x", None, b"x" * 1000, T0)
+    c = make(st, deliver_subject="dl", ack_policy="none", rate_limit_bps=8000)  # 1000 bytes/s
+    wake = c.deliver_push(T0, True)
+    assert len(c.out) == 1 and wake > T0  # the first fits the bucket, the next must wait
+    c.out.clear()
+    assert c.deliver_push(wake - S // 10, True) > 0 and not c.out
+    c.deliver_push(wake, True)
+    assert len(c.out) == 1
