@@ -337,6 +337,14 @@ class ConsumerManager:
         self.emit(e.c)
         if e.durable:
             self._remove_files(e)
+        if e.stream.config.retention == "interest":
+            self._release_interest(e)
+
+    def _release_interest(self, e: _Entry) -> None:
+        """Interest retention: messages only the deleted consumer still needed go away."""
+        st = e.stream.store.state()
+        for seq in range(max(e.c.asflr + 1, st.first_seq), st.last_seq + 1):
+            self.js.stream_acked(e.stream.name, seq)
 
     def lookup(self, stream_name: str, name: str) -> _Entry | None:
         return self.by_stream.get(stream_name, {}).get(name)

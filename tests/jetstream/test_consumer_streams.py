@@ -143,3 +143,18 @@ def test_workqueue_consumer_rules_and_max_consumers(server):
         r = await add_consumer(nc, "MC", {"name": "b"}, "b")
         assert r["error"] == {"code": 400, "err_code": 10026, "description": "maximum consumers limit reached"}
     run(main, server.url)
+
+
+def test_interest_stream_releases_messages_when_consumer_deleted(server):
+    async def main(nc):
+        await add_stream(nc, "IX", ["ix.>"], retention="interest")
+        for n in ("a", "b"):
+            await add_consumer(nc, "IX", {"durable_name": n, "name": n, "ack_policy": "explicit"}, n)
+        await publish(nc, "ix.x", b"x", 3)
+        sa = await nc.jetstream().pull_subscribe_bind("a", stream="IX")
+        for m in await sa.fetch(3, timeout=5):
+            await m.ack_sync()
+        assert await wait_messages(nc, "IX", 3) == 3  # b still needs them
+        assert (await api(nc, "CONSUMER.DELETE.IX.b"))["success"]
+        assert await wait_messages(nc, "IX", 0) == 0
+    run(main, server.url)
