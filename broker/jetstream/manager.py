@@ -260,6 +260,19 @@ class JetStream:
         if self.sync_always and stream.config.storage == "file":
             await trio.to_thread.run_sync(stream.store.sync)
 
+    def forget_meta(self, name: str) -> None:
+        """First step of a delete: without meta.json the stream is gone, even after a crash."""
+        path = os.path.join(self.stream_dir(name), "meta.json")
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            return
+        dfd = os.open(self.stream_dir(name), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
     def remove_files(self, name: str) -> None:
         shutil.rmtree(self.stream_dir(name), ignore_errors=True)
 

@@ -180,6 +180,7 @@ async def _delete(js, name: str, payload: bytes):
     if stream is None:
         raise errors.stream_not_found()
     await js.detach(stream)
+    js.forget_meta(name)
     js.consumers.stream_deleted(stream)
     stream.store.delete()
     js.remove_files(name)
