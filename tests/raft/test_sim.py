@@ -108,3 +108,16 @@ def _first_failure(seeds) -> int | None:
 
 def test_fault_phase_bounds_are_named_in_milliseconds():
     assert sim.fault_phase_ms > 0 and sim.heal_phase_ms > 0 and sim.tick_ms > 0
+
+
+def test_simulator_catches_acknowledgements_sent_before_the_fsync(monkeypatch):
+    """Mutation check: if votes and append acknowledgements left before the fsync (all messages
+    sent early), crashes that lose unsynced writes must break an invariant."""
+
+    def everything_early(rd, send):
+        for m in rd.messages:
+            send(m)
+        rd.messages = []
+
+    monkeypatch.setattr(sim, "send_leader_messages_early", everything_early)
+    assert _first_failure(range(1000)) is not None
