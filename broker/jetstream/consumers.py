@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 import time
 
 import msgspec
@@ -472,7 +473,7 @@ def _nak_delay(rest: bytes) -> int:
 def _atomic_write(path: str, data: bytes) -> None:
     d = os.path.dirname(path)
     os.makedirs(d, exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{threading.get_ident()}.tmp"  # the flush thread and shutdown may overlap
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
