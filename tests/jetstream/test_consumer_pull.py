@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import nats.errors
 import pytest
 
 from tests.jetstream.consumer_fixtures import (Inbox, ack_meta, add_consumer, add_stream, api, data_msgs, publish,
@@ -303,4 +304,37 @@ def test_filtered_ack_floor_and_start_positions(server):
         await js.pull_subscribe("po.a", "fd", config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                                                      opt_start_seq=4))
         assert await state("fd") == (0, 3, 0, 3, 0, 2)
+    run(main, server.url)
+
+
+def test_concurrent_fetchers_share_work_exactly_once(server):
+    async def main(nc):
+        js = nc.jetstream()
+        await js.add_stream(name="PW", subjects=["pw.>"])
+        total = 1500
+        for i in range(total):
+            await nc.publish("pw.x", b"%d" % i)
+        await nc.flush()
+        subs = [await js.pull_subscribe("pw.x", "work") for _ in range(3)]
+        seen: list[int] = []
+
+        async def worker(psub):
+            while len(seen) < total:
+                try:
+                    msgs = await psub.fetch(50, timeout=1)
+                except nats.errors.TimeoutError:
+                    continue
+                for m in msgs:
+                    seen.append(m.metadata.sequence.stream)
+                    await m.ack()
+        await asyncio.wait_for(asyncio.gather(*(worker(s) for s in subs)), 60)
+        assert sorted(seen) == list(range(1, total + 1))
+        info = await js.consumer_info("PW", "work")
+        for _ in range(50):
+            if info.num_ack_pending == 0:
+                break
+            await asyncio.sleep(0.1)
+            info = await js.consumer_info("PW", "work")
+        assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
+        assert info.ack_floor.stream_seq == total
     run(main, server.url)
