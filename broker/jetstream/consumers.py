@@ -248,7 +248,12 @@ class ConsumerManager:
             wake = now + int(IDLE_POLL_S * 1e9)
             for entries in list(self.by_stream.values()):
                 for e in list(entries.values()):
-                    w = self._tick_entry(e, now)
+                    try:
+                        w = self._tick_entry(e, now)
+                    except Exception:  # our bug: log it loudly, keep the other consumers running
+                        log.exception("consumer %s > %s failed in its timer", e.stream.name, e.c.name)
+                        self.busy.discard(e)
+                        continue
                     if w:
                         wake = min(wake, w)
             if self.busy:
