@@ -238,7 +238,12 @@ class ConsumerManager:
                 snaps.append((os.path.join(self._obs_dir(e.stream.name), e.c.name, "state.json"),
                               _enc.encode(e.c.state_dict())))
         if snaps:
-            await trio.to_thread.run_sync(lambda: [_atomic_write(p, b) for p, b in snaps])
+            try:
+                await trio.to_thread.run_sync(lambda: [_atomic_write(p, b) for p, b in snaps])
+            except OSError as ex:  # disk trouble: keep serving; state is rewritten on the next change
+                log.error("cannot persist consumer state: %s", ex)
+                for e in work:
+                    e.c.dirty = True
 
     # ---- the background task ---------------------------------------------------------
     async def _run(self) -> None:
