@@ -151,7 +151,15 @@ class RaftCore:
 
     @property
     def promotable(self) -> bool:
-        return self.id in self.voters and not self.quarantined
+        if self.quarantined:
+            return False
+        if self.id in self.voters:
+            return True
+        # Our removal is in the log but not known committed: we may hold the longest log, and
+        # then no one else can win until we commit it (dissertation 4.2.2). Votes are still
+        # counted in the latest configuration, so this is as safe as any election.
+        log = self.log
+        return log.conf_index > log.commit and self.id in log.conf_at(log.conf_index - 1).voters
 
     # -- inputs ------------------------------------------------------------------------------
     def tick(self) -> None:

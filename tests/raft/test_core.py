@@ -438,3 +438,19 @@ def test_4_2_1_learner_catches_up_without_counting_then_is_promoted():
     leader.transfer_leadership(4)
     c.deliver_all()
     assert c.nodes[4].state == LEADER
+
+
+def test_4_2_2_leader_removing_itself_can_still_finish_the_job_after_stepping_down():
+    # Leader 2 appends "remove 2" but loses its only peer before committing it. Node 1's log is
+    # now shorter, so only node 2 can win an election: it must still be allowed to campaign.
+    c = Cluster(2, seed=16)
+    leader = c.elect(2)
+    c.tick(2)
+    c.isolate(1)
+    leader.propose_conf_change(ConfChange(ConfChange.REMOVE, 2))
+    c.tick(25, only=(2,))
+    assert leader.state != LEADER and leader.voters == (1,) and leader.promotable
+    c.heal()
+    c.tick(80)
+    assert c.nodes[1].state == LEADER and c.nodes[1].voters == (1,)
+    assert c.nodes[2].log.commit >= c.nodes[2].log.conf_index and not c.nodes[2].promotable
