@@ -86,6 +86,9 @@ async def play(url: str, seed: int, cfg: dict) -> list:
                     trace.append(("no responders", kind))
                 if kind in ("nak", "wpi"):
                     delivered.append(reply)
+                # an ack can hand a held message to a waiting request: let that delivery land
+                # before the next step, on both servers
+                await asyncio.sleep(0.015)
             if created:
                 i = await api(nc, f"CONSUMER.INFO.{stream}.c")
                 trace.append(("info", kind, i["delivered"]["consumer_seq"], i["delivered"]["stream_seq"],
