@@ -83,6 +83,7 @@ class Consumer:
         self.lps: deque[int] = deque()  # last-per-subject start sequences still to deliver
         self.npending = 0  # exact count of matching messages at or after sseq (plus lps queue)
         self.known_last = 0  # newest stream seq announced to us: the store may already hold newer ones
+        self._store_n: int | None = None  # store message count at the last announcement (backlog only)
         self.waiting: deque[PullRequest] = deque()
         self.out: list[Out] = []
         self.last_active = 0
@@ -143,7 +144,9 @@ class Consumer:
 
     def recount(self) -> None:
         """Recompute num_pending from the store (after start, purge or restore)."""
-        self.known_last = self.store.state().last_seq
+        st = self.store.state()
+        self.known_last = st.last_seq
+        self._store_n = st.messages
         if self.filters:
             n = sum(self.store.num_pending(self.sseq, f) for f in self.filters)
         else:
@@ -165,6 +168,17 @@ class Consumer:
         """A message was appended; True if this consumer may now have something to deliver."""
         if seq <= self.known_last:
             return False
+        if self.npending > 0:
+            # With a backlog, limits may have removed messages we still counted (discard old,
+            # per-subject history): when the store did not grow by exactly one, count again.
+            n = self.store.state().messages
+            stale = self._store_n is not None and n != self._store_n + 1
+            self._store_n = n
+            if stale:
+                self.recount()
+                return self.npending > 0
+        else:
+            self._store_n = None
         self.known_last = seq
         if seq >= self.sseq and self.matches(subject):
             self.npending += 1

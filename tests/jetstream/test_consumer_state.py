@@ -355,3 +355,17 @@ def test_rate_limit_spaces_push_deliveries():
     assert c.deliver_push(wake - S // 10, True) > 0 and not c.out
     c.deliver_push(wake, True)
     assert len(c.out) == 1
+
+
+def test_limit_evictions_keep_num_pending_exact():
+    st = MemoryStore()
+    fill(st, 5)
+    c = make(st)
+    pull(c, T0, batch=1)
+    assert c.npending == 4
+    st.remove(3)  # e.g. discard old / per-subject history removed an undelivered message
+    seq = st.append("a.x", None, b"new", T0)
+    c.on_stored(seq, "a.x")
+    assert c.npending == 4  # 2, 4, 5 and the new one
+    out = pull(c, T0, batch=10, no_wait=True)
+    assert [int(ack_tokens(o.reply)[8]) for o in out if o.reply] == [3, 2, 1, 0]
