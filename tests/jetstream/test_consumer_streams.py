@@ -158,3 +158,26 @@ def test_interest_stream_releases_messages_when_consumer_deleted(server):
         assert (await api(nc, "CONSUMER.DELETE.IX.b"))["success"]
         assert await wait_messages(nc, "IX", 0) == 0
     run(main, server.url)
+
+
+def test_num_pending_follows_limit_evictions(server):
+    async def main(nc):
+        await add_stream(nc, "LE", ["le.>"], max_msgs=5)
+        await publish(nc, "le.x", b"x", 5)
+        await add_consumer(nc, "LE", {"durable_name": "c", "name": "c", "ack_policy": "explicit"}, "c")
+        await publish(nc, "le.x", b"y", 8)
+        info = await api(nc, "CONSUMER.INFO.LE.c")
+        for _ in range(50):
+            if info["num_pending"] == 5:
+                break
+            await asyncio.sleep(0.05)
+            info = await api(nc, "CONSUMER.INFO.LE.c")
+        assert info["num_pending"] == 5
+        inbox = await Inbox(nc, "in.le").start()
+        await nc.publish("$JS.API.CONSUMER.MSG.NEXT.LE.c", json.dumps({"batch": 10, "no_wait": True}).encode(),
+                         reply="in.le")
+        msgs = await inbox.wait_for(lambda m: status(m) is not None)
+        got = [m.reply.split(".") for m in inbox.msgs if m.reply]
+        assert [(int(t[5]), int(t[8])) for t in got] == [(9, 4), (10, 3), (11, 2), (12, 1), (13, 0)]
+        assert status(msgs) == ("404", "No Messages")
+    run(main, server.url)
