@@ -217,3 +217,29 @@ def test_opt_start_time_echoed_as_sent(server):
             assert r["config"]["opt_start_time"] == t
     run(main, server.url)
 
+
+
+def test_create_actions_and_immutable_fields(server):
+    async def main(nc):
+        await add_stream(nc, "CB", ["cb.>"])
+        base = {"name": "c", "durable_name": "c", "ack_policy": "explicit"}
+
+        async def create(cfg, action=None, name="c"):
+            body = {"stream_name": "CB", "config": cfg}
+            if action:
+                body["action"] = action
+            return await api(nc, f"CONSUMER.CREATE.CB.{name}", body)
+        assert "error" not in await create(base, "create")
+        assert "error" not in await create(base, "create")  # same config: fine
+        r = await create(dict(base, max_deliver=5), "create")
+        assert r["error"] == {"code": 400, "err_code": 10148, "description": "consumer already exists"}
+        r = await create({"name": "zz", "ack_policy": "explicit"}, "update", name="zz")
+        assert r["error"] == {"code": 400, "err_code": 10149, "description": "consumer does not exist"}
+        r = await create(dict(base, deliver_subject="foo"))
+        assert r["error"]["err_code"] == 10012
+        r = await create(dict(base, deliver_policy="new"))
+        assert r["error"] == {"code": 500, "err_code": 10012, "description": "deliver policy can not be updated"}
+        assert "error" not in await create({"name": "p", "deliver_subject": "dd", "ack_policy": "none"}, name="p")
+        r = await create({"name": "p", "deliver_subject": "dd2", "ack_policy": "none"}, name="p")
+        assert r["config"]["deliver_subject"] == "dd2"
+    run(main, server.url)
