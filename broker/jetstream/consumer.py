@@ -604,20 +604,28 @@ class Consumer:
         self.waiting.clear()
 
     def purged(self) -> None:
-        """Messages were removed from the stream: forget pending ones that are gone."""
+        """Messages were removed from the stream (purge, delete, expiry): move past them the
+        way nats-server does, so delivered/ack floors read the same afterwards."""
         first = self.store.state().first_seq
-        for s in [s for s in self.pending if self.store.get(s) is None]:
-            self.pending.pop(s)
-            self.rdc.pop(s, None)
-        self._reset_low()
-        if self.sseq < first:
+        if first > self.sseq:
             self.sseq = first
+            self.dsseq = max(self.dsseq, first - 1)
+        if first - 1 > self.asflr:
+            self.asflr = first - 1
+            self._forget([s for s in self.pending if s <= self.asflr])
+        self._forget([s for s in self.pending if self.store.get(s) is None])
         self.lps = deque(s for s in self.lps if self.store.get(s) is not None)
         if not self.pending:
-            self.adflr = self.dseq
-            self.asflr = max(self.asflr, min(self.dsseq, self.sseq - 1))
+            self.adflr, self.asflr = self.dseq, self.sseq - 1
         self.dirty = True
         self.recount()
+
+    def _forget(self, seqs: list[int]) -> None:
+        for s in seqs:
+            p = self.pending.pop(s)
+            self.rdc.pop(s, None)
+            self.adflr = max(self.adflr, p[0])
+        self._reset_low()
 
     # ---- info and persistence ---------------------------------------------------------
     def num_redelivered(self) -> int:

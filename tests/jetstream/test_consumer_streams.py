@@ -181,3 +181,30 @@ def test_num_pending_follows_limit_evictions(server):
         assert [(int(t[5]), int(t[8])) for t in got] == [(9, 4), (10, 3), (11, 2), (12, 1), (13, 0)]
         assert status(msgs) == ("404", "No Messages")
     run(main, server.url)
+
+
+def test_purges_move_floors_like_nats_server(server):
+    async def main(nc):
+        js = nc.jetstream()
+        await js.add_stream(name="PF2", subjects=["pf2.>"])
+        for i in range(6):
+            await js.publish("pf2.a" if i % 2 else "pf2.b", b"x")
+        psub = await js.pull_subscribe("pf2.>", "c")
+        msgs = await psub.fetch(3, timeout=5)
+        await msgs[0].ack_sync()
+
+        async def state():
+            i = await api(nc, "CONSUMER.INFO.PF2.c")
+            return (i["delivered"]["consumer_seq"], i["delivered"]["stream_seq"], i["ack_floor"]["consumer_seq"],
+                    i["ack_floor"]["stream_seq"], i["num_ack_pending"], i["num_pending"])
+        assert await state() == (3, 3, 1, 1, 2, 3)
+        await api(nc, "STREAM.PURGE.PF2", {"filter": "pf2.b"})
+        assert await state() == (3, 3, 3, 1, 1, 2)
+        await api(nc, "STREAM.PURGE.PF2", {"seq": 5})
+        assert await state() == (3, 5, 3, 5, 0, 1)
+        await api(nc, "STREAM.PURGE.PF2")
+        assert await state() == (3, 6, 3, 6, 0, 0)
+        await js.publish("pf2.a", b"n")
+        m = (await psub.fetch(1, timeout=5))[0]
+        assert (m.metadata.sequence.stream, m.metadata.sequence.consumer) == (7, 4)
+    run(main, server.url)
