@@ -94,6 +94,8 @@ def normalize(cfg: ConsumerConfig, stream_cfg) -> ConsumerConfig:
         raise cerr(400, 10108, "consumer with flow control also needs heartbeats")
     if push and c.max_waiting:
         raise cerr(400, 10080, "consumer in push mode can not set max waiting")
+    if not push and c.rate_limit_bps:
+        raise cerr(400, 10086, "consumer in pull mode can not have rate limit set")
     if not push and c.idle_heartbeat:
         raise cerr(400, 10088, "consumer idle heartbeat requires a push based consumer")
     if c.backoff:
@@ -113,7 +115,7 @@ def normalize(cfg: ConsumerConfig, stream_cfg) -> ConsumerConfig:
     if c.opt_start_time and not parse_time(c.opt_start_time):
         raise cerr(400, 10025, "invalid JSON: " + _time_error(c.opt_start_time))
     md = dict(c.metadata or {})
-    md.setdefault("_nats.req.level", "0")
+    md["_nats.req.level"] = "1" if c.pause_until else "0"  # API level the config needs (ADR-44)
     c.metadata = md
     return c
 

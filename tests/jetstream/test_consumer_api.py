@@ -243,3 +243,32 @@ def test_create_actions_and_immutable_fields(server):
         r = await create({"name": "p", "deliver_subject": "dd2", "ack_policy": "none"}, name="p")
         assert r["config"]["deliver_subject"] == "dd2"
     run(main, server.url)
+
+
+def test_full_config_echo(server):
+    async def main(nc):
+        await add_stream(nc, "CC", ["cc.>"])
+        full = {"durable_name": "a", "name": "a", "description": "d", "deliver_policy": "by_start_sequence",
+                "opt_start_seq": 2, "ack_policy": "explicit", "ack_wait": 5 * 10**9, "max_deliver": 5,
+                "backoff": [5 * 10**9, 6 * 10**9], "filter_subject": "cc.x", "replay_policy": "original",
+                "sample_freq": "50%", "max_waiting": 7, "max_ack_pending": 9, "headers_only": True,
+                "max_batch": 3, "max_expires": 4 * 10**9, "max_bytes": 1000, "inactive_threshold": 60 * 10**9,
+                "num_replicas": 1, "mem_storage": True, "metadata": {"x": "y"}}
+        r = await add_consumer(nc, "CC", full, "a")
+        want = dict(full, metadata=dict(META, x="y"))
+        assert r["config"] == want and list(r["config"]) == list(want)
+        r = await add_consumer(nc, "CC", {"name": "r", "rate_limit_bps": 1000}, "r")
+        assert r["error"] == {"code": 400, "err_code": 10086,
+                              "description": "consumer in pull mode can not have rate limit set"}
+        push = {"name": "b", "deliver_subject": "ds", "deliver_group": "g", "flow_control": True,
+                "idle_heartbeat": 2 * 10**9, "ack_policy": "all", "filter_subjects": ["cc.a", "cc.b"],
+                "headers_only": True, "rate_limit_bps": 8000, "pause_until": "2099-01-01T00:00:00Z"}
+        r = await add_consumer(nc, "CC", push, "b")
+        assert r["config"]["metadata"]["_nats.req.level"] == "1"
+        assert r["paused"] is True and r["pause_remaining"] > 0
+        assert list(r["config"]) == ["name", "deliver_policy", "ack_policy", "ack_wait", "max_deliver",
+                                     "filter_subjects", "replay_policy", "rate_limit_bps", "max_ack_pending",
+                                     "flow_control", "headers_only", "deliver_subject", "deliver_group",
+                                     "idle_heartbeat", "inactive_threshold", "num_replicas", "metadata",
+                                     "pause_until"]
+    run(main, server.url)
