@@ -270,11 +270,8 @@ def test_jetstream_file_stream_on_volume_survives_container_restart(cluster):
     assert http("n2", "/varz")[1]["jetstream"]["config"]["store_dir"].startswith("/data/")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug (broker/server.py Server.subscribe -> add_sub -> cluster.local_interest_changed): "
-    "JetStream's internal subscriptions ($JS.API.>, stream subjects, $JS.ACK.>) are announced to "
-    "routes, so with -js on every node one JS API request is answered by every node and one "
-    "publish to a stream subject is stored and acked by every node's copy of the stream"))
+# JetStream is per node (no meta group yet): its internal subscriptions stay node-local, so
+# one request or publish through n2 is answered and stored by n2 alone.
 def test_jetstream_request_and_publish_get_exactly_one_answer_in_cluster(cluster):
     async def main():
         c = await nats.connect(url("n2"))
