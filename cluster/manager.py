@@ -351,6 +351,10 @@ class ClusterManager:
     def _register(self, route: Route, info: proto.RouteInfo) -> bool:
         rid = info.server_id
         route.remote_id = rid  # lets a configured dial loop see who answered, even if dropped below
+        if info.server_name and info.server_name == self.cfg.server_name and rid != self.cfg.server_id:
+            # server names must be unique in a cluster (JetStream placement relies on them)
+            log.error("%r: Remote server has a duplicate name: %r", route, info.server_name)
+            return False
         existing = self.routes.get(rid)
         if existing is not None:
             if not keep_new_route(self.cfg.server_id, rid, existing.did_solicit, route.did_solicit):
