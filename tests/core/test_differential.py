@@ -119,3 +119,32 @@ def test_same_reply_as_nats_server(servers, name):
 def test_server_survives_every_case(servers):
     ours, _ = servers
     assert b"PONG\r\n" in exchange(ours.port, CONNECT)
+
+
+AUTH_CASES = {
+    "auth_ok": b'CONNECT {"verbose":false,"pedantic":false,"user":"alice","pass":"s3cret"}\r\n',
+    "auth_wrong_password": b'CONNECT {"verbose":false,"pedantic":false,"user":"alice","pass":"nope"}\r\n',
+    "auth_missing": b'CONNECT {"verbose":false,"pedantic":false}\r\n',
+    "auth_pub_before_connect": b"PUB foo 1\r\nx\r\n",
+    "auth_sub_before_connect": b"SUB foo 1\r\n",
+}
+
+
+@pytest.fixture(scope="module")
+def auth_servers(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("diffauth")
+    flags = ("--user", "alice", "--pass", "s3cret")
+    ours = our_server(tmp, *flags, jetstream=False).start()
+    ref = reference(tmp, *flags, jetstream=False).start()
+    yield ours, ref
+    ours.stop()
+    ref.stop()
+
+
+@pytest.mark.parametrize("name", sorted(AUTH_CASES))
+def test_same_auth_reply_as_nats_server(auth_servers, name):
+    ours, ref = auth_servers
+    data = AUTH_CASES[name]
+    want = normalise(exchange(ref.port, data))
+    got = normalise(exchange(ours.port, data))
+    assert got == want, f"{name}: ours={got!r} nats-server={want!r}"
