@@ -112,8 +112,7 @@ def varz(server, stats: dict) -> dict:
         "go": "python",
         "host": o.host or "0.0.0.0",
         "port": server.port,
-        "auth_required": server.auth_required,
-        "tls_required": bool(o.tls),
+        "git_commit": "",
         "max_connections": o.max_connections,
         "ping_interval": int(o.ping_interval_s * 1e9),
         "ping_max": o.ping_max,
@@ -143,9 +142,35 @@ def varz(server, stats: dict) -> dict:
         "stale_connections": server.stale_connections,
         "subscriptions": server.sublist.count,
         "http_req_stats": stats,
+        "in_client_msgs": server.in_msgs - server.routed_in_msgs,
+        "in_client_bytes": server.in_bytes - server.routed_in_bytes,
+        "out_client_msgs": server.out_msgs,
+        "out_client_bytes": server.out_bytes,
+        "stalled_clients": 0,
+        "disk_io_wait_stats": {"waiters": 0, "waits": 0, "wait_time": 0, "max_wait_time": 0},
+        # what this server does: v1 ack subjects and API replies, no raft delete ranges
+        "feature_flags": {"js_ack_fc_v2": False, "js_api_reply_v2": False, "js_raft_delete_range": False,
+                          "js_snapshot_sources": False},
+        "stale_connection_stats": {"clients": server.stale_connections, "routes": 0, "gateways": 0, "leafs": 0},
+        "system_account": "$SYS",
+        "tls_timeout": o.tls_timeout_s,
+        "gomaxprocs": os.cpu_count(),
+        "http_base_path": "",
+        "https_port": 0,
+        "config_digest": getattr(o, "config_digest", ""),
+        "cluster": {},
+        "gateway": {},
+        "leaf": {},
+        "mqtt": {},
+        "websocket": {},
+        "jetstream": {},
         "config_load_time": rfc3339(server.start_time),
         "slow_consumer_stats": {"clients": server.slow_consumers, "routes": 0, "gateways": 0, "leafs": 0},
     }
+    if server.auth_required:
+        v["auth_required"] = True  # nats-server omits these when false
+    if o.tls:
+        v["tls_required"] = True
     if server.cluster is not None:
         v["cluster"] = server.cluster.varz()
         v["connect_urls"] = server._cluster_urls
@@ -222,6 +247,9 @@ def subsz(server, q: dict) -> dict:
         "cache_hit_rate": (hits / matches) if matches else 0,
         "max_fanout": 0,
         "avg_fanout": 0,
+        "total": 0,
+        "offset": 0,
+        "limit": 1024,
     }
     if q.get("subs", "") in ("1", "true", "detail"):
         subs = [s for s in sl.all_subs() if not s.conn.is_route]

@@ -99,6 +99,8 @@ class Server:
         self.out_bytes = 0
         self.total_connections = 0
         self.route_cache_misses = 0
+        self.routed_in_msgs = 0  # of in_msgs, those that arrived over routes
+        self.routed_in_bytes = 0
         self.slow_consumers = 0
         self.stale_connections = 0
         self.auth_required = bool(self.opts.username or self.opts.token)
@@ -448,6 +450,8 @@ class Server:
         size = len(payload) + (len(hdr) if hdr else 0)
         self.in_msgs += 1
         self.in_bytes += size
+        self.routed_in_msgs += 1
+        self.routed_in_bytes += size
         m = self.sublist.match(subject_b)
         n = 0
         for sub in m.plain:
