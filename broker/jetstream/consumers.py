@@ -39,7 +39,7 @@ _enc = msgspec.json.Encoder()
 
 class _Entry:
     """Runtime wrapper of one consumer: where it lives and its push/idle bookkeeping."""
-    __slots__ = ("c", "stream", "durable", "hb_next", "inactive_since", "deleted")
+    __slots__ = ("c", "stream", "durable", "hb_next", "inactive_since", "deleted", "due")
 
     def __init__(self, c: Consumer, stream, durable: bool, now_ns: int) -> None:
         self.c = c
@@ -48,6 +48,7 @@ class _Entry:
         self.hb_next = now_ns + c.cfg.idle_heartbeat if c.cfg.idle_heartbeat else 0
         self.inactive_since = now_ns
         self.deleted = False
+        self.due = 1  # when the timer task must next look at it (0 = only on events)
 
 
 class ConsumerManager:
@@ -57,6 +58,8 @@ class ConsumerManager:
         self.by_stream: dict[str, dict[str, _Entry]] = {}
         self.busy: set[_Entry] = set()  # push consumers with more to send
         self._wake = trio.Event()
+        self._sleep_until = 0  # the timer task sleeps until then unless woken
+        self._poke_all = False
         self._task_started = False
         self._subs: list = []
 
@@ -70,7 +73,16 @@ class ConsumerManager:
         self.server.nursery.start_soon(self._run)
 
     def _kick(self) -> None:
+        """Make the timer task look at every consumer now (pause, reset: rare)."""
+        self._poke_all = True
         self._wake.set()
+
+    def _schedule(self, e: "_Entry", t: int) -> None:
+        """Make sure the timer task looks at `e` no later than `t` (absolute ns)."""
+        if t and (not e.due or t < e.due):
+            e.due = t
+            if t < self._sleep_until:
+                self._wake.set()
 
     def emit(self, c: Consumer) -> None:
         """Publish everything the state machine produced."""
@@ -137,15 +149,18 @@ class ConsumerManager:
         c = e.c
         if c.push:
             if self.server.has_interest(c.cfg.deliver_subject):
-                if c.deliver_push(now, True, 64):
+                w = c.deliver_push(now, True, 64)
+                if w == 1:
                     self.busy.add(e)
-                    self._kick()
+                    self._wake.set()
+                else:
+                    self._schedule(e, w)
                 if c.out:
                     e.hb_next = now + c.cfg.idle_heartbeat if c.cfg.idle_heartbeat else 0
         elif c.waiting:
-            if c.serve_pull(now, self.server.has_interest):
-                self._kick()
+            self._schedule(e, c.serve_pull(now, self.server.has_interest))
         self.emit(c)
+        self._schedule(e, c.next_wake())
 
     def stream_purged(self, stream) -> None:
         for e in self.by_stream.get(stream.name, {}).values():
@@ -250,17 +265,20 @@ class ConsumerManager:
         last_flush = time.monotonic()
         while True:
             now = time.time_ns()
-            wake = now + int(IDLE_POLL_S * 1e9)
+            wake = now + int(FLUSH_INTERVAL_S * 1e9)
+            poke_all, self._poke_all = self._poke_all, False
             for entries in list(self.by_stream.values()):
                 for e in list(entries.values()):
-                    try:
-                        w = self._tick_entry(e, now)
-                    except Exception:  # our bug: log it loudly, keep the other consumers running
-                        log.exception("consumer %s > %s failed in its timer", e.stream.name, e.c.name)
-                        self.busy.discard(e)
-                        continue
-                    if w:
-                        wake = min(wake, w)
+                    if poke_all or e in self.busy or (e.due and e.due <= now):
+                        try:
+                            e.due = self._tick_entry(e, now)
+                        except Exception:  # our bug: log it loudly, keep the other consumers running
+                            log.exception("consumer %s > %s failed in its timer", e.stream.name, e.c.name)
+                            self.busy.discard(e)
+                            e.due = now + int(IDLE_POLL_S * 1e9)
+                            continue
+                    if e.due:
+                        wake = min(wake, e.due)
             if self.busy:
                 wake = now
             if time.monotonic() - last_flush >= FLUSH_INTERVAL_S:
@@ -268,6 +286,7 @@ class ConsumerManager:
                 await self._flush()
             delay = max(0.0, (wake - time.time_ns()) / 1e9)
             self._wake = trio.Event()
+            self._sleep_until = wake
             if delay > 0 and not self.busy:
                 with trio.move_on_after(min(delay, FLUSH_INTERVAL_S)):
                     await self._wake.wait()
@@ -293,14 +312,19 @@ class ConsumerManager:
             wake = w
         if e.hb_next and (not wake or e.hb_next < wake):
             wake = e.hb_next
+        limit = c.cfg.inactive_threshold
+        if limit and not c.push and not c.waiting:
+            w = max(e.inactive_since, c.last_active) + limit
+            if not wake or w < wake:
+                wake = w
         return wake
 
     def _tick_push(self, e: _Entry, now: int) -> int:
         c = e.c
         interest = self.server.has_interest(c.cfg.deliver_subject)
-        if not interest:
+        if not interest:  # no hook tells us when a subscriber appears: look again soon
             self.busy.discard(e)
-            return now + BIND_POLL_NS if now - e.inactive_since < BIND_FAST_NS else 0
+            return now + (BIND_POLL_NS if now - e.inactive_since < BIND_FAST_NS else int(IDLE_POLL_S * 1e9))
         e.inactive_since = now
         more = c.deliver_push(now, True, 256)
         if more == 1:
@@ -312,7 +336,11 @@ class ConsumerManager:
         elif e.hb_next and now >= e.hb_next:
             c.heartbeat(c.cfg.deliver_subject)
             e.hb_next = now + c.cfg.idle_heartbeat
-        return more if more > 1 else 0
+        wake = more if more > 1 else 0
+        if c.cfg.inactive_threshold:  # notice when the subscriber goes away
+            poll = now + int(IDLE_POLL_S * 1e9)
+            wake = min(wake, poll) if wake else poll
+        return wake
 
     def _inactive(self, e: _Entry, now: int) -> bool:
         c = e.c
@@ -335,7 +363,7 @@ class ConsumerManager:
         self._ensure_task()
         e = _Entry(c, stream, bool(c.cfg.durable_name), now)
         self.by_stream.setdefault(stream.name, {})[c.name] = e
-        self._kick()
+        self._wake.set()  # e.due = 1: looked at right away
         return e
 
     def _delete(self, e: _Entry) -> None:
@@ -460,7 +488,7 @@ class ConsumerManager:
             return
         c.add_request(req, now, self.server.has_interest)
         self.emit(c)
-        self._kick()
+        self._schedule(e, c.next_wake())
 
 
 def _nak_delay(rest: bytes) -> int:
