@@ -30,6 +30,7 @@ from broker.jetstream.errors import JSError
 log = logging.getLogger("broker.jetstream.consumers")
 
 FLUSH_INTERVAL_S = 0.5
+PUSH_BATCH = 1000  # messages a push consumer sends per turn of the timer task
 IDLE_POLL_S = 0.1  # how often push consumers without interest and inactivity are re-checked
 BIND_POLL_NS = 5_000_000  # a push consumer that just lost or never had interest is re-checked this often...
 BIND_FAST_NS = 2_000_000_000  # ...for this long (clients subscribe to the deliver subject after creating it)
@@ -326,7 +327,7 @@ class ConsumerManager:
             self.busy.discard(e)
             return now + (BIND_POLL_NS if now - e.inactive_since < BIND_FAST_NS else int(IDLE_POLL_S * 1e9))
         e.inactive_since = now
-        more = c.deliver_push(now, True, 256)
+        more = c.deliver_push(now, True, PUSH_BATCH)
         if more == 1:
             self.busy.add(e)
         else:
