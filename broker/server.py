@@ -346,6 +346,12 @@ class Server:
         size = len(payload) + (len(hdr) if hdr else 0)
         self.route_msg(None, subject.encode(), reply.encode() if reply else b"", hdr, payload, size)
 
+    def publish_many(self, msgs: list[tuple[str, bytes]]) -> None:
+        """Publish many (subject, payload) pairs without reply or headers (JetStream acks)."""
+        route = self.route_msg
+        for subject, payload in msgs:
+            route(None, subject.encode(), b"", None, payload, len(payload))
+
     def route_msg(self, client, subject: bytes, reply: bytes, hdr, payload: bytes, size: int) -> None:
         """Deliver a published message to every local match and each interested route once."""
         self.in_msgs += 1

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 
 import msgspec
@@ -31,6 +33,8 @@ from broker.jetstream.store import MemoryStore
 from broker.jetstream.stream import Stream, parse_go_duration
 
 log = logging.getLogger("broker.jetstream")
+
+_APPLY_CHUNK = 256  # messages applied between checkpoints (see _writer)
 
 API_SUBJECTS = ("$JS.API.*", "$JS.API.STREAM.>", "$JS.API.CONSUMER.>", "$JS.API.ACCOUNT.>",
                 "$JS.API.META.>", "$JS.API.SERVER.>")
@@ -47,7 +51,8 @@ _meta_decoder = msgspec.json.Decoder(StreamMeta)
 class _Runner:
     """Runtime attachments of one stream: inbox, subscriptions, writer task."""
 
-    __slots__ = ("stream", "inbox", "wake", "subs", "direct_subs", "cancel", "done", "err_prefix")
+    __slots__ = ("stream", "inbox", "wake", "subs", "direct_subs", "cancel", "done", "err_prefix",
+                 "applied", "sync_wake", "syncing", "syncer_running")
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
@@ -58,10 +63,60 @@ class _Runner:
         self.cancel = trio.CancelScope()
         self.done = trio.Event()
         self.err_prefix = b'{"error":'
+        self.applied: list[tuple[list[tuple[str, bytes]], list[tuple[int, str]]]] = []  # awaiting fsync
+        self.sync_wake = trio.Event()
+        self.syncing = False  # an fsync for earlier batches is running
+        self.syncer_running = False
 
     def push(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
         self.inbox.append((subject, reply, hdr, payload))
         self.wake.set()
+
+
+class _SyncThread:
+    """A long-lived thread that runs one stream's store.sync() calls, one at a time.
+    Cheaper per call than trio.to_thread (no thread-cache dispatch, no context copy):
+    a queue put, and a run_sync_soon back into trio when the call returns."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._loop, name=f"js-fsync-{name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, done = job
+            try:
+                fn()
+                err = None
+            except BaseException as e:  # handed back to the awaiting task
+                err = e
+            try:
+                self._token.run_sync_soon(done, err)
+            except trio.RunFinishedError:
+                return
+
+    async def run(self, fn) -> None:
+        """Run fn() in the thread; like trio.to_thread.run_sync, not cancellable midway."""
+        finished = trio.Event()
+        box: list[BaseException | None] = []
+
+        def done(err: BaseException | None) -> None:
+            box.append(err)
+            finished.set()
+
+        self._jobs.put((fn, done))
+        with trio.CancelScope(shield=True):
+            await finished.wait()
+        if box[0] is not None:
+            raise box[0]
+
+    def stop(self) -> None:
+        self._jobs.put(None)
 
 
 class _NoConsumers:
@@ -278,19 +333,36 @@ class JetStream:
 
     # ---- the publish path ----
     async def _writer(self, runner: _Runner) -> None:
+        """Applies each inbox batch to the stream as soon as it arrives. For file streams
+        with sync_interval always the acks wait in `runner.applied` for the syncer; the
+        writer does not wait for the fsync, so the next batch is applied while it runs."""
         stream = runner.stream
         try:
             with runner.cancel:
-                while True:
-                    await runner.wake.wait()
-                    runner.wake = trio.Event()
-                    batch, runner.inbox = runner.inbox, []
-                    if batch:
-                        await self._commit(stream, batch)
+                async with trio.open_nursery() as nursery:
+                    if self.sync_always and stream.config.storage == "file":
+                        runner.syncer_running = True  # before the first batch is applied
+                        nursery.start_soon(self._syncer, runner)
+                    while True:
+                        await runner.wake.wait()
+                        runner.wake = trio.Event()
+                        batch, runner.inbox = runner.inbox, []
+                        n = len(batch)
+                        if n <= _APPLY_CHUNK:
+                            if n:
+                                self._apply(runner, batch)
+                            continue
+                        # A big batch goes in chunks with a checkpoint between them, so the
+                        # fsync of the first chunk runs while the next ones are applied and
+                        # its acks leave early: publishers refill the pipe sooner.
+                        for i in range(0, n, _APPLY_CHUNK):
+                            self._apply(runner, batch[i:i + _APPLY_CHUNK])
+                            await trio.lowlevel.checkpoint()
         finally:
             runner.done.set()
 
-    async def _commit(self, stream: Stream, batch) -> None:
+    def _apply(self, runner: _Runner, batch) -> None:
+        stream = runner.stream
         acks: list[tuple[str, bytes]] = []
         stored: list[tuple[int, str]] = []
         process = stream.process
@@ -299,6 +371,7 @@ class JetStream:
             process = _refuse
         if stream.config.no_ack is True:  # no_ack streams never answer publishers
             batch = [(subject, "", hdr, payload) for subject, _, hdr, payload in batch]
+        ack_prefix = stream.ack_prefix
         for subject, reply, hdr, payload in batch:
             try:
                 seq, dup = process(subject, hdr, payload, now)
@@ -306,22 +379,69 @@ class JetStream:
                 if reply:
                     acks.append((reply, self.pub_error(stream, e)))
                 continue
-            if reply:
-                acks.append((reply, stream.pub_ack(seq, dup)))
             if not dup:
                 stored.append((seq, subject))
-        if stored and self.sync_always and stream.config.storage == "file":
-            try:
-                await trio.to_thread.run_sync(stream.store.sync)
-            except OSError as e:  # the disk failed: nothing in this batch is acknowledged
-                self.write_error = f"JetStream stream '$G > {stream.name}' write error: {e}"
-                log.error("%s", self.write_error)
-                err = errors.store_failed(str(e))
-                acks = [(reply, self.pub_error(stream, err)) for reply, _ in acks]
-                stored = []
-        publish = self.server.publish
-        for reply, body in acks:
-            publish(reply, "", None, body)
+                if reply:
+                    acks.append((reply, ack_prefix + str(seq).encode() + b"}"))
+            elif reply:
+                acks.append((reply, stream.pub_ack(seq, dup)))
+        if runner.syncer_running and (stored or runner.applied or runner.syncing):
+            # Acks (even a duplicate's, which names a stored seq) leave only after an fsync
+            # that started after this batch was applied.
+            runner.applied.append((acks, stored))
+            runner.sync_wake.set()
+        else:
+            self._finish(stream, acks, stored)
+
+    async def _syncer(self, runner: _Runner) -> None:
+        """Group commit: one fsync covers every batch applied before it started; then their
+        acks go out in order. Runs in the writer's nursery (file streams, sync always)."""
+        stream = runner.stream
+        fsync = _SyncThread(stream.name)
+        try:
+            while True:
+                await runner.sync_wake.wait()
+                runner.sync_wake = trio.Event()
+                if not runner.applied:
+                    continue
+                pending, runner.applied = runner.applied, []
+                runner.syncing = True
+                failed: str | None = None
+                try:
+                    if self.write_error is None:
+                        store = stream.store
+                        flush = getattr(store, "flush", None)
+                        if flush is not None:
+                            flush()  # pwrite here; the thread only fdatasyncs
+                        await fsync.run(store.sync)
+                except OSError as e:  # the disk failed: nothing in these batches is acknowledged
+                    self.write_error = f"JetStream stream '$G > {stream.name}' write error: {e}"
+                    log.error("%s", self.write_error)
+                    failed = str(e)
+                finally:
+                    runner.syncing = False
+                if failed is None and self.write_error is not None:
+                    failed = self.write_error  # an earlier fsync failed: durability is unknown
+                for acks, stored in pending:
+                    if failed is not None:
+                        err = errors.store_failed(failed)
+                        acks = [(reply, self.pub_error(stream, err)) for reply, _ in acks]
+                        stored = []
+                    self._finish(stream, acks, stored)
+        finally:
+            runner.syncer_running = False
+            fsync.stop()
+
+    def _finish(self, stream: Stream, acks: list[tuple[str, bytes]], stored: list[tuple[int, str]]) -> None:
+        """Publish the acks of an applied (and, where required, fsynced) batch."""
+        if acks:
+            publish_many = getattr(self.server, "publish_many", None)
+            if publish_many is not None:
+                publish_many(acks)
+            else:
+                publish = self.server.publish
+                for reply, body in acks:
+                    publish(reply, "", None, body)
         if stored:
             try:
                 self._after_store(stream, stored)

@@ -103,6 +103,7 @@ class Stream:
         self._dedupe_order: deque[tuple[int, str]] = deque()
         self._ttls: list[tuple[int, int]] = []  # heap of (expires_ns, seq)
         self._pub_prefix = b""
+        self.ack_prefix = b""
         self.markers: list[tuple[int, str]] = []  # (seq, subject) stored by expire(); the caller drains
         self._configure()
         self._rebuild_indexes()
@@ -110,6 +111,7 @@ class Stream:
     def _configure(self) -> None:
         cfg = self.config
         self._pub_prefix = ('{"stream":"' + self.name + '","seq":').encode()
+        self.ack_prefix = self._pub_prefix  # PubAck = ack_prefix + str(seq) + "}" (manager hot path)
         self._max_msgs = cfg.max_msgs
         self._max_bytes = cfg.max_bytes
         self._max_per = cfg.max_msgs_per_subject
