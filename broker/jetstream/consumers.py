@@ -6,7 +6,13 @@ a pull consumer keeps up with a publisher without a task switch per message. One
 background task handles time (ack-wait redelivery, request expiry, heartbeats,
 inactivity), push consumers waiting for interest or with a long backlog, and the
 grouped persistence of durable consumer state (written atomically, at most once per
-`FLUSH_INTERVAL_S`, and on shutdown).
+`FLUSH_INTERVAL_S`, and on shutdown). Each consumer carries the time it next needs
+that task (`_Entry.due`), so idle consumers cost nothing but a comparison.
+
+Deliveries show the stored message's subject while going to subscribers of the
+deliver subject / request inbox (as nats-server's internal clients do); across a
+route nats-server encodes that as `RMSG <acct> <deliver> <reply>@<subject>`, which
+our route layer does not do yet, so remote deliveries show the deliver subject.
 """
 
 from __future__ import annotations
