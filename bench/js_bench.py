@@ -6,6 +6,8 @@ Scenarios (file storage, 16-byte payloads, one stream `BENCH` on `bench.>`):
   pull        a pull consumer (ack none) draining the stream with batches of 1,000
 Servers: ours (`python -m broker -js`, fsync before every ack), nats-server -js with its
 default lazy fsync, and nats-server with `jetstream { sync_interval: always }`.
+Afterwards it times fdatasync after a small append on the same filesystem: with one
+publish in flight and an fsync before each ack, 1/mean fsync latency is the ceiling.
 
 The load generator is a separate process speaking the raw protocol: precomputed PUB
 frames with fixed-width reply subjects; replies are counted by scanning for the `MSG `
@@ -167,6 +169,31 @@ def _pull(port: int, seconds: float, total: int, q) -> None:
     q.put((counter.n, time.perf_counter() - t0, 0, time.process_time()))
 
 
+def fsync_probe(directory: str, rounds: int = 2000) -> dict:
+    """What one publish in flight is bounded by: the latency of an fdatasync after a small
+    append (a 16-byte message's record), on the filesystem the stores use."""
+    path = os.path.join(directory, "fsync_probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    record = b"r" * 64
+    lat = []
+    try:
+        off = 0
+        for _ in range(rounds):
+            os.pwrite(fd, record, off)
+            off += len(record)
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            lat.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    lat.sort()
+    mean = sum(lat) / len(lat)
+    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6
+    return {"n": len(lat), "mean_us": mean * 1e6, "p50_us": pick(0.5), "p90_us": pick(0.9),
+            "p99_us": pick(0.99), "max_us": lat[-1] * 1e6, "ceiling_per_s": 1 / mean}
+
+
 def run_in_process(target, *args) -> tuple[int, float, int, float]:
     q = mp.get_context("fork").Queue()
     p = mp.get_context("fork").Process(target=target, args=(*args, q))
@@ -240,6 +267,7 @@ def main() -> None:
     port = free_port()
     results["nats-server sync always"] = bench_server(
         "nats_always", [nats_bin, "-a", "127.0.0.1", "-p", str(port), "-c", conf], port, args.seconds)
+    probe = fsync_probe(root)
     shutil.rmtree(root, ignore_errors=True)
     ours = results["ours (fsync always)"]
     print(f"{'server':<26}{'scenario':<11}{'msgs/s':>10}{'srv cpu':>9}{'gen cpu':>9}{'errors':>8}")
@@ -251,6 +279,12 @@ def main() -> None:
     for ref in ("nats-server default", "nats-server sync always"):
         ratios = ", ".join(f"{sc} {ours[sc]['rate'] / results[ref][sc]['rate']:.2f}x" for sc in ours)
         print(f"ours / {ref}: {ratios}")
+    print()
+    print(f"fdatasync after a 64-byte append ({probe['n']} rounds, store filesystem): "
+          f"mean {probe['mean_us']:.0f} us, p50 {probe['p50_us']:.0f}, p90 {probe['p90_us']:.0f}, "
+          f"p99 {probe['p99_us']:.0f}, max {probe['max_us']:.0f}")
+    print(f"  one publish in flight with fsync before its ack can not beat 1/mean = "
+          f"{probe['ceiling_per_s']:.0f} msgs/s (ours sync: {ours['sync']['rate'] / probe['ceiling_per_s']:.2f} of it)")
 
 
 if __name__ == "__main__":

@@ -822,6 +822,83 @@ class FileStore(_IndexedStore):
         self._last = seq
         self._last_ts = ts
 
+    def append_many(self, msgs: list[tuple[str, bytes]], ts: int) -> int:
+        """Append header-less (subject, data) messages at last_seq + 1, ... with one
+        timestamp; returns the first sequence. The records and index are exactly those
+        of append() called per message; the per-call overhead is shared by the batch."""
+        if self._closed:
+            raise ValueError("store is closed")
+        if self._compacted:
+            self._apply_compactions()
+        first = self._last + 1
+        i, n = 0, len(msgs)
+        while i < n:
+            b = self._blocks[-1]
+            if b.size >= self._block_size_max:
+                b = self._roll()
+            i = self._append_run(b, msgs, i, ts)
+        return first
+
+    def _append_run(self, b: _Block, msgs: list[tuple[str, bytes]], i: int, ts: int) -> int:
+        """Append msgs[i:] to block b until it is full; returns the index of the first
+        message not appended."""
+        seq0 = seq = self._last + 1
+        start = off = b.size
+        limit = self._block_size_max
+        seqs, offs, lens, tss, msz, subs = b.seqs, b.offs, b.lens, b.tss, b.msz, b.subs
+        if seqs and seq != seqs[-1] + 1:
+            b.dense = False
+        head_pack, u32_pack, crc32, join = _MSG_HEAD.pack, _U32.pack, zlib.crc32, b"".join
+        idx_add = self._idx.add
+        names: dict[str, tuple[str, bytes]] = {}
+        parts: list[bytes] = []
+        nbytes = 0
+        n = len(msgs)
+        while i < n:
+            subject, data = msgs[i]
+            name = names.get(subject)
+            if name is None:
+                name = names[subject] = (sys.intern(subject), subject.encode())
+            subject, sb = name
+            slen = len(sb)
+            dlen = len(data)
+            body_len = _MSG_BODY_LEN + slen + dlen
+            rec = join((head_pack(body_len, _MSG, seq, ts, slen, 0, 0), sb, data))
+            parts.append(u32_pack(crc32(rec)))
+            parts.append(rec)
+            size = 30 + slen + dlen
+            seqs.append(seq)
+            offs.append(off)
+            lens.append(9 + body_len)
+            tss.append(ts)
+            msz.append(size)
+            subs.append(subject)
+            idx_add(subject, seq)
+            nbytes += size
+            off += 9 + body_len
+            seq += 1
+            i += 1
+            if off >= limit:
+                break
+        count = seq - seq0
+        b.live += b"\x01" * count
+        with self._lock:
+            pend = b.pend
+            pend += join(parts)
+            b.size = b.pend_off + len(pend)
+            self._pending[b.num] = b
+            if len(pend) >= _PENDING_FLUSH_BYTES:
+                self._write_out(b)
+        b.nlive += count
+        b.live_bytes += off - start
+        if self._n == 0:
+            self._first = seq0
+        self._n += count
+        self._bytes += nbytes
+        self._last = seq - 1
+        self._last_ts = ts
+        return i
+
     def _roll(self) -> _Block:
         """The current block is full: start the next one."""
         with self._lock:

@@ -367,11 +367,20 @@ class JetStream:
         stored: list[tuple[int, str]] = []
         process = stream.process
         now = time.time_ns()
-        if self.write_error is not None or self._over_limit(stream.config.storage):
+        refused = self.write_error is not None or self._over_limit(stream.config.storage)
+        if refused:
             process = _refuse
         if stream.config.no_ack is True:  # no_ack streams never answer publishers
             batch = [(subject, "", hdr, payload) for subject, _, hdr, payload in batch]
         ack_prefix = stream.ack_prefix
+        if not refused and stream.batch_ok() and self._plain_batch(stream, batch):
+            seq = stream.append_plain([(m[0], m[3]) for m in batch], now)
+            for subject, reply, _, _ in batch:
+                stored.append((seq, subject))
+                if reply:
+                    acks.append((reply, ack_prefix + str(seq).encode() + b"}"))
+                seq += 1
+            batch = ()
         for subject, reply, hdr, payload in batch:
             try:
                 seq, dup = process(subject, hdr, payload, now)
@@ -392,6 +401,19 @@ class JetStream:
             runner.sync_wake.set()
         else:
             self._finish(stream, acks, stored)
+
+    @staticmethod
+    def _plain_batch(stream: Stream, batch) -> bool:
+        """No headers and nothing over max_msg_size: every message is a plain append."""
+        max_size = stream.config.max_msg_size
+        for m in batch:
+            if m[2] is not None:
+                return False
+        if max_size >= 0:
+            for m in batch:
+                if len(m[3]) > max_size:
+                    return False
+        return True
 
     async def _syncer(self, runner: _Runner) -> None:
         """Group commit: one fsync covers every batch applied before it started; then their

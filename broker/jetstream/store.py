@@ -434,6 +434,14 @@ class MemoryStore(_IndexedStore):
         self._last_ts = ts
         return seq
 
+    def append_many(self, msgs: list[tuple[str, bytes]], ts: int) -> int:
+        """Header-less (subject, data) messages at last_seq + 1, ...; returns the first seq."""
+        first = self._last + 1
+        append = self.append
+        for subject, data in msgs:
+            append(subject, None, data, ts)
+        return first
+
     def append_at(self, seq: int, subject: str, hdr: bytes | None, data: bytes, ts: int) -> None:
         if seq <= self._last:
             raise ValueError(f"append_at({seq}): sequence must be > last_seq {self._last}")

@@ -219,6 +219,24 @@ class Stream:
             self._enforce_limits(subject)
         return seq, False
 
+    def batch_ok(self) -> bool:
+        """May header-less messages within max_msg_size go through append_plain() as one
+        batch? Only when storing each one is a plain append (no per-message limits)."""
+        return self._plain and not self._has_limits
+
+    def append_plain(self, msgs: list[tuple[str, bytes]], now_ns: int) -> int:
+        """Store header-less (subject, data) messages, each within max_msg_size, when
+        batch_ok(): the same as process() per message. Returns the first sequence."""
+        self.last_msg_id = ""
+        append_many = getattr(self.store, "append_many", None)
+        if append_many is not None:
+            return append_many(msgs, now_ns)
+        append = self.store.append
+        first = self.store.state().last_seq + 1
+        for subject, data in msgs:
+            append(subject, None, data, now_ns)
+        return first
+
     def _raise_ttl(self, ttl: int, hdr: bytes) -> tuple[int, bytes]:
         """With subject delete markers a message TTL is at least the marker TTL (unless only
         one message per subject is kept); nats-server rewrites the header to whole seconds."""
