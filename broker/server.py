@@ -352,6 +352,36 @@ class Server:
         for subject, payload in msgs:
             route(None, subject.encode(), b"", None, payload, len(payload))
 
+    def deliver_as(self, to: str, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> int:
+        """Deliver to the subscribers of `to` while showing them `subject` (JetStream push
+        deliveries show the stored message's subject on the consumer's deliver subject).
+        Route peers get it on `to`. Returns how many local subscribers received it."""
+        m = self.sublist.match(to.encode())
+        if m.empty:
+            return 0
+        s = subject.encode()
+        r = reply.encode() if reply else b""
+        n = 0
+        for sub in m.plain:
+            sub.conn.deliver(sub, s, r, hdr, payload)
+            n += 1
+            if sub.max_msgs:
+                self._count_max(sub)
+        for group in m.queues:
+            sub = group.pick()
+            if sub.conn.is_route:
+                sub.conn.forward(to, reply, hdr, payload, [group.name])
+            else:
+                sub.conn.deliver(sub, s, r, hdr, payload)
+                n += 1
+                if sub.max_msgs:
+                    self._count_max(sub)
+        for peer in m.peers:
+            peer.forward(to, reply, hdr, payload, None)
+        self.out_msgs += n
+        self.out_bytes += n * (len(payload) + (len(hdr) if hdr else 0))
+        return n
+
     def route_msg(self, client, subject: bytes, reply: bytes, hdr, payload: bytes, size: int) -> None:
         """Deliver a published message to every local match and each interested route once."""
         self.in_msgs += 1

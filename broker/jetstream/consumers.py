@@ -97,42 +97,11 @@ class ConsumerManager:
             return
         out, c.out = c.out, []
         srv = self.server
-        hook = getattr(srv, "deliver_as", None)
-        matches: dict[str, object] = {}
         for o in out:
             if o.subject == o.to:
                 srv.publish(o.to, o.reply, o.hdr, o.payload)
-            elif hook is not None:
-                hook(o.to, o.subject, o.reply, o.hdr, o.payload)
             else:
-                m = matches.get(o.to)
-                if m is None:
-                    m = matches[o.to] = srv.sublist.match(o.to.encode())
-                if not m.empty:
-                    self._deliver_as(m, o)
-
-    def _deliver_as(self, m, o: Out) -> None:
-        """Deliver to subscribers of `o.to` while showing the stored message's subject
-        (nats-server's internal clients can do this; the plain publish API cannot)."""
-        srv = self.server
-        s, r = o.subject.encode(), o.reply.encode()
-        n = 0
-        for sub in m.plain:
-            sub.conn.deliver(sub, s, r, o.hdr, o.payload)
-            n += 1
-            if sub.max_msgs:
-                srv._count_max(sub)
-        for group in m.queues:
-            sub = group.pick()
-            if sub.conn.is_route:
-                sub.conn.forward(o.to, o.reply, o.hdr, o.payload, [group.name])
-            else:
-                sub.conn.deliver(sub, s, r, o.hdr, o.payload)
-                n += 1
-        for peer in m.peers:
-            peer.forward(o.to, o.reply, o.hdr, o.payload, None)
-        srv.out_msgs += n
-        srv.out_bytes += n * (len(o.payload) + (len(o.hdr) if o.hdr else 0))
+                srv.deliver_as(o.to, o.subject, o.reply, o.hdr, o.payload)
 
     def reply(self, reply: str, obj: dict) -> None:
         if reply:
