@@ -2,11 +2,16 @@
 
 How this works: every stream subject gets an internal subscription whose callback only
 appends (subject, reply, hdr, payload) to that stream's inbox and wakes the stream's
-writer task. The writer takes the whole inbox as one batch, applies each message to the
-pure `Stream` (checks, dedupe, limits, store append), then - for file streams with
-`sync_interval: always` - fsyncs once for the batch in a worker thread, and only then
-publishes the PubAcks and tells consumers. While one fsync runs the next batch piles
-up, so one fsync covers many publishes (group commit). API requests on `$JS.API.>` are
+writer task. The writer takes the whole inbox and applies it to the pure `Stream`
+(checks, dedupe, limits, store append; header-less batches in one store call), in
+chunks of 256 with a checkpoint between them. Memory streams and lazy-fsync file streams
+publish the PubAcks at once. For file streams with `sync_interval: always` the acks wait
+for an fsync (group commit): the first applied batch hands its buffers to the OS and
+starts an fdatasync in the stream's fsync thread; batches applied while it runs queue up
+and are covered together by the next fsync, started the moment the previous one
+returns. The writer never waits for the disk, so applying and fsyncing overlap. Acks
+and consumer notifications leave in order, only once their fsync has returned.
+API requests on `$JS.API.>` are
 queued to one API task (streamapi.py handles the STREAM.* verbs), so admin operations
 are applied in arrival order and may wait for a writer (stream delete).
 Stream configs live in <store_dir>/jetstream/$G/streams/<name>/meta.json (written
@@ -52,7 +57,7 @@ class _Runner:
     """Runtime attachments of one stream: inbox, subscriptions, writer task."""
 
     __slots__ = ("stream", "inbox", "wake", "subs", "direct_subs", "cancel", "done", "err_prefix",
-                 "applied", "sync_wake", "syncing", "syncer_running")
+                 "applied", "syncing", "fsync", "closed")
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
@@ -64,9 +69,9 @@ class _Runner:
         self.done = trio.Event()
         self.err_prefix = b'{"error":'
         self.applied: list[tuple[list[tuple[str, bytes]], list[tuple[int, str]]]] = []  # awaiting fsync
-        self.sync_wake = trio.Event()
         self.syncing = False  # an fsync for earlier batches is running
-        self.syncer_running = False
+        self.fsync: _SyncThread | None = None  # file streams with sync_interval always
+        self.closed = False
 
     def push(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
         self.inbox.append((subject, reply, hdr, payload))
@@ -75,8 +80,8 @@ class _Runner:
 
 class _SyncThread:
     """A long-lived thread that runs one stream's store.sync() calls, one at a time.
-    Cheaper per call than trio.to_thread (no thread-cache dispatch, no context copy):
-    a queue put, and a run_sync_soon back into trio when the call returns."""
+    Cheaper per call than trio.to_thread (no thread-cache dispatch, no context copy, no
+    task to wake): a queue put, and a run_sync_soon callback when the call returns."""
 
     def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -100,20 +105,10 @@ class _SyncThread:
             except trio.RunFinishedError:
                 return
 
-    async def run(self, fn) -> None:
-        """Run fn() in the thread; like trio.to_thread.run_sync, not cancellable midway."""
-        finished = trio.Event()
-        box: list[BaseException | None] = []
-
-        def done(err: BaseException | None) -> None:
-            box.append(err)
-            finished.set()
-
+    def submit(self, fn, done) -> None:
+        """Run fn() in the thread, then done(exception or None) on the trio thread
+        (trio.lowlevel.TrioToken.run_sync_soon): done must not raise."""
         self._jobs.put((fn, done))
-        with trio.CancelScope(shield=True):
-            await finished.wait()
-        if box[0] is not None:
-            raise box[0]
 
     def stop(self) -> None:
         self._jobs.put(None)
@@ -334,31 +329,32 @@ class JetStream:
     # ---- the publish path ----
     async def _writer(self, runner: _Runner) -> None:
         """Applies each inbox batch to the stream as soon as it arrives. For file streams
-        with sync_interval always the acks wait in `runner.applied` for the syncer; the
-        writer does not wait for the fsync, so the next batch is applied while it runs."""
+        with sync_interval always the acks wait in `runner.applied` for their fsync; the
+        writer does not wait for it, so the next batch is applied while it runs."""
         stream = runner.stream
         try:
             with runner.cancel:
-                async with trio.open_nursery() as nursery:
-                    if self.sync_always and stream.config.storage == "file":
-                        runner.syncer_running = True  # before the first batch is applied
-                        nursery.start_soon(self._syncer, runner)
-                    while True:
-                        await runner.wake.wait()
-                        runner.wake = trio.Event()
-                        batch, runner.inbox = runner.inbox, []
-                        n = len(batch)
-                        if n <= _APPLY_CHUNK:
-                            if n:
-                                self._apply(runner, batch)
-                            continue
-                        # A big batch goes in chunks with a checkpoint between them, so the
-                        # fsync of the first chunk runs while the next ones are applied and
-                        # its acks leave early: publishers refill the pipe sooner.
-                        for i in range(0, n, _APPLY_CHUNK):
-                            self._apply(runner, batch[i:i + _APPLY_CHUNK])
-                            await trio.lowlevel.checkpoint()
+                if self.sync_always and stream.config.storage == "file":
+                    runner.fsync = _SyncThread(stream.name)
+                while True:
+                    await runner.wake.wait()
+                    runner.wake = trio.Event()
+                    batch, runner.inbox = runner.inbox, []
+                    n = len(batch)
+                    if n <= _APPLY_CHUNK:
+                        if n:
+                            self._apply(runner, batch)
+                        continue
+                    # A big batch goes in chunks with a checkpoint between them, so the
+                    # fsync of the first chunk runs while the next ones are applied and
+                    # its acks leave early: publishers refill the pipe sooner.
+                    for i in range(0, n, _APPLY_CHUNK):
+                        self._apply(runner, batch[i:i + _APPLY_CHUNK])
+                        await trio.lowlevel.checkpoint()
         finally:
+            runner.closed = True  # an fsync still running completes; nothing new starts
+            if runner.fsync is not None:
+                runner.fsync.stop()
             runner.done.set()
 
     def _apply(self, runner: _Runner, batch) -> None:
@@ -394,11 +390,12 @@ class JetStream:
                     acks.append((reply, ack_prefix + str(seq).encode() + b"}"))
             elif reply:
                 acks.append((reply, stream.pub_ack(seq, dup)))
-        if runner.syncer_running and (stored or runner.applied or runner.syncing):
+        if runner.fsync is not None and (stored or runner.syncing):
             # Acks (even a duplicate's, which names a stored seq) leave only after an fsync
             # that started after this batch was applied.
             runner.applied.append((acks, stored))
-            runner.sync_wake.set()
+            if not runner.syncing:
+                self._start_sync(runner)
         else:
             self._finish(stream, acks, stored)
 
@@ -415,44 +412,61 @@ class JetStream:
                     return False
         return True
 
-    async def _syncer(self, runner: _Runner) -> None:
-        """Group commit: one fsync covers every batch applied before it started; then their
-        acks go out in order. Runs in the writer's nursery (file streams, sync always)."""
-        stream = runner.stream
-        fsync = _SyncThread(stream.name)
+    def _start_sync(self, runner: _Runner) -> None:
+        """Group commit: one fsync covers every batch applied before it started. The next
+        one starts when it completes (_synced), with whatever was applied meanwhile."""
+        pending, runner.applied = runner.applied, []
+        runner.syncing = True
+        if self.write_error is not None:
+            self._synced(runner, pending, self.write_error)
+            return
+        store = runner.stream.store
+        flush = getattr(store, "flush", None)
+        if flush is not None:
+            try:
+                flush()  # pwrite on the event loop; the thread only waits for fdatasync
+            except OSError as e:
+                self._synced(runner, pending, self._disk_failed(runner.stream, e))
+                return
+        fsync = runner.fsync
+        assert fsync is not None
+        fsync.submit(store.sync, lambda err: self._on_synced(runner, pending, err))
+
+    def _on_synced(self, runner: _Runner, pending, err: BaseException | None) -> None:
+        """Runs as a trio run_sync_soon callback: it must never raise."""
         try:
-            while True:
-                await runner.sync_wake.wait()
-                runner.sync_wake = trio.Event()
-                if not runner.applied:
-                    continue
-                pending, runner.applied = runner.applied, []
-                runner.syncing = True
-                failed: str | None = None
-                try:
-                    if self.write_error is None:
-                        store = stream.store
-                        flush = getattr(store, "flush", None)
-                        if flush is not None:
-                            flush()  # pwrite here; the thread only fdatasyncs
-                        await fsync.run(store.sync)
-                except OSError as e:  # the disk failed: nothing in these batches is acknowledged
-                    self.write_error = f"JetStream stream '$G > {stream.name}' write error: {e}"
-                    log.error("%s", self.write_error)
-                    failed = str(e)
-                finally:
-                    runner.syncing = False
-                if failed is None and self.write_error is not None:
-                    failed = self.write_error  # an earlier fsync failed: durability is unknown
-                for acks, stored in pending:
-                    if failed is not None:
-                        err = errors.store_failed(failed)
-                        acks = [(reply, self.pub_error(stream, err)) for reply, _ in acks]
-                        stored = []
-                    self._finish(stream, acks, stored)
+            failed = None
+            if isinstance(err, OSError):  # the disk failed: nothing in these batches is acknowledged
+                failed = self._disk_failed(runner.stream, err)
+            elif err is not None:
+                log.error("stream '%s': fsync failed", runner.stream.name, exc_info=err)
+                failed = str(err)
+            self._synced(runner, pending, failed)
+        except Exception:
+            log.exception("stream '%s': completing a group commit failed", runner.stream.name)
+
+    def _disk_failed(self, stream: Stream, e: OSError) -> str:
+        self.write_error = f"JetStream stream '$G > {stream.name}' write error: {e}"
+        log.error("%s", self.write_error)
+        return str(e)
+
+    def _synced(self, runner: _Runner, pending, failed: str | None) -> None:
+        """The fsync covering `pending` returned: publish their acks in order (errors if it
+        failed, or an earlier one did), then start the next fsync if batches are waiting."""
+        runner.syncing = False
+        try:
+            if failed is None and self.write_error is not None:
+                failed = self.write_error  # an earlier fsync failed: durability is unknown
+            stream = runner.stream
+            for acks, stored in pending:
+                if failed is not None:
+                    err = errors.store_failed(failed)
+                    acks = [(reply, self.pub_error(stream, err)) for reply, _ in acks]
+                    stored = []
+                self._finish(stream, acks, stored)
         finally:
-            runner.syncer_running = False
-            fsync.stop()
+            if runner.applied and not runner.closed:
+                self._start_sync(runner)
 
     def _finish(self, stream: Stream, acks: list[tuple[str, bytes]], stored: list[tuple[int, str]]) -> None:
         """Publish the acks of an applied (and, where required, fsynced) batch."""
