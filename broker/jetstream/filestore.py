@@ -15,9 +15,12 @@ How this works
 - Memory holds an index, not payloads: per block, parallel arrays of seq, offset,
   length, ts and accounted size plus the interned subject and a live flag (~40 bytes
   a message). get() reads the record back with pread and checks its crc.
-- Appends go to a per-block bytearray. sync() takes the lock only to hand those
-  buffers to the OS (pwrite), then fdatasyncs outside it, so the event loop can keep
+- Appends go to a per-block bytearray (append_many: a whole header-less batch built
+  and added at once, same records). sync() takes the lock only to hand those buffers
+  to the OS (pwrite), then fdatasyncs outside it, so the event loop can keep
   appending the next batch while a worker thread waits on the disk (group commit).
+  flush() does the pwrite part alone, so the publish path pays it on the event loop
+  and its fsync thread only waits on the disk.
 - A clean close writes `index.db` (the index arrays, checked against each block's
   size and crc32) so reopening skips the replay. Otherwise opening replays every
   block. A bad record at the end of a file (torn write after a crash: never
