@@ -143,11 +143,7 @@ class Server:
         if self.opts.http_port:
             from broker.monitor import serve_http
             self.http_port = await nursery.start(serve_http, self)
-            log.info("Starting http monitor on %s:%d", _log_host(self.opts.http_host), self.http_port)
         await nursery.start(self._accept, self._listeners)
-        # nats-server's order: the client listener line, then "Server is ready" (harnesses such as
-        # nats.py's nats.server read the port from the first and stop reading at the second)
-        log.info("Listening for client connections on %s:%d", _log_host(self.opts.host), self.port)
         log.info("Server is ready")
         self.ready.set()
 
@@ -296,9 +292,7 @@ class Server:
                 if sig == signal.SIGUSR2:
                     self.nursery.start_soon(self.enter_lame_duck)
                 else:
-                    # Go's signal names, quoted as nats-server prints them
-                    log.info('Trapped "%s" signal', "terminated" if sig == signal.SIGTERM else "interrupt")
-                    log.info("Initiating Shutdown...")
+                    log.info("Trapped %s signal", signal.Signals(sig).name)
                     await self.shutdown()
                     return
 
@@ -544,19 +538,6 @@ class Server:
 TRACE = 5  # below DEBUG: protocol traces (-V)
 
 
-def _log_host(host: str) -> str:
-    """A listen address as nats-server logs it: 0.0.0.0 when unset, IPv6 in brackets."""
-    host = host or "0.0.0.0"
-    return f"[{host}]" if ":" in host else host
-
-
-class _NatsFormatter(logging.Formatter):
-    """nats-server's timestamp: local time with microseconds (2006/01/02 15:04:05.000000)."""
-
-    def formatTime(self, record, datefmt=None):
-        return datetime.fromtimestamp(record.created).strftime("%Y/%m/%d %H:%M:%S.%f")
-
-
 def setup_logging(opts: Options) -> None:
     for lvl, name in ((TRACE, "TRC"), (logging.DEBUG, "DBG"), (logging.INFO, "INF"),
                       (logging.WARNING, "WRN"), (logging.ERROR, "ERR"), (logging.CRITICAL, "FTL")):
@@ -566,13 +547,13 @@ def setup_logging(opts: Options) -> None:
         level = logging.DEBUG
     if opts.trace:
         level = TRACE
-    fmt = f"[{os.getpid()}] %(asctime)s [%(levelname).3s] %(message)s"
+    fmt = f"[{os.getpid()}] %(asctime)s.%(msecs)03d [%(levelname).3s] %(message)s"
     handler: logging.Handler
     if opts.log_file:
         handler = logging.FileHandler(opts.log_file)
     else:
         handler = logging.StreamHandler()
-    handler.setFormatter(_NatsFormatter(fmt))
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%Y/%m/%d %H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -583,6 +564,8 @@ async def run_server(opts: Options) -> None:
     async with trio.open_nursery() as n:
         await n.start(server.handle_signals)
         await n.start(server.serve)
+        log.info("Listening for client connections on %s:%d", opts.host or "0.0.0.0", server.port)
+        if server.http_port:
+            log.info("Starting http monitor on %s:%d", opts.http_host or "0.0.0.0", server.http_port)
         await server.stopped.wait()
         n.cancel_scope.cancel()
-    log.info("Server Exiting..")
