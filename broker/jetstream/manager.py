@@ -370,12 +370,16 @@ class JetStream:
             batch = [(subject, "", hdr, payload) for subject, _, hdr, payload in batch]
         ack_prefix = stream.ack_prefix
         if not refused and stream.batch_ok() and self._plain_batch(stream, batch):
+            # The common case, done with C-level loops: store them, build every ack at once.
+            n = len(batch)
             seq = stream.append_plain([(m[0], m[3]) for m in batch], now)
-            for subject, reply, _, _ in batch:
-                stored.append((seq, subject))
-                if reply:
-                    acks.append((reply, ack_prefix + str(seq).encode() + b"}"))
-                seq += 1
+            stored = list(zip(range(seq, seq + n), [m[0] for m in batch]))
+            replies = [m[1] for m in batch]
+            bodies = stream.pub_acks(seq, n)
+            if all(replies):
+                acks = list(zip(replies, bodies))
+            else:
+                acks = [(reply, body) for reply, body in zip(replies, bodies) if reply]
             batch = ()
         for subject, reply, hdr, payload in batch:
             try:

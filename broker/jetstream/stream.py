@@ -177,6 +177,14 @@ class Stream:
             return self._pub_prefix + str(seq).encode() + b',"duplicate": true}'
         return self._pub_prefix + str(seq).encode() + b"}"
 
+    def pub_acks(self, first: int, n: int) -> list[bytes]:
+        """pub_ack(seq) for seq in first .. first + n - 1, built by one join and one split."""
+        prefix = '{"stream":"' + self.name + '","seq":'
+        if "\0" in prefix:  # not in a valid stream name; keeps the separator unambiguous
+            return [self.pub_ack(seq) for seq in range(first, first + n)]
+        text = prefix + ("}\0" + prefix).join(map(str, range(first, first + n))) + "}"
+        return text.encode().split(b"\0")
+
     # ---- ingest ----
     def process(self, subject: str, hdr: bytes | None, data: bytes, now_ns: int) -> tuple[int, bool]:
         """Store one published message: (seq, duplicate) or JSError; a failure changes nothing."""

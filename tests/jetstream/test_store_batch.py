@@ -112,3 +112,14 @@ def test_file_append_many_with_a_sync_thread(tmp_path):
     s = FileStore(d, block_size_max_bytes=8192)
     assert _contents(s) == expected
     s.close()
+
+
+def test_pub_acks_match_pub_ack():
+    from broker.jetstream import api
+    from broker.jetstream.stream import Stream
+
+    cfg = api.StreamConfig(name="ACKS", subjects=["a.>"], storage="memory", max_msg_size=-1, max_msgs=-1,
+                           max_bytes=-1, max_msgs_per_subject=-1)
+    stream = Stream(cfg, MemoryStore(), 0)
+    for first, n in ((1, 1), (1, 7), (9, 3), (999_999, 4)):
+        assert stream.pub_acks(first, n) == [stream.pub_ack(seq) for seq in range(first, first + n)]
