@@ -57,7 +57,7 @@ class _Runner:
     """Runtime attachments of one stream: inbox, subscriptions, writer task."""
 
     __slots__ = ("stream", "inbox", "wake", "subs", "direct_subs", "cancel", "done", "err_prefix",
-                 "applied", "syncing", "fsync", "closed")
+                 "applied", "syncing", "fsync", "closed", "sync_done")
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
@@ -72,6 +72,7 @@ class _Runner:
         self.syncing = False  # an fsync for earlier batches is running
         self.fsync: _SyncThread | None = None  # file streams with sync_interval always
         self.closed = False
+        self.sync_done: trio.Event | None = None  # detach() waits on it for a running fsync
 
     def push(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
         self.inbox.append((subject, reply, hdr, payload))
@@ -303,6 +304,9 @@ class JetStream:
         self._unsubscribe(runner)
         runner.cancel.cancel()
         await runner.done.wait()
+        while runner.syncing:  # its acks and consumer notifications go out first
+            runner.sync_done = trio.Event()
+            await runner.sync_done.wait()
         self.streams.pop(stream.name, None)
 
     async def sync_stream(self, stream: Stream) -> None:
@@ -458,6 +462,8 @@ class JetStream:
         """The fsync covering `pending` returned: publish their acks in order (errors if it
         failed, or an earlier one did), then start the next fsync if batches are waiting."""
         runner.syncing = False
+        if runner.sync_done is not None:
+            runner.sync_done.set()
         try:
             if failed is None and self.write_error is not None:
                 failed = self.write_error  # an earlier fsync failed: durability is unknown
