@@ -57,6 +57,7 @@ _PENDING_FLUSH_BYTES = 1024 * 1024  # hand appends to the OS once this much is b
 _OPEN_FDS_MAX = 64
 _COMPACT_BYTES_MIN = 64 * 1024  # smaller blocks are not worth rewriting
 _RECORD_BYTES_MAX = 256 * 1024 * 1024
+_READ_AHEAD_BYTES = 256 * 1024  # one pread per this much when get() walks a block in order
 
 _META, _MSG, _DEL = 1, 2, 3
 _MAGIC = b"NJSB"
@@ -243,6 +244,8 @@ class FileStore(_IndexedStore):
         self._last_ts = 0
         self._blocks: list[_Block] = []
         self._bases: list[int] = []
+        self._rcache: tuple | None = None  # get() read-ahead: (block, its offs, start, end, bytes)
+        self._rnext: tuple | None = None  # (block, offset) right after the last record read
         os.makedirs(self._dir, exist_ok=True)
         self._lock_fd = os.open(os.path.join(self._dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -978,18 +981,36 @@ class FileStore(_IndexedStore):
         if j < 0:
             return None
         off, ln = b.offs[j], b.lens[j]
-        with self._lock:  # the sync thread may flush pend or recycle descriptors
-            if off >= b.pend_off:
-                p = off - b.pend_off
-                raw = bytes(b.pend[p:p + ln])
-            else:
-                raw = os.pread(self._fd(b), ln, off)
+        rc = self._rcache
+        if rc is not None and rc[0] is b and rc[1] is b.offs and rc[2] <= off and off + ln <= rc[3]:
+            p = off - rc[2]  # read-ahead hit: those file bytes never change (compaction swaps offs)
+            raw = rc[4][p:p + ln]
+        else:
+            raw = self._read_record(b, off, ln)
         if len(raw) != ln or zlib.crc32(memoryview(raw)[4:]) != _U32.unpack_from(raw)[0]:
             raise CorruptStoreError(b.path, off, f"checksum mismatch reading seq {seq}")
         _, ts, slen, flags, hlen = _MSG_BODY.unpack_from(raw, 9)
         p = 9 + _MSG_BODY_LEN + slen
         hdr = raw[p:p + hlen] if flags & _FLAG_HDR else None
         return StoredMsg(seq, b.subs[j], hdr, raw[p + hlen:], ts)
+
+    def _read_record(self, b: _Block, off: int, ln: int) -> bytes:
+        """Record bytes at `off`. A read right where the previous one ended (a consumer walking
+        the stream) fetches up to _READ_AHEAD_BYTES of the already-written file with one pread
+        and keeps it in _rcache (block, its offs array, start, end, bytes) for the next gets."""
+        with self._lock:  # the sync thread may flush pend or recycle descriptors
+            if off >= b.pend_off:
+                p = off - b.pend_off
+                return bytes(b.pend[p:p + ln])
+            fd = self._fd(b)
+            seq_read = self._rnext == (b, off)
+            self._rnext = (b, off + ln)
+            if not seq_read:
+                return os.pread(fd, ln, off)
+            n = max(ln, min(_READ_AHEAD_BYTES, b.pend_off - off))
+            buf = os.pread(fd, n, off)
+        self._rcache = (b, b.offs, off, off + len(buf), buf)
+        return buf[:ln]
 
     def remove(self, seq: int) -> bool:
         return self._remove_seqs((seq,)) == 1
