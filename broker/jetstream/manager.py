@@ -75,8 +75,10 @@ class _Runner:
         self.sync_done: trio.Event | None = None  # detach() waits on it for a running fsync
 
     def push(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
-        self.inbox.append((subject, reply, hdr, payload))
-        self.wake.set()
+        inbox = self.inbox
+        if not inbox:  # the writer swaps in a fresh inbox together with a fresh wake event
+            self.wake.set()
+        inbox.append((subject, reply, hdr, payload))
 
 
 class _SyncThread:
