@@ -994,6 +994,42 @@ class FileStore(_IndexedStore):
         hdr = raw[p:p + hlen] if flags & _FLAG_HDR else None
         return StoredMsg(seq, b.subs[j], hdr, raw[p + hlen:], ts)
 
+    def get_run(self, start_seq: int, max_n: int) -> list[StoredMsg]:
+        """Messages at start_seq, start_seq + 1, ... (at most max_n), ending before the first
+        sequence not stored. Same checks as get(); records inside the read-ahead buffer of a
+        dense block are decoded straight from it (a consumer reading its next batch)."""
+        out: list[StoredMsg] = []
+        seq = start_seq
+        while len(out) < max_n:
+            m = self.get(seq)  # also fills the read-ahead buffer
+            if m is None:
+                break
+            out.append(m)
+            seq += 1
+            b = self._blocks[bisect_right(self._bases, m.seq) - 1]
+            rc = self._rcache
+            if not b.dense or rc is None or rc[0] is not b or rc[1] is not b.offs:
+                continue
+            start, end, buf = rc[2], rc[3], rc[4]
+            mv = memoryview(buf)
+            offs, lens, live, subs = b.offs, b.lens, b.live, b.subs
+            j = seq - b.seqs[0]
+            stop = min(len(offs), j + max_n - len(out))
+            while j < stop and live[j]:
+                off, ln = offs[j], lens[j]
+                if off < start or off + ln > end:
+                    break
+                p = off - start
+                if zlib.crc32(mv[p + 4:p + ln]) != _U32.unpack_from(buf, p)[0]:
+                    raise CorruptStoreError(b.path, off, f"checksum mismatch reading seq {seq}")
+                _, ts, slen, flags, hlen = _MSG_BODY.unpack_from(buf, p + 9)
+                q = p + 9 + _MSG_BODY_LEN + slen
+                out.append(StoredMsg(seq, subs[j], buf[q:q + hlen] if flags & _FLAG_HDR else None,
+                                     buf[q + hlen:p + ln], ts))
+                seq += 1
+                j += 1
+        return out
+
     def _read_record(self, b: _Block, off: int, ln: int) -> bytes:
         """Record bytes at `off`. A read right where the previous one ended (a consumer walking
         the stream) fetches up to _READ_AHEAD_BYTES of the already-written file with one pread

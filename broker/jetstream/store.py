@@ -466,6 +466,18 @@ class MemoryStore(_IndexedStore):
     def get(self, seq: int) -> StoredMsg | None:
         return self._msgs.get(seq)
 
+    def get_run(self, start_seq: int, max_n: int) -> list[StoredMsg]:
+        out: list[StoredMsg] = []
+        msgs = self._msgs
+        seq = start_seq
+        while len(out) < max_n:
+            m = msgs.get(seq)
+            if m is None:
+                break
+            out.append(m)
+            seq += 1
+        return out
+
     def remove(self, seq: int) -> bool:
         return self._remove_seqs((seq,)) == 1
 

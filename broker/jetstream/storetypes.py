@@ -71,6 +71,11 @@ class Store(Protocol):
 
     def get(self, seq: int) -> StoredMsg | None: ...
 
+    def get_run(self, start_seq: int, max_n: int) -> list[StoredMsg]:
+        """get(start_seq), get(start_seq + 1), ... while they are stored, at most max_n of
+        them: a consumer's next batch in one call."""
+        ...
+
     def next_msg(self, start_seq: int, filter_subject: str | None = None) -> StoredMsg | None:
         """First message with seq >= start_seq whose subject matches the filter (wildcards ok)."""
         ...
