@@ -32,6 +32,7 @@ FC_MAX_PENDING_BYTES = 2 * 1024 * 1024  # flow-control window; a request goes ou
 DEADLINES_SLACK = 1024  # stale ack-wait heap entries tolerated before the heap is rebuilt
 LOW_SCAN_MAX = 64  # sequences scanned for the next pending one before falling back to min()
 MATCH_CACHE_MAX = 4096  # subjects remembered per consumer as matching its filters or not
+READ_AHEAD_MAX = 256  # messages a pull consumer reads from the store in one call
 
 
 class Out(NamedTuple):
@@ -40,6 +41,9 @@ class Out(NamedTuple):
     reply: str
     hdr: bytes | None
     payload: bytes
+
+
+_new_out = tuple.__new__  # Out without the namedtuple constructor's Python-level call
 
 
 class PullRequest:
@@ -415,27 +419,86 @@ class Consumer:
         """Hand available messages to waiting requests; returns a wake time for replay, or 0."""
         wake = 0
         checked: set[int] = set()
-        while self.waiting:
-            req = self.waiting[0]
+        cfg = self.cfg
+        # Fast path (same result as _take/_predict/_render/_account for a first delivery of the
+        # very next stream sequence): nothing paused, no replay pacing, no header rewriting.
+        fast = not cfg.headers_only and cfg.replay_policy != "original" and not (
+            self.paused_until and now_ns < self.paused_until)
+        get = self.store.get
+        ahead: list = []  # unfiltered: the next stored messages, read as one run (get_run)
+        ai = 0
+        ack_none = self.ack_none
+        filters = self.filters
+        max_ack = cfg.max_ack_pending
+        prefix1 = self.ack_prefix + "1."
+        out = self.out
+        waiting = self.waiting
+        sent = 0
+        while waiting:
+            req = waiting[0]
             if has_interest is not None and id(req) not in checked:
                 if not has_interest(req.reply):  # the requester went away: drop it silently
-                    self.waiting.popleft()
+                    waiting.popleft()
                     continue
                 checked.add(id(req))
-            m, x = self._take(now_ns)
-            if m is None:
-                wake = x
-                break
-            dc, dseq, pend = self._predict(m, x)
-            o = self._render(req.reply, m, dc, dseq, pend)
-            size = len(o.subject) + len(o.reply) + len(o.payload) + (len(o.hdr) if o.hdr else 0)
-            if req.max_bytes and size > req.max_bytes:
-                self._unread(m, x)
-                self.waiting.popleft()
-                self._status(req.reply, "409", "Message Size Exceeds MaxBytes", req)
-                continue
-            self._account(m, x, now_ns)
-            self.out.append(o)
+            m = None
+            s = self.sseq
+            if (fast and s <= self.known_last and not self.lps and not self.redeliver
+                    and (not self.redeliver_at or self.redeliver_at[0][0] > now_ns)
+                    and (ack_none or not len(self.pending) >= max_ack > 0)):
+                if filters:
+                    m = get(s)
+                    if m is not None and not self.matches(m.subject):
+                        m = None
+                else:
+                    if ai >= len(ahead) or ahead[ai].seq != s:
+                        want = min(self.known_last - s + 1, READ_AHEAD_MAX, sum(r.batch for r in waiting))
+                        ahead = self.store.get_run(s, want)
+                        ai = 0
+                    if ai < len(ahead):
+                        m = ahead[ai]
+                        ai += 1
+            if m is not None:
+                dseq = self.dseq + 1
+                pend = self.npending - 1
+                hdr = m.hdr
+                data = m.data
+                o = _new_out(Out, (req.reply, m.subject, f"{prefix1}{s}.{dseq}.{m.ts}.{pend}", hdr, data))
+                size = len(o.subject) + len(o.reply) + len(data) + (len(hdr) if hdr else 0)
+                if req.max_bytes and size > req.max_bytes:
+                    waiting.popleft()
+                    self._status(req.reply, "409", "Message Size Exceeds MaxBytes", req)
+                    continue
+                self.dseq = dseq
+                self.sseq = s + 1
+                self.npending = pend
+                if s > self.dsseq:
+                    self.dsseq = s
+                if ack_none:
+                    self.adflr = dseq
+                    self.asflr = self.dsseq
+                else:
+                    self.pending[s] = [dseq, m.ts, 1, 0]
+                    if not self.low:
+                        self.low = s
+                    self._arm(s, now_ns + self._ack_wait(1))
+                out.append(o)
+                sent += 1
+            else:
+                m, x = self._take(now_ns)
+                if m is None:
+                    wake = x
+                    break
+                dc, dseq, pend = self._predict(m, x)
+                o = self._render(req.reply, m, dc, dseq, pend)
+                size = len(o.subject) + len(o.reply) + len(o.payload) + (len(o.hdr) if o.hdr else 0)
+                if req.max_bytes and size > req.max_bytes:
+                    self._unread(m, x)
+                    waiting.popleft()
+                    self._status(req.reply, "409", "Message Size Exceeds MaxBytes", req)
+                    continue
+                self._account(m, x, now_ns)
+                out.append(o)
             req.batch -= 1
             req.sent += 1
             if req.max_bytes:
@@ -443,9 +506,12 @@ class Consumer:
             if req.hb:
                 req.next_hb = now_ns + req.hb
             if req.batch <= 0:
-                self.waiting.popleft()
-            elif len(self.waiting) > 1:
-                self.waiting.rotate(-1)
+                waiting.popleft()
+            elif len(waiting) > 1:
+                waiting.rotate(-1)
+        if sent:
+            self.dirty = True
+            self.last_delivery_ns = now_ns
         self._finish_no_wait(now_ns)
         return wake
 

@@ -97,11 +97,28 @@ class ConsumerManager:
             return
         out, c.out = c.out, []
         srv = self.server
-        for o in out:
-            if o.subject == o.to:
-                srv.publish(o.to, o.reply, o.hdr, o.payload)
-            else:
-                srv.deliver_as(o.to, o.subject, o.reply, o.hdr, o.payload)
+        run: list = []  # consecutive deliveries to one subject: one Server call
+        run_to = None
+        for to, subject, reply, hdr, payload in out:
+            if subject == to:
+                if run:
+                    self._deliver_run(run_to, run)
+                    run = []
+                srv.publish(to, reply, hdr, payload)
+                continue
+            if to != run_to and run:
+                self._deliver_run(run_to, run)
+                run = []
+            run_to = to
+            run.append((subject, reply, hdr, payload))
+        if run:
+            self._deliver_run(run_to, run)
+
+    def _deliver_run(self, to: str, run: list) -> None:
+        if len(run) == 1:
+            self.server.deliver_as(to, *run[0])
+        else:
+            self.server.deliver_as_many(to, run)
 
     def reply(self, reply: str, obj: dict) -> None:
         if reply:
