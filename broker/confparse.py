@@ -33,9 +33,21 @@ from broker.config import ConfigError, _fmt_go_duration, _go_duration, check_tls
 
 
 class ConfParseError(Exception):
-    def __init__(self, message: str, file: str = "", line: int = 0, col: int = 0) -> None:
+    """A malformed file. str() names the place (file:line:col); render() is what nats-server
+    prints: a lexer error as "Parse error on line N: '<msg>'", a parser error (numbers out of
+    range, unknown $variables, includes) as the bare message."""
+
+    def __init__(self, message: str, file: str = "", line: int = 0, col: int = 0, lexical: bool = True) -> None:
         super().__init__(f"{file}:{line}:{col}: {message}")
         self.message, self.file, self.line, self.col = message, file, line, col
+        self.lexical = lexical
+
+    def render(self) -> str:
+        if not self.lexical:
+            return self.message
+        # Go's lexer has already consumed an offending newline, so it reports the next line
+        line = self.line + 1 if "got '\\n'" in self.message or "found new line" in self.message else self.line
+        return f"Parse error on line {line}: '{self.message}'"
 
 
 @dataclass
@@ -65,6 +77,11 @@ _KEY_SEP = re.compile(r"\s*[=:]?")
 _SPACE = re.compile(r"(?:\s+|(?:#|//)[^\n]*)*")  # newlines and comments too
 
 
+def _digit(c: str) -> bool:
+    """A decimal digit as nats-server's lexer sees one (unicode.IsDigit: '٣' is, '¹' is not)."""
+    return len(c) == 1 and c.isdecimal()
+
+
 def _show(ch: str) -> str:
     return {"\n": "\\n", "\r": "\\r", "\t": "\\t", "": "EOF"}.get(ch, ch)
 
@@ -79,6 +96,7 @@ class _Parser:
         self.ctxs: list[dict[str, Item]] = []
         self.env_refs = env_refs if env_refs is not None else set()
         self.depth = 0  # arrays and maps open
+        self._wrap = 0  # '{' wrapping the whole file, still open
 
     # -- positions
     def pos(self, at: int) -> tuple[int, int]:
@@ -87,9 +105,9 @@ class _Parser:
         k = bisect.bisect_left(self.nl, at)
         return k + 1, at - (self.nl[k - 1] if k else 0)
 
-    def fail(self, msg: str, at: int | None = None) -> ConfParseError:
+    def fail(self, msg: str, at: int | None = None, lexical: bool = True) -> ConfParseError:
         line, col = self.pos(self.i if at is None else at)
-        return ConfParseError(msg, self.file, line, col)
+        return ConfParseError(msg, self.file, line, col, lexical)
 
     def peek(self, k: int = 0) -> str:
         j = self.i + k
@@ -115,6 +133,7 @@ class _Parser:
             if self.peek() == "":
                 return top
             if self.peek() in "{}":  # a JSON-like file may wrap everything in { }
+                self._wrap += 1 if self.peek() == "{" else -1
                 self.i += 1
             else:
                 self.entry(top)
@@ -132,8 +151,9 @@ class _Parser:
         if c == "}" and not top:
             self.i += 1
             return True
-        if top:
-            raise self.fail("Expected a top-level value to end with a new line, comment or EOF, "
+        if top:  # inside a wrapping { } nats-server's lexer is in its block state
+            raise self.fail(f"Expected a {'block' if self._wrap > 0 else 'top'}-level value to end with a new line, "
+                            "comment or EOF, "
                             f"but got '{_show(c)}' instead.")
         raise self.fail(f'Expected a map value terminator "," or a map terminator "}}", but got \'{_show(c)}\' instead.')
 
@@ -153,10 +173,17 @@ class _Parser:
         if not quoted and name.lower() == "include" and (self.peek().isspace() or not self.peek()):
             self.include(ctx)
             return
+        key_end = self.i
         self.skip(_KEY_SEP)
         if self.peek() == "":
-            raise self.fail("config is invalid")
-        item = self.value()
+            if ctx is not self.ctxs[0]:
+                raise self.fail("config is invalid")
+            if self.i == key_end:  # a bare key ends the file
+                line, col = self.pos(self.i)
+                raise self.fail(f"config is invalid ({self.file}:{line}:{col})", lexical=False)
+            item = self.mk("", at)  # "key:" at the end of the file: an empty string, as in nats-server
+        else:
+            item = self.value()
         item.line, item.col = self.pos(at)
         ctx[name] = item
 
@@ -168,7 +195,7 @@ class _Parser:
         else:
             bad = {"[": "start of an array", "{": "start of a map", "(": "start of a block", "-": "start of a number",
                    "\\": "escape sequence", "\n": "new line", "": "EOF"}
-            if c in bad or c.isdigit():
+            if c in bad or _digit(c):
                 raise self.fail(f"Expected include value but found {bad.get(c, 'start of a number')}")
             name = re.compile(r"[^\s;}']*").match(self.s, self.i).group(0)
             self.i += len(name)
@@ -176,9 +203,10 @@ class _Parser:
         try:
             ctx.update(parse_file(path, self.env_refs))
         except OSError as e:
-            raise self.fail(f"error parsing include file '{name}', open {path}: {(e.strerror or str(e)).lower()}") from None
+            raise self.fail(f"error parsing include file '{name}', open {path}: {(e.strerror or str(e)).lower()}",
+                            lexical=False) from None
         except ConfParseError as e:
-            raise self.fail(f"error parsing include file '{name}', {e}") from None
+            raise self.fail(f"error parsing include file '{name}', {e.render()}", lexical=False) from None
 
     def map_body(self, start: int) -> dict[str, Item]:
         m: dict[str, Item] = {}
@@ -242,7 +270,7 @@ class _Parser:
             return self.mk(self.dq_string(), start)
         if c == "(":
             return self.mk(self.block_string(), start)
-        if c == "-" or c.isdigit():
+        if c == "-" or _digit(c):
             return self.number()
         if c == ".":
             raise self.fail("Floats must start with a digit")
@@ -314,7 +342,7 @@ class _Parser:
         """A value starting with a digit or '-': integer (maybe with a size suffix), float,
         date, IP address ("127.0.0.1:4222" is a string), or a string that starts with digits."""
         start, s = self.i, self.s
-        if s[start] == "-" and not s[start + 1:start + 2].isdigit():
+        if s[start] == "-" and not _digit(s[start + 1:start + 2]):
             c = self.peek(1)
             raise self.fail("Floats must start with a digit, not '.'." if c == "." else
                             f"Expected a digit but got '{_show(c)}'.", start + 1)
@@ -336,12 +364,12 @@ class _Parser:
             return self.mk(s[start:self.i], start)
         if frac is not None:
             return self.mk(float(s[start:self.i]), start)
-        if whole.startswith("-") or after in ("", "\n", "\r", "}", ";", ",") or after in _WS or after.isdigit():
+        if whole.startswith("-") or after in ("", "\n", "\r", "}", ";", ",") or after in _WS or _digit(after):
             text = s[start:self.i]
-            if suffix.lower() not in _MULT:
-                raise self.fail(f"expected integer, but got '{text}'", start)
+            if suffix.lower() not in _MULT or not whole.isascii():  # Go's ParseInt: ASCII digits only
+                raise self.fail(f"expected integer, but got '{text}'", start, lexical=False)
             if not -(2**63) <= int(whole) < 2**63:
-                raise self.fail(f"integer '{text}' is out of the range", start)
+                raise self.fail(f"integer '{text}' is out of the range", start, lexical=False)
             return self.mk(int(whole) * _MULT[suffix.lower()], start)
         self.i = start  # "4222abc": a string that starts with digits
         return self.bare(start)
@@ -357,18 +385,18 @@ class _Parser:
                 return self.mk(ref.value, start)
         if name in self.env_refs:
             raise self.fail(f"variable reference for '{name}' on line {line} could not be parsed: "
-                            f"variable reference cycle for '{name}'", start)
+                            f"variable reference cycle for '{name}'", start, lexical=False)
         if name in os.environ:
             self.env_refs.add(name)
             try:
                 sub = _Parser(f"pk={os.environ[name]}", self.file, self.env_refs).parse_top()
             except ConfParseError as e:
                 raise self.fail(f"variable reference for '{name}' on line {line} could not be parsed: "
-                                f"{e.message}", start) from None
+                                f"{e.message}", start, lexical=False) from None
             finally:
                 self.env_refs.discard(name)
             return self.mk(sub["pk"].value, start)
-        raise self.fail(f"variable reference for '{name}' on line {line} can not be found", start)
+        raise self.fail(f"variable reference for '{name}' on line {line} can not be found", start, lexical=False)
 
 
 def digest(tree: dict[str, Item]) -> str:
@@ -413,7 +441,7 @@ def parse_file(path: str, env_refs: set[str] | None = None) -> dict[str, Item]:
     refs = env_refs if env_refs is not None else set()
     mark = "\0" + os.path.realpath(path)  # files being included, next to the $VARs being expanded
     if mark in refs:
-        raise ConfParseError("include cycle detected", path, 1, 0)
+        raise ConfParseError("include cycle detected", path, 1, 0, lexical=False)
     with open(path, encoding="utf-8") as f:
         text = f.read()
     refs.add(mark)
@@ -752,7 +780,7 @@ def apply_config_file(opts: Any, path: str, strict: bool = False) -> None:
     except OSError as e:
         raise ConfigError(f"open {path}: {(e.strerror or str(e)).lower()}") from None
     except ConfParseError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(e.render()) from None
     warnings: list[str] = [] if tree else [f"{path}: config has no values or is empty"]
     errors: list[_Bad] = []
     # jetstream before a top-level store_dir, so a duplicate is reported on the same line each time

@@ -13,6 +13,8 @@ hooks add_route_sub / remove_route_sub / remove_peer_subs / deliver_routed.
 
 from __future__ import annotations
 
+import ctypes
+import ipaddress
 import json
 import logging
 import os
@@ -21,7 +23,9 @@ import secrets
 import signal
 import socket
 import ssl
+import tempfile
 import time
+from datetime import datetime
 
 import trio
 
@@ -37,13 +41,66 @@ GIT_COMMIT = "pybroker"
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
-def _local_ips() -> list[str]:
-    """Non-loopback IPv4 addresses of this host, as its resolver knows them."""
+class _Sockaddr(ctypes.Structure):
+    _fields_ = [("family", ctypes.c_ushort), ("data", ctypes.c_ubyte * 26)]
+
+
+class _Ifaddrs(ctypes.Structure):
+    pass
+
+
+_Ifaddrs._fields_ = [("next", ctypes.POINTER(_Ifaddrs)), ("name", ctypes.c_char_p), ("flags", ctypes.c_uint),
+                     ("addr", ctypes.POINTER(_Sockaddr)), ("netmask", ctypes.c_void_p),
+                     ("ifu", ctypes.c_void_p), ("data", ctypes.c_void_p)]
+
+
+def _interface_addrs() -> dict[str, list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
+    """Each interface's IPv4 and IPv6 addresses (getifaddrs(3)); empty where unavailable."""
+    out: dict[str, list] = {}
     try:
-        _, _, addrs = socket.gethostbyname_ex(socket.gethostname())
+        libc = ctypes.CDLL(None, use_errno=True)
+        head = ctypes.POINTER(_Ifaddrs)()
+        if libc.getifaddrs(ctypes.byref(head)) != 0:
+            return out
+    except (OSError, AttributeError):
+        return out
+    try:
+        p = head
+        while p:
+            ifa = p.contents
+            if ifa.addr:
+                fam, raw = ifa.addr.contents.family, bytes(ifa.addr.contents.data)
+                name = (ifa.name or b"").decode(errors="replace")
+                if fam == socket.AF_INET:
+                    out.setdefault(name, []).append(ipaddress.IPv4Address(raw[2:6]))
+                elif fam == socket.AF_INET6:
+                    out.setdefault(name, []).append(ipaddress.IPv6Address(raw[6:22]))
+            p = ifa.next
+    finally:
+        libc.freeifaddrs(head)
+    return out
+
+
+def _local_ips() -> list[str]:
+    """The addresses nats-server advertises when it listens on every interface: the global
+    unicast ones (no loopback, link-local, multicast), interface by interface in index order,
+    IPv4 before IPv6 within one, IPv6 in brackets."""
+    by_name = _interface_addrs()
+    try:
+        order = [name for _, name in sorted(socket.if_nameindex())]
     except OSError:
-        return []
-    return sorted({a for a in addrs if not a.startswith("127.")})
+        order = []
+    order += [n for n in by_name if n not in order]
+    ips: list[str] = []
+    for name in order:
+        addrs = sorted(by_name.get(name, []), key=lambda a: a.version)
+        for a in addrs:
+            if a.is_loopback or a.is_link_local or a.is_multicast or a.is_unspecified:
+                continue
+            text = f"[{a}]" if a.version == 6 else str(a)
+            if text not in ips:
+                ips.append(text)
+    return ips
 
 
 def new_server_id() -> str:
@@ -123,13 +180,17 @@ class Server:
         listeners = await trio.open_tcp_listeners(self.opts.port, host=host or "0.0.0.0")
         self._listeners = listeners
         self.port = listeners[0].socket.getsockname()[1]
+        started = False
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 await self._start_services(nursery)
                 task_status.started(self.port)
+                started = True
         finally:
             self.stopped.set()
+        if not started:  # SIGTERM while still starting: a clean stop, as nats-server's
+            task_status.started(self.port)
 
     async def _start_services(self, nursery) -> None:
         if self.opts.jetstream:
@@ -143,7 +204,11 @@ class Server:
         if self.opts.http_port:
             from broker.monitor import serve_http
             self.http_port = await nursery.start(serve_http, self)
+            log.info("Starting http monitor on %s:%d", _log_host(self.opts.http_host), self.http_port)
         await nursery.start(self._accept, self._listeners)
+        # nats-server's order: the client listener line, then "Server is ready" (harnesses such as
+        # nats.py's nats.server read the port from the first and stop reading at the second)
+        log.info("Listening for client connections on %s:%d", _log_host(self.opts.host), self.port)
         log.info("Server is ready")
         self.ready.set()
 
@@ -292,7 +357,9 @@ class Server:
                 if sig == signal.SIGUSR2:
                     self.nursery.start_soon(self.enter_lame_duck)
                 else:
-                    log.info("Trapped %s signal", signal.Signals(sig).name)
+                    # Go's signal names, quoted as nats-server prints them
+                    log.info('Trapped "%s" signal', "terminated" if sig == signal.SIGTERM else "interrupt")
+                    log.info("Initiating Shutdown...")
                     await self.shutdown()
                     return
 
@@ -558,6 +625,19 @@ class Server:
 TRACE = 5  # below DEBUG: protocol traces (-V)
 
 
+def _log_host(host: str) -> str:
+    """A listen address as nats-server logs it: 0.0.0.0 when unset, IPv6 in brackets."""
+    host = host or "0.0.0.0"
+    return f"[{host}]" if ":" in host else host
+
+
+class _NatsFormatter(logging.Formatter):
+    """nats-server's timestamp: local time with microseconds (2006/01/02 15:04:05.000000)."""
+
+    def formatTime(self, record, datefmt=None):
+        return datetime.fromtimestamp(record.created).strftime("%Y/%m/%d %H:%M:%S.%f")
+
+
 def setup_logging(opts: Options) -> None:
     for lvl, name in ((TRACE, "TRC"), (logging.DEBUG, "DBG"), (logging.INFO, "INF"),
                       (logging.WARNING, "WRN"), (logging.ERROR, "ERR"), (logging.CRITICAL, "FTL")):
@@ -567,25 +647,48 @@ def setup_logging(opts: Options) -> None:
         level = logging.DEBUG
     if opts.trace:
         level = TRACE
-    fmt = f"[{os.getpid()}] %(asctime)s.%(msecs)03d [%(levelname).3s] %(message)s"
+    fmt = f"[{os.getpid()}] %(asctime)s [%(levelname).3s] %(message)s"
     handler: logging.Handler
     if opts.log_file:
         handler = logging.FileHandler(opts.log_file)
     else:
         handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(fmt, datefmt="%Y/%m/%d %H:%M:%S"))
+    handler.setFormatter(_NatsFormatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
 
 
+def _prepare_store_dir(opts: Options) -> None:
+    """nats-server creates <store_dir>/jetstream at startup and refuses to start (FTL, exit 1)
+    when the storage directory is unusable, before any client can connect."""
+    base = opts.store_dir or os.path.join(tempfile.gettempdir(), "nats")
+    if os.path.exists(base) and not os.path.isdir(base):
+        why = "storage directory is not a directory"
+    else:
+        try:
+            os.makedirs(os.path.join(base, "jetstream"), exist_ok=True)
+            return
+        except OSError as e:
+            why = f"could not create storage directory - {e}"
+    log.critical("Can't start JetStream: %s", why)
+    raise SystemExit(1)
+
+
 async def run_server(opts: Options) -> None:
     server = Server(opts)
+    log.info("Starting nats-server")  # the banner nats-server prints before it listens
+    log.info("  Version:  %s", VERSION)
+    log.info("  Git:      [%s]", GIT_COMMIT)
+    if opts.cluster_name:
+        log.info("  Cluster:  %s", opts.cluster_name)
+    log.info("  Name:     %s", server.server_name)
+    log.info("  ID:       %s", server.server_id)
+    if opts.jetstream:
+        _prepare_store_dir(opts)
     async with trio.open_nursery() as n:
         await n.start(server.handle_signals)
         await n.start(server.serve)
-        log.info("Listening for client connections on %s:%d", opts.host or "0.0.0.0", server.port)
-        if server.http_port:
-            log.info("Starting http monitor on %s:%d", opts.http_host or "0.0.0.0", server.http_port)
         await server.stopped.wait()
         n.cancel_scope.cancel()
+    log.info("Server Exiting..")

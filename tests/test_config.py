@@ -424,9 +424,12 @@ def test_unquoted_duration_is_a_size_like_nats_server(tmp_path, capsys):
     [
         ("port: 4333\n\nfoo: 1\n", 'test.conf:3:1: unknown field "foo"'),
         ('port = "abc"', "test.conf:1:0: interface conversion: interface {} is string, not int64"),
-        ("port 4222 extra", "test.conf:1:10: Expected a top-level value to end with a new line, comment or EOF, "
-                            "but got 'e' instead."),
-        ("port: 1\n  x = { \n", "test.conf:3:1: Unexpected EOF processing map."),
+        # malformed text: nats-server's lexer reports the line only, and no file
+        ("port 4222 extra", "Parse error on line 1: 'Expected a top-level value to end with a new line, comment or EOF, "
+                            "but got 'e' instead.'"),
+        ("{\n  port: 4222 extra\n}", "Parse error on line 2: 'Expected a block-level value to end with a new line, "
+                                   "comment or EOF, but got 'e' instead.'"),
+        ("port: 1\n  x = { \n", "Parse error on line 3: 'Unexpected EOF processing map.'"),
         ("max_payload: 3GB", "test.conf:1:0: max_payload value is too big"),
         ('ping_interval: "abc"', 'test.conf:1:0: error parsing ping_interval: time: invalid duration "abc"'),
         ('lame_duck_duration: "10s"', "test.conf:1:0: invalid lame_duck_duration of 10s, minimum is 30 seconds"),
@@ -448,14 +451,18 @@ def test_unquoted_duration_is_a_size_like_nats_server(tmp_path, capsys):
         ('cluster { name: "a b" }', "test.conf:1:10: cluster name cannot contain spaces"),
         ('server_name: "a b"', "test.conf:1:0: server name cannot contain spaces"),
         ("x = 1\ny = $x", 'test.conf:2:1: unknown field "y"'),
-        ("y = $NOPE_NOT_SET_X", "test.conf:1:4: variable reference for 'NOPE_NOT_SET_X' on line 1 can not be found"),
+        ("y = $NOPE_NOT_SET_X", "variable reference for 'NOPE_NOT_SET_X' on line 1 can not be found"),
         ("include nothere.conf", "error parsing include file 'nothere.conf', open "),
         ('listen: "4333"', 'test.conf:1:0: could not parse address string "4333"'),
         ("listen: 127.0.0.1", 'test.conf:1:0: could not parse address string "127.0.0.1"'),
         ("http: localhost:abc", 'test.conf:1:0: could not parse port "abc"'),
-        ('s = "a\\qb"', "test.conf:1:8: Invalid escape character 'q'."),
-        ("k: .5", "test.conf:1:3: Floats must start with a digit"),
-        ("port:\n4222", "Expected value but found new line"),
+        ('s = "a\\qb"', "Parse error on line 1: 'Invalid escape character 'q'."),
+        ("k: .5", "Parse error on line 1: 'Floats must start with a digit'"),
+        ("port:\n4222", "Parse error on line 2: 'Expected value but found new line'"),
+        ("a: 1.\n", "Parse error on line 2: 'Floats must have a digit after the '.', but got '\\n' instead.'"),
+        ("port: 99999999999999999999", "integer '99999999999999999999' is out of the range"),
+        ("port", "config is invalid (test.conf:1:4)"),
+        ("port:", "test.conf:1:0: interface conversion: interface {} is string, not int64"),
         ("cluster { routes: [ nats://a:1 nats://b:2 ] }",
          "Expected an array value terminator \",\" or an array terminator \"]\", but got 'n' instead."),
         ("pedantic: true", 'test.conf:1:0: unknown field "pedantic"'),
@@ -469,7 +476,6 @@ def test_config_errors(tmp_path, text, message):
     with pytest.raises(ConfigError) as ei:
         load_config_file(path)
     assert message.replace("test.conf", path) in str(ei.value)
-    assert path in str(ei.value)  # every error names the file
 
 
 def test_missing_config_file():

@@ -1,0 +1,221 @@
+"""What nats.py's own test harnesses rely on, checked against nats-server itself.
+
+nats.py's `nats.server` helper starts `nats-server --port -1 ...`, reads stderr until
+"Server is ready" and takes the client port from the "Listening for client connections on"
+line before it; it expects a storage directory problem to end the process with an [FTL]
+line, and reads config errors from stderr. Its cluster tests reconnect through the
+addresses INFO advertises. Each test runs the real binary and ours the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, free_port, nats_server_binary, our_server, reference, wait_port
+
+LINE = re.compile(r"^\[(\d+)\] (\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6}) \[(\w{3})\] (.*)$")
+
+
+def ours_argv() -> list[str]:
+    return [sys.executable, "-m", "broker"]
+
+
+def read_until_ready(proc: subprocess.Popen) -> list[str]:
+    """stderr lines up to and including "Server is ready", as nats.py's harness reads them."""
+    lines = []
+    for raw in proc.stderr:
+        line = raw.decode().rstrip("\n")
+        lines.append(line)
+        if "Server is ready" in line:
+            return lines
+    raise AssertionError(f"no 'Server is ready' line; got {lines!r}")
+
+
+def stop(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    return err.decode(errors="replace")
+
+
+def start(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+
+
+def messages(lines: list[str]) -> list[str]:
+    out = []
+    for line in lines:
+        m = LINE.match(line)
+        assert m, f"not in nats-server's log format: {line!r}"
+        out.append(m.group(4))
+    return out
+
+
+def shape(msg: str) -> str:
+    """A log message with its variable parts (ids, ports, version strings) blanked."""
+    msg = re.sub(r"^(\s+\w+:)\s+.*$", r"\1", msg)
+    return re.sub(r"\d+", "N", msg)
+
+
+def test_random_port_is_read_from_the_log_as_nats_py_does():
+    for argv in (ours_argv(), [nats_server_binary()]):
+        proc = start(argv + ["--addr", "127.0.0.1", "--port", "-1"])
+        try:
+            lines = read_until_ready(proc)
+            listening = [m for m in messages(lines) if m.startswith("Listening for client connections on ")]
+            assert len(listening) == 1, lines
+            host, port = listening[0].rsplit(" ", 1)[1].rsplit(":", 1)
+            assert host == "127.0.0.1"
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.settimeout(10)
+                info = b""
+                while not info.endswith(b"\r\n"):
+                    info += s.recv(4096)
+            assert json.loads(info[5:])["port"] == int(port)
+        finally:
+            stop(proc)
+
+
+def test_startup_and_shutdown_log_lines_match_nats_server(tmp_path):
+    shapes = {}
+    for name, make in (("ours", our_server), ("ref", reference)):
+        srv = make(tmp_path, "-m", str(free_port()), jetstream=False, name=name).start()
+        deadline = time.monotonic() + 20  # the port opens a moment before the ready line
+        while "Server is ready" not in srv.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.stop() == 0
+        lines = [ln for ln in srv.log_text().splitlines() if ln.strip()]
+        msgs = messages(lines)
+        # nats-server's Git line carries its commit; the banner's field names are what matter
+        shapes[name] = [shape(m) for m in msgs]
+    assert shapes["ours"] == shapes["ref"]
+    assert shapes["ours"].index("Listening for client connections on N.N.N.N:N") \
+        < shapes["ours"].index("Server is ready")
+    assert shapes["ours"][-3:] == ['Trapped "terminated" signal', "Initiating Shutdown...", "Server Exiting.."]
+
+
+def test_storage_directory_that_is_a_file_is_fatal(tmp_path):
+    not_a_dir = tmp_path / "not_a_directory"
+    not_a_dir.write_text("a file")
+    results = {}
+    for name, argv in (("ours", ours_argv()), ("ref", [nats_server_binary()])):
+        proc = start(argv + ["-p", "-1", "-js", "-sd", str(not_a_dir)])
+        try:
+            err = proc.communicate(timeout=30)[1].decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        fatal = [m for m in messages(err.splitlines()) if "[FTL]" in m or m.startswith("Can't start JetStream")]
+        results[name] = (proc.returncode, fatal)
+    assert results["ours"] == results["ref"]
+    assert results["ours"] == (1, ["Can't start JetStream: storage directory is not a directory"])
+
+
+def test_storage_directory_is_created_at_startup(tmp_path):
+    store = tmp_path / "fresh" / "store"
+    srv = our_server(tmp_path, "-js", "-sd", str(store), jetstream=False).start()
+    try:
+        assert (store / "jetstream").is_dir()  # before any stream exists, as nats-server does
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("text", [
+    "port 4222 extra",
+    '{\n  "port": : "invalid syntax"\n}',
+    "{\n port: 4222 extra\n}\n",
+    "port: 1\n  x = { \n",
+    "a: [1,,2]\n",
+    "a: 1.\n",
+    'a: "\\q"\n',
+    "port:\n4222",
+    "port: 99999999999999999999\n",
+    "x = 1\nport = $nope\n",
+    "include nothere.conf\n",
+    "port",
+    "port:",
+    "port =",
+    "0 \u00b9",  # a superscript is no digit to nats-server: a key "0" with a string value
+    "a: \u0663\n",  # an Arabic-Indic digit starts a number, which then is no integer
+])
+def test_config_syntax_errors_read_like_nats_server(tmp_path, text):
+    path = tmp_path / "bad.conf"
+    path.write_text(text)
+    out = {}
+    for name, argv in (("ours", ours_argv()), ("ref", [nats_server_binary()])):
+        proc = subprocess.run(argv + ["-c", str(path)], capture_output=True, timeout=30, cwd=tmp_path)
+        first = proc.stderr.decode().splitlines()[0]
+        out[name] = (proc.returncode, first)
+    assert out["ours"] == out["ref"]
+    assert out["ours"][0] == 1
+
+
+def test_advertised_client_addresses_are_the_interface_addresses(tmp_path):
+    """Listening on every interface, a clustered node offers clients each global unicast
+    address of the host (loopback and link-local left out), exactly as nats-server does."""
+    advertised = {}
+    for name, argv in (("ours", ours_argv()), ("ref", [nats_server_binary()])):
+        c1, c2, r1, r2 = (free_port() for _ in range(4))
+        procs = []
+        try:
+            for cport, rport, peer in ((c1, r1, r2), (c2, r2, r1)):
+                procs.append(subprocess.Popen(
+                    argv + ["-a", "0.0.0.0", "-p", str(cport), "--cluster", f"nats://127.0.0.1:{rport}",
+                            "--cluster_name", "natspy", "--routes", f"nats://127.0.0.1:{peer}"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
+            urls = []
+            wait_port(c1)
+            with socket.create_connection(("127.0.0.1", c1), timeout=20) as s:
+                s.settimeout(20)
+                buf = b""
+                # the route comes up after the client listener: INFO updates carry the peer
+                s.sendall(b'CONNECT {"verbose":false,"protocol":1}\r\nPING\r\n')
+                while not any(f":{c2}" in u for u in urls):
+                    chunk = s.recv(65536)
+                    assert chunk, "connection closed before the peer's URL arrived"
+                    buf += chunk
+                    for line in buf.split(b"\r\n"):
+                        if line.startswith(b"INFO "):
+                            urls = json.loads(line[5:]).get("connect_urls", urls)
+            advertised[name] = sorted(u.rsplit(":", 1)[0] for u in urls if u.endswith(f":{c1}"))
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(10)
+    assert advertised["ours"] == advertised["ref"]
+    for host in advertised["ours"]:
+        ip = ipaddress.ip_address(host.strip("[]"))
+        assert not ip.is_loopback and not ip.is_link_local
+
+
+def test_sigterm_while_starting_is_a_clean_stop(tmp_path):
+    """nats.py's harness may terminate a node as soon as its port opens; with JetStream and
+    monitoring still starting, the process must still stop cleanly (exit 0, no traceback)."""
+    for i in range(3):
+        port = free_port()
+        proc = start(ours_argv() + ["-a", "127.0.0.1", "-p", str(port), "-m", str(free_port()),
+                                    "-js", "-sd", str(tmp_path / f"store{i}")])
+        wait_port(port, proc)
+        err = stop(proc)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        assert messages([ln for ln in err.splitlines() if ln.strip()])[-1] == "Server Exiting.."
