@@ -994,6 +994,8 @@ class FileStore(_IndexedStore):
         hdr = raw[p:p + hlen] if flags & _FLAG_HDR else None
         return StoredMsg(seq, b.subs[j], hdr, raw[p + hlen:], ts)
 
+    _RUN_REC = struct.Struct("<IIBQqHBI")  # crc, body_len, type, then the MSG body header
+
     def get_run(self, start_seq: int, max_n: int) -> list[StoredMsg]:
         """Messages at start_seq, start_seq + 1, ... (at most max_n), ending before the first
         sequence not stored. Same checks as get(); records inside the read-ahead buffer of a
@@ -1012,6 +1014,7 @@ class FileStore(_IndexedStore):
                 continue
             start, end, buf = rc[2], rc[3], rc[4]
             mv = memoryview(buf)
+            _RUN_REC = self._RUN_REC
             offs, lens, live, subs = b.offs, b.lens, b.live, b.subs
             j = seq - b.seqs[0]
             stop = min(len(offs), j + max_n - len(out))
@@ -1020,10 +1023,10 @@ class FileStore(_IndexedStore):
                 if off < start or off + ln > end:
                     break
                 p = off - start
-                if zlib.crc32(mv[p + 4:p + ln]) != _U32.unpack_from(buf, p)[0]:
+                crc, _, _, _, ts, slen, flags, hlen = _RUN_REC.unpack_from(buf, p)
+                if zlib.crc32(mv[p + 4:p + ln]) != crc:
                     raise CorruptStoreError(b.path, off, f"checksum mismatch reading seq {seq}")
-                _, ts, slen, flags, hlen = _MSG_BODY.unpack_from(buf, p + 9)
-                q = p + 9 + _MSG_BODY_LEN + slen
+                q = p + _RUN_REC.size + slen
                 out.append(StoredMsg(seq, subs[j], buf[q:q + hlen] if flags & _FLAG_HDR else None,
                                      buf[q + hlen:p + ln], ts))
                 seq += 1
