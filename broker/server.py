@@ -470,20 +470,21 @@ class Server:
         return n
 
     def deliver_as_many(self, to: str, msgs: list) -> None:
-        """deliver_as(to, subject, reply, hdr, payload) for each (subject, reply, hdr, payload)
-        in msgs (a JetStream pull batch or push turn): `to` is matched once when its interest
-        is only client subscriptions without a message limit; otherwise one call each."""
+        """deliver_as(to, subject, reply, hdr, payload) for each (to, subject, reply, hdr,
+        payload) in msgs, all for `to` (a JetStream pull batch or push turn): `to` is matched
+        once when its interest is only client subscriptions without a message limit;
+        otherwise one call each."""
         m = self.sublist.match(to.encode())
         if m.empty:
             return
         if m.queues or m.peers or any(sub.max_msgs or not isinstance(sub.conn, ClientConn) for sub in m.plain):
-            for subject, reply, hdr, payload in msgs:
+            for _, subject, reply, hdr, payload in msgs:
                 self.deliver_as(to, subject, reply, hdr, payload)
             return
         size = 0
         for sub in m.plain:
             deliver = sub.conn.deliver
-            for subject, reply, hdr, payload in msgs:
+            for _, subject, reply, hdr, payload in msgs:
                 deliver(sub, subject.encode(), reply.encode(), hdr, payload)
                 size += len(payload) + (len(hdr) if hdr else 0)
         self.out_msgs += len(m.plain) * len(msgs)

@@ -434,6 +434,9 @@ class Consumer:
         out = self.out
         waiting = self.waiting
         sent = 0
+        ts_last = -1  # messages stored in one batch share a timestamp: format it once
+        ts_str = ""
+        size = 0
         while waiting:
             req = waiting[0]
             if has_interest is not None and id(req) not in checked:
@@ -462,13 +465,16 @@ class Consumer:
                 dseq = self.dseq + 1
                 pend = self.npending - 1
                 hdr = m.hdr
-                data = m.data
-                o = _new_out(Out, (req.reply, m.subject, f"{prefix1}{s}.{dseq}.{m.ts}.{pend}", hdr, data))
-                size = len(o.subject) + len(o.reply) + len(data) + (len(hdr) if hdr else 0)
-                if req.max_bytes and size > req.max_bytes:
-                    waiting.popleft()
-                    self._status(req.reply, "409", "Message Size Exceeds MaxBytes", req)
-                    continue
+                if m.ts != ts_last:
+                    ts_last = m.ts
+                    ts_str = str(ts_last)
+                o = _new_out(Out, (req.reply, m.subject, f"{prefix1}{s}.{dseq}.{ts_str}.{pend}", hdr, m.data))
+                if req.max_bytes:
+                    size = len(o.subject) + len(o.reply) + len(o.payload) + (len(hdr) if hdr else 0)
+                    if size > req.max_bytes:
+                        waiting.popleft()
+                        self._status(req.reply, "409", "Message Size Exceeds MaxBytes", req)
+                        continue
                 self.dseq = dseq
                 self.sseq = s + 1
                 self.npending = pend

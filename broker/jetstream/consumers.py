@@ -97,28 +97,21 @@ class ConsumerManager:
             return
         out, c.out = c.out, []
         srv = self.server
-        run: list = []  # consecutive deliveries to one subject: one Server call
-        run_to = None
-        for to, subject, reply, hdr, payload in out:
-            if subject == to:
-                if run:
-                    self._deliver_run(run_to, run)
-                    run = []
+        i, n = 0, len(out)
+        while i < n:
+            to, subject, reply, hdr, payload = out[i]
+            if subject == to:  # status, heartbeat, flow control
                 srv.publish(to, reply, hdr, payload)
+                i += 1
                 continue
-            if to != run_to and run:
-                self._deliver_run(run_to, run)
-                run = []
-            run_to = to
-            run.append((subject, reply, hdr, payload))
-        if run:
-            self._deliver_run(run_to, run)
-
-    def _deliver_run(self, to: str, run: list) -> None:
-        if len(run) == 1:
-            self.server.deliver_as(to, *run[0])
-        else:
-            self.server.deliver_as_many(to, run)
+            j = i + 1  # consecutive deliveries to one subject: one Server call
+            while j < n and out[j][0] == to and out[j][1] != to:
+                j += 1
+            if j == i + 1:
+                srv.deliver_as(to, subject, reply, hdr, payload)
+            else:
+                srv.deliver_as_many(to, out[i:j] if i or j < n else out)
+            i = j
 
     def reply(self, reply: str, obj: dict) -> None:
         if reply:
