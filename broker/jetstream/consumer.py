@@ -462,34 +462,59 @@ class Consumer:
                         m = ahead[ai]
                         ai += 1
             if m is not None:
-                dseq = self.dseq + 1
-                pend = self.npending - 1
-                hdr = m.hdr
-                if m.ts != ts_last:
-                    ts_last = m.ts
-                    ts_str = str(ts_last)
-                o = _new_out(Out, (req.reply, m.subject, f"{prefix1}{s}.{dseq}.{ts_str}.{pend}", hdr, m.data))
-                if req.max_bytes:
-                    size = len(o.subject) + len(o.reply) + len(o.payload) + (len(hdr) if hdr else 0)
-                    if size > req.max_bytes:
+                # Deliver m; while this is the only request waiting, keep handing it the next
+                # read-ahead messages (nothing checked at the top of the loop can change meanwhile).
+                to = req.reply
+                single = len(waiting) == 1
+                while True:
+                    dseq = self.dseq + 1
+                    pend = self.npending - 1
+                    hdr = m.hdr
+                    if m.ts != ts_last:
+                        ts_last = m.ts
+                        ts_str = str(ts_last)
+                    o = _new_out(Out, (to, m.subject, f"{prefix1}{s}.{dseq}.{ts_str}.{pend}", hdr, m.data))
+                    if req.max_bytes:
+                        size = len(o.subject) + len(o.reply) + len(o.payload) + (len(hdr) if hdr else 0)
+                        if size > req.max_bytes:
+                            waiting.popleft()
+                            self._status(to, "409", "Message Size Exceeds MaxBytes", req)
+                            break
+                        req.max_bytes -= size
+                    self.dseq = dseq
+                    self.sseq = s + 1
+                    self.npending = pend
+                    if s > self.dsseq:
+                        self.dsseq = s
+                    if ack_none:
+                        self.adflr = dseq
+                        self.asflr = self.dsseq
+                    else:
+                        self.pending[s] = [dseq, m.ts, 1, 0]
+                        if not self.low:
+                            self.low = s
+                        self._arm(s, now_ns + self._ack_wait(1))
+                    out.append(o)
+                    sent += 1
+                    req.batch -= 1
+                    req.sent += 1
+                    if req.hb:
+                        req.next_hb = now_ns + req.hb
+                    if req.batch <= 0:
                         waiting.popleft()
-                        self._status(req.reply, "409", "Message Size Exceeds MaxBytes", req)
-                        continue
-                self.dseq = dseq
-                self.sseq = s + 1
-                self.npending = pend
-                if s > self.dsseq:
-                    self.dsseq = s
-                if ack_none:
-                    self.adflr = dseq
-                    self.asflr = self.dsseq
-                else:
-                    self.pending[s] = [dseq, m.ts, 1, 0]
-                    if not self.low:
-                        self.low = s
-                    self._arm(s, now_ns + self._ack_wait(1))
-                out.append(o)
-                sent += 1
+                        break
+                    if not single:
+                        waiting.rotate(-1)
+                        break
+                    s += 1
+                    if s > self.known_last or (not ack_none and len(self.pending) >= max_ack > 0):
+                        break
+                    if ai < len(ahead) and ahead[ai].seq == s:
+                        m = ahead[ai]
+                        ai += 1
+                    else:
+                        break  # the top of the loop reads the next run
+                continue
             else:
                 m, x = self._take(now_ns)
                 if m is None:
