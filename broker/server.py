@@ -38,6 +38,7 @@ from broker.sublist import Sublist, Subscription
 log = logging.getLogger("broker")
 
 GIT_COMMIT = "pybroker"
+JS_API_LEVEL = 5  # nats-server 2.15's JetStream API level (broker/jetstream/api.py API_LEVEL)
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
@@ -271,6 +272,7 @@ class Server:
                 info["connect_urls"] = self.client_urls() + self._cluster_urls
         if self.lame_duck:
             info["ldm"] = True
+        info["api_lvl"] = JS_API_LEVEL  # nats-server sends it with or without JetStream
         return info
 
     def client_url(self) -> str:

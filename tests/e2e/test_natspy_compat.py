@@ -219,3 +219,22 @@ def test_sigterm_while_starting_is_a_clean_stop(tmp_path):
         assert proc.returncode == 0, err
         assert "Traceback" not in err
         assert messages([ln for ln in err.splitlines() if ln.strip()])[-1] == "Server Exiting.."
+
+
+def test_info_carries_the_api_level(tmp_path):
+    """nats-server's INFO has api_lvl even without JetStream (clients read it to know which
+    JetStream API features to use); the same keys, bar the xkey we do not generate."""
+    infos = {}
+    for name, make in (("ours", our_server), ("ref", reference)):
+        srv = make(tmp_path, jetstream=False, name=name).start()
+        try:
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+                s.settimeout(10)
+                buf = b""
+                while not buf.endswith(b"\r\n"):
+                    buf += s.recv(4096)
+            infos[name] = json.loads(buf[5:])
+        finally:
+            srv.stop()
+    assert infos["ours"]["api_lvl"] == infos["ref"]["api_lvl"]
+    assert set(infos["ours"]) == set(infos["ref"]) - {"xkey"}
