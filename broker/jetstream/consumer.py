@@ -32,7 +32,7 @@ FC_MAX_PENDING_BYTES = 2 * 1024 * 1024  # flow-control window; a request goes ou
 DEADLINES_SLACK = 1024  # stale ack-wait heap entries tolerated before the heap is rebuilt
 LOW_SCAN_MAX = 64  # sequences scanned for the next pending one before falling back to min()
 MATCH_CACHE_MAX = 4096  # subjects remembered per consumer as matching its filters or not
-READ_AHEAD_MAX = 256  # messages a pull consumer reads from the store in one call
+READ_AHEAD_MAX = 1024  # messages a pull consumer reads from the store in one call (a full default batch)
 
 
 class Out(NamedTuple):
