@@ -43,6 +43,7 @@ class Options:
     debug: bool = False; trace: bool = False; log_file: str = ""  # noqa: E702
     tls: bool = False; tls_cert: str = ""; tls_key: str = ""; tls_verify: bool = False  # noqa: E702
     tls_ca: str = ""; tls_timeout_s: float = 2.0  # noqa: E702
+    tls_handshake_first: bool = False  # tls { handshake_first: true }: TLS before INFO
     max_payload: int = 1048576; max_control_line: int = 4096; max_pending: int = 67108864  # noqa: E702
     max_connections: int = 65536; max_subscriptions: int = 0  # noqa: E702  -1 / 0: see nats-server
     ping_interval_s: float = 120.0; ping_max: int = 2  # noqa: E702

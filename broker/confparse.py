@@ -630,7 +630,7 @@ def _auth_block(o: Any, item: Item, warnings: list[str]) -> None:
 
 def _tls_block(o: Any, item: Item) -> None:
     files = {"cert_file": "", "key_file": "", "ca_file": ""}
-    verify, timeout = False, 0.0
+    verify, timeout, first = False, 0.0, False
     for k, it in _want(item, dict).items():
         lk = k.lower()
         if lk in files:
@@ -643,6 +643,8 @@ def _tls_block(o: Any, item: Item) -> None:
             verify = it.value
         elif lk == "timeout":
             timeout = _timeout(k, it, "tls", None)
+        elif lk in ("handshake_first", "first") and isinstance(it.value, bool):
+            first = it.value
         else:
             _unknown(k, it, "tls")
     cert, key, ca = files["cert_file"], files["key_file"], files["ca_file"]
@@ -654,6 +656,7 @@ def _tls_block(o: Any, item: Item) -> None:
     if err:
         raise _Bad(item, err)
     o.tls, o.tls_cert, o.tls_key, o.tls_ca, o.tls_verify, o.tls_timeout_s = True, cert, key, ca, verify, timeout
+    o.tls_handshake_first = first
 
 
 def _jetstream_block(o: Any, item: Item, warnings: list[str]) -> None:

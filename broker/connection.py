@@ -93,7 +93,9 @@ class ClientConn:
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
-                await self.stream.send_all(info_line)
+                first = server.ssl_context is not None and server.opts.tls_handshake_first
+                if not first:
+                    await self.stream.send_all(info_line)
                 if server.ssl_context is not None:
                     ssl_stream = trio.SSLStream(self.stream, server.ssl_context, server_side=True)
                     with trio.move_on_after(server.opts.tls_timeout_s) as cs:
@@ -101,6 +103,8 @@ class ClientConn:
                     if cs.cancelled_caught:
                         raise trio.BrokenResourceError("TLS handshake timeout")
                     self.stream = ssl_stream
+                    if first:  # handshake_first: the INFO comes over TLS, after the handshake
+                        await self.stream.send_all(info_line)
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._pinger)
                 if server.auth_required:

@@ -238,3 +238,49 @@ def test_info_carries_the_api_level(tmp_path):
             srv.stop()
     assert infos["ours"]["api_lvl"] == infos["ref"]["api_lvl"]
     assert set(infos["ours"]) == set(infos["ref"]) - {"xkey"}
+
+
+def test_tls_handshake_first_from_config(tmp_path):
+    """tls { handshake_first: true }: the TLS handshake comes before the INFO, which then
+    travels encrypted (nats.py's connect(tls_handshake_first=True)); same as nats-server."""
+    import asyncio
+    import ssl
+
+    import nats
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path, ca_path = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_pem.write_to_path(str(key_path))
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    ca.cert_pem.write_to_path(str(ca_path))
+    conf = tmp_path / "first.conf"
+    conf.write_text(f'tls {{\n  cert_file: "{cert_path}"\n  key_file: "{key_path}"\n  handshake_first: true\n}}\n')
+
+    async def roundtrip(port: int):
+        ctx = ssl.create_default_context(cafile=str(ca_path))
+        nc = await nats.connect(f"nats://127.0.0.1:{port}", tls=ctx, tls_handshake_first=True,
+                                allow_reconnect=False)
+        sub = await nc.subscribe("first")
+        await nc.publish("first", b"encrypted from the start")
+        msg = await sub.next_msg(timeout=5)
+        required = nc._server_info.get("tls_required")
+        await nc.close()
+        return msg.data, required
+
+    def first_bytes(port: int) -> bytes:
+        ctx = ssl.create_default_context(cafile=str(ca_path))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                return s.recv(5)
+
+    results = {}
+    for name, make in (("ours", our_server), ("ref", reference)):
+        srv = make(tmp_path, "-c", str(conf), jetstream=False, name=name).start()
+        try:
+            results[name] = (asyncio.run(roundtrip(srv.port)), first_bytes(srv.port))
+        finally:
+            srv.stop()
+    assert results["ours"] == results["ref"]
+    assert results["ours"] == ((b"encrypted from the start", True), b"INFO ")
