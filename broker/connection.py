@@ -311,9 +311,12 @@ class ClientConn:
         fast = self._fast_pub
         npub = nbytes = 0
         nshort = bshort = 0  # messages routed here rather than by route_msg
-        last = None  # subject whose targets are current
-        targets: list | None = None
-        peers = None
+        last = None  # subject whose plan is current
+        plan = None
+        targets: list = []
+        peers: list = []
+        callbacks: list = []
+        ninternal = 0  # deliveries to internal subscribers on the short path
         subject_s = ""
         touched: dict = {}
         try:
@@ -326,23 +329,31 @@ class ClientConn:
                     nbytes += size
                     if subject != last:
                         last = subject
-                        targets = self._plain_targets(cache.get(subject), subject, touched)
-                        if targets is not None and targets and targets[-1][0] is None:
-                            peers = targets.pop()[1]  # route peers with plain interest
-                            subject_s = subject.decode("utf-8", "surrogateescape")
-                        else:
-                            peers = None
-                    if targets is None or (not targets and op[2] and self.no_responders):
+                        plan = self._plain_targets(cache.get(subject), subject, touched)
+                        if plan is not None:
+                            targets, peers, callbacks = plan
+                            if peers or callbacks:
+                                subject_s = subject.decode("utf-8", "surrogateescape")
+                    if plan is None or (op[2] and self.no_responders and not (targets or peers or callbacks)):
                         route(self, subject, op[2], None, payload, size)
                         last = None  # routing may have changed subscriptions (max_msgs)
                     else:
                         nshort += 1
                         bshort += size
                         reply = op[2]
-                        if peers:
+                        if peers or callbacks:
                             r = reply.decode("utf-8", "surrogateescape") if reply else ""
                             for peer in peers:
                                 peer.forward(subject_s, r, None, payload, None)
+                            if callbacks:
+                                ninternal += len(callbacks)
+                                sl = server.sublist
+                                gen = sl.inserts + sl.removes
+                                self._call_internal(callbacks, subject_s, r, payload)
+                                if sl.inserts + sl.removes != gen:
+                                    last = None  # the callback changed subscriptions: re-plan
+                                    if self._closing:
+                                        return
                         if not targets:
                             continue
                         if reply:
@@ -379,29 +390,43 @@ class ClientConn:
             self.in_bytes += nbytes
             server.in_msgs += nshort
             server.in_bytes += bshort
+            server.out_msgs += ninternal
             if touched:
                 self._settle(touched)
 
-    def _plain_targets(self, m, subject: bytes, touched: dict) -> list | None:
-        """[(conn, MSG prefix, counters)] when every match is a plain client subscription or
-        a route peer's plain interest (then a last entry (None, [peers]) lists the peers);
-        an empty list: nobody; None: use route_msg."""
+    def _plain_targets(self, m, subject: bytes, touched: dict) -> tuple | None:
+        """How to deliver a run of plain PUBs on one subject without route_msg:
+        (client targets [(conn, MSG prefix, counters)], route peers with plain interest,
+        internal subscribers' callbacks). None when route_msg must decide (no cached match,
+        queue groups, auto-unsubscribe limits)."""
         if m is None or m.queues:
             return None
         out = []
+        callbacks = []
         for sub in m.plain:
             c = sub.conn
-            if c.kind != "Client" or sub.max_msgs:
+            if sub.max_msgs:
                 return None
+            if c.kind != "Client":
+                if c.kind != "Internal":
+                    return None
+                callbacks.append(sub)
+                continue
             if c is self and not self.echo:
                 continue
             t = touched.get(c)
             if t is None:
                 t = touched[c] = [0, 0]
             out.append((c, b"MSG %b %b " % (subject, sub.sid), t))
-        if m.peers:
-            out.append((None, list(m.peers), None))
-        return out
+        return out, list(m.peers), callbacks
+
+    @staticmethod
+    def _call_internal(subs: list, subject: str, reply: str, payload: bytes) -> None:
+        for sub in subs:
+            try:
+                sub.callback(subject, reply, None, payload)
+            except Exception:  # our own bug: log it, never break the publisher
+                log.exception("internal subscriber for %r failed", sub.subject)
 
     def _settle(self, touched: dict) -> None:
         """After a short-path batch: counters, slow-consumer checks and flushes per subscriber."""
