@@ -36,6 +36,19 @@ def _decode(decoder, payload: bytes, default):
         return default
     try:
         return decoder.decode(payload)
+    except msgspec.ValidationError as e:
+        # Go decodes a JSON null into the field's zero value: nats-server treats
+        # {"subjects_filter": null} like an absent field, so we drop nulls and retry
+        try:
+            raw = msgspec.json.decode(payload)
+        except msgspec.DecodeError:
+            raise errors.invalid_json(str(e)) from None
+        if isinstance(raw, dict) and any(v is None for v in raw.values()):
+            try:
+                return msgspec.convert({k: v for k, v in raw.items() if v is not None}, type(default))
+            except msgspec.ValidationError as e2:
+                raise errors.invalid_json(str(e2)) from None
+        raise errors.invalid_json(str(e)) from None
     except msgspec.DecodeError as e:
         raise errors.invalid_json(str(e)) from None
 
