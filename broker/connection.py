@@ -18,7 +18,6 @@ import time
 
 import trio
 
-from broker import protocol
 from broker.protocol import (OP_CONNECT, OP_INFO, OP_PING, OP_PONG, OP_PUB, OP_SUB, OP_UNSUB,
                              Parser, err_frame)
 from broker.subjects import valid_literal, valid_subject
@@ -581,5 +580,3 @@ class ClientConn:
     def send_info(self, info: dict) -> None:
         self.send(b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n")
 
-
-__all__ = ["ClientConn", "protocol"]

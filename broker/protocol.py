@@ -268,20 +268,7 @@ def _size(tok: bytes) -> int:
     return int(tok)
 
 
-# ---- encoders for what the server sends -------------------------------------------
-
-def msg_frame(subject: bytes, sid: bytes, reply: bytes, payload: bytes) -> bytes:
-    if reply:
-        return b"MSG %b %b %b %d\r\n%b\r\n" % (subject, sid, reply, len(payload), payload)
-    return b"MSG %b %b %d\r\n%b\r\n" % (subject, sid, len(payload), payload)
-
-
-def hmsg_frame(subject: bytes, sid: bytes, reply: bytes, hdr: bytes, payload: bytes) -> bytes:
-    hl = len(hdr)
-    if reply:
-        return b"HMSG %b %b %b %d %d\r\n%b%b\r\n" % (subject, sid, reply, hl, hl + len(payload), hdr, payload)
-    return b"HMSG %b %b %d %d\r\n%b%b\r\n" % (subject, sid, hl, hl + len(payload), hdr, payload)
-
+# ---- what the server sends back ------------------------------------------------------
 
 def err_frame(text: str) -> bytes:
     return b"-ERR '%b'\r\n" % text.encode()

@@ -149,7 +149,6 @@ class Server:
         self.stopped = trio.Event()
         self.lame_duck = False
         self.shutting_down = False
-        self.ready = trio.Event()
         # counters (/varz)
         self.in_msgs = 0
         self.in_bytes = 0
@@ -211,7 +210,6 @@ class Server:
         # nats.py's nats.server read the port from the first and stop reading at the second)
         log.info("Listening for client connections on %s:%d", _log_host(self.opts.host), self.port)
         log.info("Server is ready")
-        self.ready.set()
 
     async def _accept(self, listeners, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
@@ -452,19 +450,15 @@ class Server:
         r = reply.encode() if reply else b""
         n = 0
         for sub in m.plain:
-            sub.conn.deliver(sub, s, r, hdr, payload)
+            self._deliver_local(sub, s, r, hdr, payload)
             n += 1
-            if sub.max_msgs:
-                self._count_max(sub)
         for group in m.queues:
             sub = group.pick()
             if sub.conn.is_route:
                 sub.conn.forward(to, reply, hdr, payload, [group.name])
             else:
-                sub.conn.deliver(sub, s, r, hdr, payload)
+                self._deliver_local(sub, s, r, hdr, payload)
                 n += 1
-                if sub.max_msgs:
-                    self._count_max(sub)
         for peer in m.peers:
             peer.forward(to, reply, hdr, payload, None)
         self.out_msgs += n
@@ -545,6 +539,12 @@ class Server:
                 peer.forward(s, r, hdr, payload, qs)
         return n
 
+    def _deliver_local(self, sub: Subscription, subject: bytes, reply: bytes, hdr, payload: bytes) -> None:
+        """One delivery to a local (client or internal) subscriber, honouring UNSUB max."""
+        sub.conn.deliver(sub, subject, reply, hdr, payload)
+        if sub.max_msgs:
+            self._count_max(sub)
+
     def _count_max(self, sub: Subscription) -> None:
         sub.delivered += 1
         if sub.delivered >= sub.max_msgs:
@@ -601,20 +601,16 @@ class Server:
         m = self.sublist.match(subject_b)
         n = 0
         for sub in m.plain:
-            sub.conn.deliver(sub, subject_b, reply_b, hdr, payload)
+            self._deliver_local(sub, subject_b, reply_b, hdr, payload)
             n += 1
-            if sub.max_msgs:
-                self._count_max(sub)
         if queues:
             wanted = set(queues)
             for group in m.queues:
                 if group.name in wanted:
                     sub = group.pick(exclude_routes=True)
                     if sub is not None:
-                        sub.conn.deliver(sub, subject_b, reply_b, hdr, payload)
+                        self._deliver_local(sub, subject_b, reply_b, hdr, payload)
                         n += 1
-                        if sub.max_msgs:
-                            self._count_max(sub)
         self.out_msgs += n
         self.out_bytes += n * size
 
