@@ -123,6 +123,10 @@ def normalize(cfg: ConsumerConfig, stream_cfg) -> ConsumerConfig:
 def _check_filters(c: ConsumerConfig, stream_cfg) -> None:
     if c.filter_subject and c.filter_subjects:
         raise cerr(400, 10136, "consumer cannot have both FilterSubject and FilterSubjects specified")
+    if c.filter_subject and not subj.valid_subject(c.filter_subject):
+        raise cerr(500, 10052, "invalid subject")
+    if any(not f for f in c.filter_subjects or ()):  # nats-server checks this before validity
+        raise cerr(400, 10139, "consumer filter in FilterSubjects cannot be empty")
     fs = filters_of(c)
     for f in fs:
         if not f or not subj.valid_subject(f):
