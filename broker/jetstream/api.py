@@ -238,6 +238,8 @@ class MsgGetRequest(msgspec.Struct, kw_only=True):
     seq: int = 0
     last_by_subj: str = ""
     next_by_subj: str = ""
+    batch: int = 0  # batch gets are DIRECT.GET only: MSG.GET answers bad request, as nats-server
+    max_bytes: int = 0
 
 
 class MsgDeleteRequest(msgspec.Struct, kw_only=True):

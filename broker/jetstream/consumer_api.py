@@ -15,10 +15,12 @@ import time
 import msgspec
 
 from broker import subjects as subj
-from broker.jetstream import api
+from broker.jetstream import api, gojson
 from broker.jetstream import errors as jerr
 from broker.jetstream.consumer import Consumer, PullRequest
 from broker.jetstream.consumerconfig import ConsumerConfig, cerr, normalize, parse_time
+
+gojson.GO_EXTRA[ConsumerConfig] = {"sourcing": None}  # Go fields we do not model: not unknown
 
 NAMES_LIMIT = 1024
 LIST_LIMIT = 256
@@ -164,8 +166,10 @@ def _decode_create(tokens: list[str], payload: bytes, stream) -> tuple[ConsumerC
     if not payload.strip():
         raise jerr.stream_mismatch()
     try:
-        req = msgspec.json.decode(payload, type=CreateRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as ex:
+        req = gojson.decode(payload, CreateRequest)
+    except gojson.GoJSONError as ex:
+        raise jerr.invalid_json(ex.text) from None
+    except msgspec.ValidationError as ex:
         raise _json_error(payload, ex) from None
     if req.stream_name != stream.name:
         raise jerr.stream_mismatch()
@@ -303,15 +307,29 @@ def h_delete(mgr, tokens, payload):
     return {"type": api.PREFIX + "consumer_delete_response", "success": True}
 
 
-def _offset(payload: bytes) -> int:
-    if not payload:
-        return 0
+class PagedRequest(msgspec.Struct):
+    offset: int = 0
+
+
+class PauseRequest(msgspec.Struct):
+    pause_until: str = ""
+
+
+def _strict(payload: bytes, typ, go: tuple):
+    """A request body decoded as nats-server's unmarshalRequest does (unknown fields refused)."""
     try:
-        d = msgspec.json.decode(payload)
-    except msgspec.DecodeError as ex:
-        raise _json_error(payload) from None
-    off = d.get("offset", 0) if isinstance(d, dict) else 0
-    return max(0, off) if isinstance(off, int) else 0
+        return gojson.decode(payload, typ, go=go)
+    except gojson.GoJSONError as ex:
+        raise jerr.invalid_json(ex.text) from None
+    except msgspec.ValidationError as ex:
+        raise _json_error(payload, ex) from None
+
+
+def _offset(payload: bytes) -> int:
+    if not payload.strip():
+        return 0
+    off = _strict(payload, PagedRequest, ("JSApiConsumersRequest", {"offset": "int"})).offset
+    return max(0, off)
 
 
 def h_names(mgr, tokens, payload):
@@ -335,12 +353,9 @@ def h_list(mgr, tokens, payload):
 def h_pause(mgr, tokens, payload):
     _, e = _entry(mgr, tokens)
     until = 0
-    if payload:
-        try:
-            d = msgspec.json.decode(payload)
-        except msgspec.DecodeError as ex:
-            raise _json_error(payload) from None
-        until = parse_time(d.get("pause_until")) if isinstance(d, dict) else 0
+    if payload.strip():
+        req = _strict(payload, PauseRequest, ("JSApiConsumerPauseRequest", {}))
+        until = parse_time(req.pause_until)
     now = time.time_ns()
     c = e.c
     c.paused_until = until if until > now else 0

@@ -14,42 +14,44 @@ import msgspec
 
 from broker import headers
 from broker import subjects as subj
-from broker.jetstream import api, errors
+from broker.jetstream import api, errors, gojson
 from broker.jetstream import streamconfig as sc
 from broker.jetstream.stream import Stream
 
 log = logging.getLogger("broker.jetstream")
 
-_info_req = msgspec.json.Decoder(api.StreamInfoRequest)
-_names_req = msgspec.json.Decoder(api.StreamNamesRequest)
-_purge_req = msgspec.json.Decoder(api.StreamPurgeRequest)
-_get_req = msgspec.json.Decoder(api.MsgGetRequest)
-_del_req = msgspec.json.Decoder(api.MsgDeleteRequest)
 
 LIST_LIMIT = 256
 NAMES_LIMIT = 1024
 SUBJECTS_LIMIT = 100_000
 
 
-def _decode(decoder, payload: bytes, default):
+# Go request structs behind each decoder: name and scalar field types, for Go's type-error text.
+_GO_REQ = {
+    api.StreamInfoRequest: ("JSApiStreamInfoRequest",
+                            {"offset": "int", "deleted_details": "bool", "subjects_filter": "string"}),
+    api.StreamPurgeRequest: ("JSApiStreamPurgeRequest", {"seq": "uint64", "filter": "string", "keep": "uint64"}),
+    api.MsgGetRequest: ("JSApiMsgGetRequest", {"seq": "uint64", "last_by_subj": "string", "next_by_subj": "string",
+                                               "batch": "int", "max_bytes": "int", "up_to_seq": "uint64",
+                                               "no_hdr": "bool"}),
+    api.MsgDeleteRequest: ("JSApiMsgDeleteRequest", {"seq": "uint64", "no_erase": "bool"}),
+}
+# Fields of nats-server's JSApiMsgGetRequest we do not serve (batch/multi gets): known, so not refused.
+_MSG_GET_EXTRA = {k: None for k in ("start_time", "multi_last", "up_to_seq", "up_to_time", "no_hdr")}
+
+
+def _decode(typ, payload: bytes, default, go_name: str = "", extra=None):
+    """A request body decoded strictly, as nats-server's unmarshalRequest does (gojson)."""
     if not payload or not payload.strip():
         return default
+    go = _GO_REQ.get(typ)
+    if go_name:
+        go = (go_name, {"offset": "int", "subject": "string"})
     try:
-        return decoder.decode(payload)
+        return gojson.decode(payload, typ, extra=extra, go=go)
+    except gojson.GoJSONError as e:
+        raise errors.invalid_json(e.text) from None
     except msgspec.ValidationError as e:
-        # Go decodes a JSON null into the field's zero value: nats-server treats
-        # {"subjects_filter": null} like an absent field, so we drop nulls and retry
-        try:
-            raw = msgspec.json.decode(payload)
-        except msgspec.DecodeError:
-            raise errors.invalid_json(str(e)) from None
-        if isinstance(raw, dict) and any(v is None for v in raw.values()):
-            try:
-                return msgspec.convert({k: v for k, v in raw.items() if v is not None}, type(default))
-            except msgspec.ValidationError as e2:
-                raise errors.invalid_json(str(e2)) from None
-        raise errors.invalid_json(str(e)) from None
-    except msgspec.DecodeError as e:
         raise errors.invalid_json(str(e)) from None
 
 
@@ -97,10 +99,10 @@ def _decode_config(payload: bytes) -> api.StreamConfig:
     if not payload:
         raise errors.bad_request()
     try:
-        return api.config_decoder.decode(payload)
+        return gojson.decode(payload, api.StreamConfig, extra=gojson.STREAM_CONFIG_NESTED)
+    except gojson.GoJSONError as e:
+        raise errors.invalid_json(e.text) from None
     except msgspec.ValidationError as e:
-        raise errors.invalid_json(str(e)) from None
-    except msgspec.DecodeError as e:
         raise errors.invalid_json(str(e)) from None
 
 
@@ -173,7 +175,7 @@ async def _update(js, name: str, payload: bytes):
 
 
 async def _info(js, name: str, payload: bytes):
-    req = _decode(_info_req, payload, api.StreamInfoRequest())
+    req = _decode(api.StreamInfoRequest, payload, api.StreamInfoRequest())
     stream = js.streams.get(name)
     if stream is None:
         raise errors.stream_not_found()
@@ -204,7 +206,7 @@ async def _purge(js, name: str, payload: bytes):
     stream = js.streams.get(name)
     if stream is None:
         raise errors.stream_not_found()
-    req = _decode(_purge_req, payload, api.StreamPurgeRequest())
+    req = _decode(api.StreamPurgeRequest, payload, api.StreamPurgeRequest())
     purged = stream.purge(req.filter, req.seq, req.keep)
     js.consumers.stream_purged(stream)
     await js.sync_stream(stream)
@@ -224,7 +226,7 @@ def _matching_streams(js, subject_filter: str) -> list[Stream]:
 
 
 async def _names(js, _name: str, payload: bytes):
-    req = _decode(_names_req, payload, api.StreamNamesRequest())
+    req = _decode(api.StreamNamesRequest, payload, api.StreamNamesRequest(), "JSApiStreamNamesRequest")
     found = _matching_streams(js, req.subject)
     offset = min(max(0, req.offset), len(found))  # nats-server clamps the offset to the total
     page = found[offset:offset + NAMES_LIMIT]
@@ -233,7 +235,7 @@ async def _names(js, _name: str, payload: bytes):
 
 
 async def _list(js, _name: str, payload: bytes):
-    req = _decode(_names_req, payload, api.StreamNamesRequest())
+    req = _decode(api.StreamNamesRequest, payload, api.StreamNamesRequest(), "JSApiStreamListRequest")
     found = _matching_streams(js, req.subject)
     offset = min(max(0, req.offset), len(found))
     page = found[offset:offset + LIST_LIMIT]
@@ -258,10 +260,12 @@ def find_msg(stream: Stream, req: api.MsgGetRequest):
 
 
 async def _msg_get(js, name: str, payload: bytes):
+    req = _decode(api.MsgGetRequest, payload, api.MsgGetRequest(), extra=_MSG_GET_EXTRA)
+    if req.batch > 0 or req.max_bytes > 0:  # nats-server checks the request before the stream
+        raise errors.bad_request()
     stream = js.streams.get(name)
     if stream is None:
         raise errors.stream_not_found()
-    req = _decode(_get_req, payload, api.MsgGetRequest())
     _fresh(js, stream)
     msg = find_msg(stream, req)
     if msg is None:
@@ -278,7 +282,7 @@ async def _msg_delete(js, name: str, payload: bytes):
     stream = js.streams.get(name)
     if stream is None:
         raise errors.stream_not_found()
-    req = _decode(_del_req, payload, api.MsgDeleteRequest())
+    req = _decode(api.MsgDeleteRequest, payload, api.MsgDeleteRequest())
     if req.seq <= 0:
         raise errors.bad_request()
     try:
@@ -309,6 +313,7 @@ _HANDLERS = {
 NOT_FOUND = headers.build(None, "404", "Message Not Found")
 BAD_REQUEST = headers.build(None, "408", "Bad Request")
 EMPTY_REQUEST = headers.build(None, "408", "Empty Request")
+MALFORMED_REQUEST = headers.build(None, "408", "Malformed Request")
 
 
 def direct_headers(stream: Stream, msg) -> bytes:
@@ -339,10 +344,13 @@ def direct_get_handler(js, stream: Stream):
             publish(reply, "", EMPTY_REQUEST, b"")
             return
         else:
-            try:
-                req = _get_req.decode(payload)
-            except msgspec.DecodeError:
-                publish(reply, "", BAD_REQUEST, b"")
+            try:  # nats-server uses plain json.Unmarshal here: unknown fields are ignored
+                req = gojson.decode(payload, api.MsgGetRequest, strict=False, go=_GO_REQ[api.MsgGetRequest])
+            except (gojson.GoJSONError, msgspec.ValidationError):
+                publish(reply, "", MALFORMED_REQUEST, b"")
+                return
+            if not (req.seq or req.last_by_subj or req.next_by_subj):
+                publish(reply, "", EMPTY_REQUEST, b"")
                 return
         js.expire_stream(stream, _now())
         try:
