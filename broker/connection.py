@@ -285,6 +285,53 @@ class ClientConn:
             return
         self._wake_writer()
 
+    def deliver_ack_run(self, sub: Subscription, msgs: list, prefix: bytes, dseq: int, pending: int) -> int:
+        """Server.deliver_ack_run for one subscription: a frame per stored message, reply
+        `<prefix><seq>.<dseq + i>.<ts>.<pending - i>`; returns the payload bytes counted.
+        The `MSG <subject> <sid> <prefix>` head is built once per subject and the timestamp
+        once per distinct value (a batch stored together shares it)."""
+        if self._closing:
+            return 0
+        sid = sub.sid
+        headers = self.headers
+        subject = None
+        head = hhead = b""
+        ts = None
+        tsb = b""
+        size = 0
+        parts = []
+        add = parts.append
+        for m in msgs:
+            if m.subject is not subject:
+                subject = m.subject
+                sb = subject.encode()
+                head = b"MSG %b %b %b" % (sb, sid, prefix)
+                hhead = b"HMSG %b %b %b" % (sb, sid, prefix)
+            if m.ts != ts:
+                ts = m.ts
+                tsb = b"%d" % ts
+            data = m.data
+            hdr = m.hdr
+            if hdr is None or not headers:
+                n = len(data)
+                add(b"%b%d.%d.%b.%d %d\r\n%b\r\n" % (head, m.seq, dseq, tsb, pending, n, data))
+            else:
+                hl = len(hdr)
+                n = hl + len(data)
+                add(b"%b%d.%d.%b.%d %d %d\r\n%b%b\r\n" % (hhead, m.seq, dseq, tsb, pending, hl, n, hdr, data))
+            size += n
+            dseq += 1
+            pending -= 1
+        out = self.out
+        out += b"".join(parts)
+        self.out_msgs += len(msgs)
+        self.out_bytes += size
+        if len(out) > self.max_pending:
+            self.cut_slow()
+        else:
+            self._wake_writer()
+        return size
+
     def cut_slow(self) -> None:
         self.server.slow_consumer(self, f"MaxPending of {self.max_pending} Exceeded")
         self.close_reason = "Slow Consumer (Pending Bytes)"

@@ -486,6 +486,24 @@ class Server:
         self.out_msgs += len(m.plain) * len(msgs)
         self.out_bytes += size
 
+    def deliver_ack_run(self, to: str, msgs: list, prefix: bytes, dseq: int, pending: int) -> bool:
+        """A JetStream pull batch rendered in one pass: stored message msgs[i] (seq,
+        subject, hdr, data, ts) goes to the subscribers of `to` showing its own subject,
+        with reply `<prefix><seq>.<dseq + i>.<ts>.<pending - i>`. Only for interest that
+        is plain client subscriptions without a message limit; returns False (nothing
+        sent) otherwise, and the caller delivers the messages one by one."""
+        m = self.sublist.match(to.encode())
+        if m.empty:
+            return True
+        if m.queues or m.peers or any(sub.max_msgs or not isinstance(sub.conn, ClientConn) for sub in m.plain):
+            return False
+        size = 0
+        for sub in m.plain:
+            size += sub.conn.deliver_ack_run(sub, msgs, prefix, dseq, pending)
+        self.out_msgs += len(m.plain) * len(msgs)
+        self.out_bytes += size
+        return True
+
     def route_msg(self, client, subject: bytes, reply: bytes, hdr, payload: bytes, size: int) -> None:
         """Deliver a published message to every local match and each interested route once."""
         self.in_msgs += 1

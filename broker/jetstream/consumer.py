@@ -14,6 +14,8 @@ Pull consumers queue `PullRequest`s in `waiting`; push consumers deliver to the
 deliver subject while it has interest. Every method that can produce traffic takes
 `now_ns` and appends `Out` tuples (target subject, message subject, reply, header
 block, payload) to `self.out`; the runtime (consumers.py) drains and publishes them.
+A pull request served a stretch of consecutive first deliveries gets one `Run` entry
+for the stretch instead (`expand()` turns it back into Outs).
 `next_wake(now_ns)` says when timers (ack wait, expires, heartbeats) next need a
 `tick`. The same calls in the same order give the same state on every replica.
 """
@@ -44,6 +46,37 @@ class Out(NamedTuple):
 
 
 _new_out = tuple.__new__  # Out without the namedtuple constructor's Python-level call
+
+
+class Run(NamedTuple):
+    """First deliveries of consecutive stream messages to one pull request, in one entry:
+    msgs[i] goes to `to` with reply `{prefix}{seq}.{dseq + i}.{ts}.{pending - i}` (the
+    ack subject of a first delivery; prefix ends with the deliver count `1.`). The runtime
+    renders the frames straight from it, with no per-message Out or reply string."""
+    to: str
+    msgs: list
+    prefix: str
+    dseq: int
+    pending: int
+
+    def outs(self) -> list[Out]:
+        p = self.prefix
+        return [Out(self.to, m.subject, f"{p}{m.seq}.{self.dseq + i}.{m.ts}.{self.pending - i}", m.hdr, m.data)
+                for i, m in enumerate(self.msgs)]
+
+
+def expand(out: list) -> list[Out]:
+    """`out` with every Run replaced by the Outs it stands for."""
+    if not any(type(o) is Run for o in out):
+        return out
+    res: list[Out] = []
+    for o in out:
+        if type(o) is Run:
+            res.extend(o.outs())
+        else:
+            res.append(o)
+    return res
+
 
 
 class PullRequest:
@@ -290,6 +323,9 @@ class Consumer:
     def _arm(self, sseq: int, deadline: int) -> None:
         self.pending[sseq][3] = deadline
         heapq.heappush(self.deadlines, (deadline, sseq))
+        self._trim_deadlines()
+
+    def _trim_deadlines(self) -> None:
         if len(self.deadlines) > 2 * len(self.pending) + DEADLINES_SLACK:
             # acked entries linger until their deadline: rebuild from what is still pending
             self.deadlines = [(p[3], s) for s, p in self.pending.items() if p[3]]
@@ -466,6 +502,44 @@ class Consumer:
                 # read-ahead messages (nothing checked at the top of the loop can change meanwhile).
                 to = req.reply
                 single = len(waiting) == 1
+                if single and not req.max_bytes and ai and ahead[ai - 1] is m:
+                    # The only request and no byte limit: hand it the longest stretch of the
+                    # read-ahead it can take, as one Run, and move the state once.
+                    k = min(req.batch, len(ahead) - ai + 1, self.known_last - s + 1)
+                    if not ack_none and max_ack > 0:
+                        k = min(k, max_ack - len(self.pending))
+                    run = ahead if (ai == 1 and k == len(ahead)) else ahead[ai - 1:ai - 1 + k]
+                    ai += k - 1
+                    dseq = self.dseq + 1
+                    out.append(_new_out(Run, (to, run, prefix1, dseq, self.npending - 1)))
+                    last = s + k - 1
+                    self.dseq += k
+                    self.sseq = last + 1
+                    self.npending -= k
+                    if last > self.dsseq:
+                        self.dsseq = last
+                    if ack_none:
+                        self.adflr = self.dseq
+                        self.asflr = self.dsseq
+                    else:
+                        deadline = now_ns + self._ack_wait(1)
+                        pending = self.pending
+                        deadlines = self.deadlines
+                        for x in run:
+                            pending[x.seq] = [dseq, x.ts, 1, deadline]
+                            heapq.heappush(deadlines, (deadline, x.seq))
+                            dseq += 1
+                        if not self.low:
+                            self.low = s
+                        self._trim_deadlines()
+                    sent += k
+                    req.batch -= k
+                    req.sent += k
+                    if req.hb:
+                        req.next_hb = now_ns + req.hb
+                    if req.batch <= 0:
+                        waiting.popleft()
+                    continue
                 while True:
                     dseq = self.dseq + 1
                     pend = self.npending - 1

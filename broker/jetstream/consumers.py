@@ -29,7 +29,7 @@ import trio
 from broker import headers as hdrs
 from broker.jetstream import api
 from broker.jetstream import consumer_api as capi
-from broker.jetstream.consumer import Consumer, Out
+from broker.jetstream.consumer import Consumer, Out, Run
 from broker.jetstream.consumerconfig import ConsumerConfig, parse_duration_ns
 from broker.jetstream.errors import JSError
 
@@ -99,13 +99,19 @@ class ConsumerManager:
         srv = self.server
         i, n = 0, len(out)
         while i < n:
-            to, subject, reply, hdr, payload = out[i]
+            o = out[i]
+            if type(o) is Run:
+                if not srv.deliver_ack_run(o.to, o.msgs, o.prefix.encode(), o.dseq, o.pending):
+                    srv.deliver_as_many(o.to, o.outs())
+                i += 1
+                continue
+            to, subject, reply, hdr, payload = o
             if subject == to:  # status, heartbeat, flow control
                 srv.publish(to, reply, hdr, payload)
                 i += 1
                 continue
             j = i + 1  # consecutive deliveries to one subject: one Server call
-            while j < n and out[j][0] == to and out[j][1] != to:
+            while j < n and type(out[j]) is not Run and out[j][0] == to and out[j][1] != to:
                 j += 1
             if j == i + 1:
                 srv.deliver_as(to, subject, reply, hdr, payload)

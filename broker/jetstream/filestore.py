@@ -58,6 +58,7 @@ _OPEN_FDS_MAX = 64
 _COMPACT_BYTES_MIN = 64 * 1024  # smaller blocks are not worth rewriting
 _RECORD_BYTES_MAX = 256 * 1024 * 1024
 _READ_AHEAD_BYTES = 256 * 1024  # one pread per this much when get() walks a block in order
+_VERIFY_BLOCK_MAX = 16 * 1024 * 1024  # a sealed block up to this size is read whole and checked once
 
 _META, _MSG, _DEL = 1, 2, 3
 _MAGIC = b"NJSB"
@@ -244,7 +245,7 @@ class FileStore(_IndexedStore):
         self._last_ts = 0
         self._blocks: list[_Block] = []
         self._bases: list[int] = []
-        self._rcache: tuple | None = None  # get() read-ahead: (block, its offs, start, end, bytes)
+        self._rcache: tuple | None = None  # get() read-ahead: (block, its offs, start, end, bytes, verified)
         self._rnext: tuple | None = None  # (block, offset) right after the last record read
         os.makedirs(self._dir, exist_ok=True)
         self._lock_fd = os.open(os.path.join(self._dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
@@ -985,9 +986,11 @@ class FileStore(_IndexedStore):
         if rc is not None and rc[0] is b and rc[1] is b.offs and rc[2] <= off and off + ln <= rc[3]:
             p = off - rc[2]  # read-ahead hit: those file bytes never change (compaction swaps offs)
             raw = rc[4][p:p + ln]
+            checked = rc[5]
         else:
             raw = self._read_record(b, off, ln)
-        if len(raw) != ln or zlib.crc32(memoryview(raw)[4:]) != _U32.unpack_from(raw)[0]:
+            checked = False
+        if len(raw) != ln or (not checked and zlib.crc32(memoryview(raw)[4:]) != _U32.unpack_from(raw)[0]):
             raise CorruptStoreError(b.path, off, f"checksum mismatch reading seq {seq}")
         _, ts, slen, flags, hlen = _MSG_BODY.unpack_from(raw, 9)
         p = 9 + _MSG_BODY_LEN + slen
@@ -1012,7 +1015,7 @@ class FileStore(_IndexedStore):
             rc = self._rcache
             if not b.dense or rc is None or rc[0] is not b or rc[1] is not b.offs:
                 continue
-            start, end, buf = rc[2], rc[3], rc[4]
+            start, end, buf, checked = rc[2], rc[3], rc[4], rc[5]
             mv = memoryview(buf)
             _RUN_REC = self._RUN_REC
             offs, lens, live, subs = b.offs, b.lens, b.live, b.subs
@@ -1024,7 +1027,7 @@ class FileStore(_IndexedStore):
                     break
                 p = off - start
                 crc, _, _, _, ts, slen, flags, hlen = _RUN_REC.unpack_from(buf, p)
-                if zlib.crc32(mv[p + 4:p + ln]) != crc:
+                if not checked and zlib.crc32(mv[p + 4:p + ln]) != crc:
                     raise CorruptStoreError(b.path, off, f"checksum mismatch reading seq {seq}")
                 q = p + _RUN_REC.size + slen
                 out.append(StoredMsg(seq, subs[j], buf[q:q + hlen] if flags & _FLAG_HDR else None,
@@ -1036,7 +1039,11 @@ class FileStore(_IndexedStore):
     def _read_record(self, b: _Block, off: int, ln: int) -> bytes:
         """Record bytes at `off`. A read right where the previous one ended (a consumer walking
         the stream) fetches up to _READ_AHEAD_BYTES of the already-written file with one pread
-        and keeps it in _rcache (block, its offs array, start, end, bytes) for the next gets."""
+        and keeps it in _rcache (block, its offs array, start, end, bytes, verified) for the
+        next gets. A sealed block (not the one being appended to) is read whole instead and
+        checked against its file crc32 in one call: when that matches, the records in the
+        buffer need no crc of their own (verified); when not, each record is still checked
+        as it is read, so the damaged one is reported."""
         with self._lock:  # the sync thread may flush pend or recycle descriptors
             if off >= b.pend_off:
                 p = off - b.pend_off
@@ -1046,9 +1053,14 @@ class FileStore(_IndexedStore):
             self._rnext = (b, off + ln)
             if not seq_read:
                 return os.pread(fd, ln, off)
+            if b is not self._blocks[-1] and b.pend_off <= _VERIFY_BLOCK_MAX:
+                buf = os.pread(fd, b.pend_off, 0)
+                verified = len(buf) == b.pend_off and zlib.crc32(buf) == b.fcrc
+                self._rcache = (b, b.offs, 0, len(buf), buf, verified)
+                return buf[off:off + ln]
             n = max(ln, min(_READ_AHEAD_BYTES, b.pend_off - off))
             buf = os.pread(fd, n, off)
-        self._rcache = (b, b.offs, off, off + len(buf), buf)
+        self._rcache = (b, b.offs, off, off + len(buf), buf, False)
         return buf[:ln]
 
     def remove(self, seq: int) -> bool:

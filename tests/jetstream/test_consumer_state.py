@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker import headers as hdrs
-from broker.jetstream.consumer import Consumer, PullRequest
+from broker.jetstream.consumer import Consumer, PullRequest, expand
 from broker.jetstream.consumerconfig import ConsumerConfig, normalize, parse_duration_ns
 from broker.jetstream.errors import JSError
 from broker.jetstream.store import MemoryStore
@@ -30,7 +30,7 @@ def fill(store, n, subject="a.x", ts0=T0 - 100 * S):
 
 def pull(c, now, batch=10, expires=0, no_wait=False, hb=0, max_bytes=0, reply="in"):
     c.add_request(PullRequest(reply, batch, max_bytes, now + expires if expires else 0, no_wait, hb, now), now)
-    out, c.out = c.out, []
+    out, c.out = expand(c.out), []
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import random
 import shutil
 import signal
@@ -578,6 +579,33 @@ def test_file_get_detects_later_damage(tmp_path):
     with pytest.raises(CorruptStoreError):
         s.get(3)
     assert s.get(2).data == b"0123456789"
+    s.delete()
+
+
+def test_file_sealed_block_read_in_order_detects_damage(tmp_path):
+    """Reading a sealed block in order checks the whole file against its crc once; a
+    damaged record there is still reported (at its seq), and the intact ones still read."""
+    d = str(tmp_path / "s")
+    s = FileStore(d, block_size_max_bytes=4096)
+    for i in range(300):
+        s.append("c", None, b"payload-%03d" % i, i)
+    s.sync()
+    blocks = sorted((f for f in os.listdir(d) if f.endswith(".blk")), key=lambda f: int(f.split(".")[0]))
+    assert len(blocks) >= 3
+    second = os.path.join(d, blocks[1])
+    raw = open(second, "rb").read()
+    victim = int(re.search(rb"payload-(\d{3})", raw[len(raw) // 2:]).group(1))  # one in the middle
+    first_of_second = int(re.search(rb"payload-(\d{3})", raw).group(1))
+    # the first block reads (verified whole), then the damage in the second is reported
+    assert [m.data for m in s.get_run(1, first_of_second)] == [b"payload-%03d" % i for i in range(first_of_second)]
+    _corrupt(second, raw.index(b"payload-%03d" % victim) + 10)
+    with pytest.raises(CorruptStoreError) as ei:
+        s.get_run(first_of_second + 1, 300)
+    assert ei.value.path == second and f"seq {victim + 1}" in str(ei.value)
+    # the records before the damaged one still read, checked one by one
+    good = s.get_run(first_of_second + 1, victim - first_of_second)
+    assert [m.data for m in good] == [b"payload-%03d" % i for i in range(first_of_second, victim)]
+    assert os.path.getsize(second) == len(raw)  # nothing truncated
     s.delete()
 
 
