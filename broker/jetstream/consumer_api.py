@@ -61,6 +61,15 @@ def go_json_text(body: bytes, with_offset: bool = True) -> str:
     if pos >= len(body.rstrip()) and msg != "Extra data":
         return "unexpected EOF"
     ch = body[pos:pos + 1].decode("latin-1")
+    lit = {"n": "null", "t": "true", "f": "false"}.get(ch)
+    if msg == "Expecting value" and lit:  # Go reads a literal letter by letter
+        for i, want in enumerate(lit[1:], 1):
+            got = body[pos + i:pos + i + 1].decode("latin-1")
+            if not got:
+                return "unexpected EOF"
+            if got != want:
+                text = f"invalid character {got!r} in literal {lit} (expecting {want!r})"
+                return f"{text} at offset {pos + i + 1}" if with_offset else text
     what = {"Expecting property name enclosed in double quotes": "looking for beginning of object key string",
             "Expecting ':' delimiter": "after object key",
             "Expecting ',' delimiter": "after object key:value pair"}.get(msg, "looking for beginning of value")
@@ -368,33 +377,41 @@ def h_pause(mgr, tokens, payload):
     return out
 
 
+class ResetRequest(msgspec.Struct):
+    seq: int = 0
+
+
 def h_reset(mgr, tokens, payload):
+    """CONSUMER.RESET (ADR-60, nats-server 2.14+): restart delivery at the ack floor or at `seq`."""
     s, e = _entry(mgr, tokens)
     seq = 0
     if payload:
-        try:
-            d = msgspec.json.decode(payload)
-        except msgspec.DecodeError as ex:
-            raise _json_error(payload) from None
-        seq = d.get("seq", 0) if isinstance(d, dict) else 0
-        if not isinstance(seq, int) or seq < 0:
-            raise cerr(400, 10204, "invalid reset: bad sequence")
+        try:  # nats-server decodes this one with plain json.Unmarshal: unknown fields are ignored
+            seq = gojson.decode(payload, ResetRequest, strict=False,
+                                go=("JSApiConsumerResetRequest", {"seq": "uint64"})).seq
+        except gojson.GoJSONError as ex:
+            raise jerr.invalid_json(ex.text) from None
+        except msgspec.ValidationError as ex:
+            raise jerr.invalid_json(str(ex)) from None
     c = e.c
+    policy = c.cfg.deliver_policy
     if not seq:
-        seq = c.asflr + 1  # back to just after the ack floor
-    c.pending.clear()
-    c.low = 0
-    c.rdc.clear()
-    c.redeliver.clear()
-    c.lps.clear()
-    c.sseq = seq
-    c.dsseq = c.asflr = c.sseq - 1
-    c.adflr = c.dseq
-    c.recount()
-    c.dirty = True
+        seq = c.asflr + 1
+    elif policy == "by_start_sequence":
+        if seq < c.cfg.opt_start_seq:
+            raise cerr(400, 10204, "invalid reset: below start seq")
+    elif policy == "by_start_time":
+        if seq < c.seq_for_time(parse_time(c.cfg.opt_start_time)):
+            raise cerr(400, 10204, "invalid reset: below start time")
+    elif policy != "all":
+        raise cerr(400, 10204, "invalid reset: not allowed")
+    passed = c.reset(max(seq, 1))
+    if e.stream.config.retention != "limits":
+        for sseq in passed:
+            mgr.js.stream_acked(s.name, sseq)
     out = info(mgr, e, "consumer_reset_response")
     out["reset_seq"] = c.sseq
-    mgr._kick()
+    mgr._serve(e, time.time_ns())
     return out
 
 
