@@ -166,6 +166,10 @@ class Consumer:
         self.asflr = self.dsseq
         self.recount()
 
+    def seq_for_time(self, t_ns: int) -> int:
+        """First stream sequence stored at or after t_ns (last + 1 if none)."""
+        return self._seq_for_time(t_ns, self.store.state())
+
     def _seq_for_time(self, t_ns: int, st) -> int:
         lo, hi = st.first_seq or 1, st.last_seq + 1
         while lo < hi:
@@ -768,6 +772,29 @@ class Consumer:
             if r.hb:
                 ts.append(r.next_hb)
         return min(ts) if ts else 0
+
+    def reset(self, seq: int) -> range:
+        """CONSUMER.RESET (ADR-60): forget every delivery and start again at stream seq `seq`, as
+        a fresh consumer whose floors sit just below it (consumer sequences restart at 1).
+        Returns the stream sequences at or above the old ack floor now below the new one (for
+        interest/workqueue retention); validation is the API's job."""
+        st = self.store.state()
+        passed = range(max(self.asflr + 1, st.first_seq), min(seq - 1, st.last_seq) + 1)
+        self.pending.clear()
+        self.low = 0
+        self.rdc.clear()
+        self.deadlines.clear()
+        self.redeliver.clear()
+        self.redeliver_at.clear()
+        self.lps.clear()
+        self.sseq = seq
+        self.dseq = self.adflr = 0
+        self.dsseq = self.asflr = seq - 1
+        self.last_delivery_ns = self.last_ack_ns = 0
+        self.replay_base = None
+        self.dirty = True
+        self.recount()
+        return passed
 
     def stop(self, reason: str = "Consumer Deleted") -> None:
         for r in self.waiting:

@@ -453,6 +453,8 @@ class ConsumerManager:
         fn = capi.HANDLERS.get(op)
         if fn is None or (op in capi.NEEDS_CONSUMER and len(tokens) < 2):
             return  # nats-server does not answer unknown API subjects
+        if op == "RESET" and self.lookup(tokens[0], tokens[1]) is None:
+            return  # each consumer answers its own RESET subject: nobody answers for a missing one
         try:
             obj = fn(self, tokens, payload)
         except JSError as ex:
