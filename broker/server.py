@@ -486,6 +486,21 @@ class Server:
         self.out_msgs += len(m.plain) * len(msgs)
         self.out_bytes += size
 
+    def batched(self, fn, *args) -> None:
+        """fn(*args) with connection output batched as in a client read: every connection
+        written to meanwhile gets one direct non-blocking write at the end instead of a
+        writer-task wakeup (JetStream acks after an fsync, consumer deliveries)."""
+        if self.batch is not None:
+            fn(*args)
+            return
+        self.batch = batch = {}
+        try:
+            fn(*args)
+        finally:
+            self.batch = None
+            for c in batch:
+                c.flush_now()
+
     def deliver_ack_run(self, to: str, msgs: list, prefix: bytes, dseq: int, pending: int) -> bool:
         """A JetStream pull batch rendered in one pass: stored message msgs[i] (seq,
         subject, hdr, data, ts) goes to the subscribers of `to` showing its own subject,

@@ -453,7 +453,11 @@ class JetStream:
             elif err is not None:
                 log.error("stream '%s': fsync failed", runner.stream.name, exc_info=err)
                 failed = str(err)
-            self._synced(runner, pending, failed)
+            batched = getattr(self.server, "batched", None)
+            if batched is not None:
+                batched(self._synced, runner, pending, failed)
+            else:
+                self._synced(runner, pending, failed)
         except Exception:
             log.exception("stream '%s': completing a group commit failed", runner.stream.name)
 
