@@ -341,6 +341,11 @@ class Server:
         self.shutting_down = True
         if self._listen_scope is not None:
             self._listen_scope.cancel()
+        if self.jetstream is not None:  # as nats-server: waiting pull requests hear 409 Server Shutdown
+            try:
+                self.jetstream.consumers.server_shutdown()
+            except Exception:  # our bug: never let it stop the shutdown
+                log.exception("signalling pull consumers failed")
         for c in list(self.clients.values()):
             c.close_reason = c.close_reason or "Server Shutdown"
             c.close()

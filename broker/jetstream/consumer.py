@@ -796,6 +796,17 @@ class Consumer:
         self.recount()
         return passed
 
+    def server_shutdown(self) -> None:
+        """The server is going down: tell every waiting pull request (once per reply subject, as
+        nats-server keys them by reply) with `409 Server Shutdown` and what it still wanted, so
+        clients retry elsewhere or after the restart instead of waiting for their expiry."""
+        seen: set[str] = set()
+        for r in self.waiting:
+            if r.reply not in seen:
+                seen.add(r.reply)
+                self._status(r.reply, "409", "Server Shutdown", r)
+        self.waiting.clear()
+
     def stop(self, reason: str = "Consumer Deleted") -> None:
         for r in self.waiting:
             self._status(r.reply, "409", reason)

@@ -173,6 +173,16 @@ class ConsumerManager:
                 return True
         return False
 
+    def server_shutdown(self) -> None:
+        """Server.shutdown, before client connections close: every waiting pull request gets
+        `409 Server Shutdown` (queued on the requesters' connections, which flush it before
+        closing)."""
+        for entries in self.by_stream.values():
+            for e in entries.values():
+                if not e.deleted and e.c.waiting:
+                    e.c.server_shutdown()
+                    self.emit(e.c)
+
     def close(self) -> None:
         for entries in self.by_stream.values():
             for e in entries.values():
