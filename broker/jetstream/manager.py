@@ -442,6 +442,21 @@ class JetStream:
                 return
         fsync = runner.fsync
         assert fsync is not None
+        if len(pending) == 1 and len(pending[0][1]) <= 1 and \
+                trio.lowlevel.current_statistics().tasks_runnable == 0:
+            # One message and nothing else ready to run (a lone publisher waiting for its
+            # ack): fsync right here. Handing it to the thread costs two thread wakeups
+            # (~40 us to start, ~80 us for the loop to notice the end: measured 442 -> 271 us
+            # per ack); while the loop is idle, blocking it for one fsync delays nobody
+            # already waiting. With more in flight the thread keeps applying and fsyncing
+            # overlapped.
+            err: BaseException | None = None
+            try:
+                store.sync()
+            except Exception as e:
+                err = e
+            self._on_synced(runner, pending, err)
+            return
         fsync.submit(store.sync, lambda err: self._on_synced(runner, pending, err))
 
     def _on_synced(self, runner: _Runner, pending, err: BaseException | None) -> None:

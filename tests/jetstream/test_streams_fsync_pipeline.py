@@ -37,9 +37,10 @@ async def test_batches_applied_during_an_fsync_wait_for_the_next(tmp_path):
         server.nursery = nursery
         await nursery.start(js.run)
         release, started = await _gated_stream(server, js, "PIPE")
-        server.publish("pipe.a", "r.ack.0", None, b"x")
-        await _wait_for(lambda: started == [1])
-        for i in range(1, 600):  # applied (stored) while the first fsync is held
+        server.publish("pipe.a", "r.ack.0", None, b"x")  # two in one batch: the fsync thread
+        server.publish("pipe.a", "r.ack.1", None, b"x")  # (a lone one is fsynced inline)
+        await _wait_for(lambda: started == [2])
+        for i in range(2, 600):  # applied (stored) while the first fsync is held
             server.publish("pipe.b", f"r.ack.{i}", None, b"y")
         await _wait_for(lambda: js.streams["PIPE"].store.state().last_seq == 600)
         assert server.replies("r.ack.") == []
@@ -57,15 +58,16 @@ async def test_delete_waits_for_the_fsync_in_flight(tmp_path):
         server.nursery = nursery
         await nursery.start(js.run)
         release, started = await _gated_stream(server, js, "GONE")
-        server.publish("gone.a", "r.ack.0", None, b"x")
-        await _wait_for(lambda: started == [1])
+        server.publish("gone.a", "r.ack.0", None, b"x")  # two in one batch: the fsync thread
+        server.publish("gone.a", "r.ack.1", None, b"x")
+        await _wait_for(lambda: started == [2])
         server.publish("$JS.API.STREAM.DELETE.GONE", "r.delete", None, b"")
         await trio.sleep(0.05)
         assert server.replies("r.delete") == [] and server.replies("r.ack.") == []
         release.set()
         await _wait_for(lambda: server.replies("r.delete"))
         assert server.replies("r.delete")[0].get("success") is True
-        assert [a["seq"] for a in server.replies("r.ack.")] == [1]
-        order = [s for s, _ in server.published if s in ("r.ack.0", "r.delete")]
-        assert order == ["r.ack.0", "r.delete"]
+        assert [a["seq"] for a in server.replies("r.ack.")] == [1, 2]
+        order = [s for s, _ in server.published if s in ("r.ack.0", "r.ack.1", "r.delete")]
+        assert order == ["r.ack.0", "r.ack.1", "r.delete"]
         nursery.cancel_scope.cancel()

@@ -74,9 +74,12 @@ async def test_acks_wait_for_fsync_and_batches_share_one(tmp_path):
             log.append("sync-done")
 
         store.sync = gated_sync
+        # two in one batch: a lone message with nothing else to run is fsynced on the
+        # event loop itself (test_lone_publish_is_fsynced_before_its_ack), not in the thread
         server.publish("gc", "r.ack.0", None, b"first")
+        server.publish("gc", "r.ack.1", None, b"first")
         await _wait_for(lambda: log == ["sync-start"])
-        for i in range(1, 100):  # these arrive while the first fsync is still running
+        for i in range(2, 100):  # these arrive while the first fsync is still running
             server.publish("gc", f"r.ack.{i}", None, b"more")
         await trio.sleep(0.05)
         assert server.replies("r.ack.") == []  # nothing is acknowledged before its fsync
@@ -85,4 +88,33 @@ async def test_acks_wait_for_fsync_and_batches_share_one(tmp_path):
         assert log == ["sync-start", "sync-done", "sync-start", "sync-done"]
         assert sorted(a["seq"] for a in server.replies("r.ack.")) == list(range(1, 101))
         assert stream.store.state().messages == 100
+        nursery.cancel_scope.cancel()
+
+
+async def test_lone_publish_is_fsynced_before_its_ack(tmp_path):
+    """One publish in flight and nothing else to run: the fsync runs on the event loop
+    (no thread round trip), and still completes before the ack is published."""
+    server = FakeServer(str(tmp_path))
+    js = JetStream(server)
+    async with trio.open_nursery() as nursery:
+        server.nursery = nursery
+        await nursery.start(js.run)
+        server.publish("$JS.API.STREAM.CREATE.ONE", "r.create", None, b'{"name":"ONE","subjects":["one"]}')
+        await _wait_for(lambda: server.replies("r.create"))
+        store = js.streams["ONE"].store
+        real_sync = store.sync
+        log: list[tuple] = []
+
+        def spy_sync() -> None:
+            log.append(("sync-start", threading.get_ident(), len(server.replies("r.ack."))))
+            real_sync()
+            log.append(("sync-done", len(server.replies("r.ack."))))
+
+        store.sync = spy_sync
+        loop_thread = threading.get_ident()
+        for i in range(3):
+            server.publish("one", f"r.ack.{i}", None, b"m%d" % i)
+            await _wait_for(lambda: len(server.replies("r.ack.")) == i + 1)
+        assert log == [x for i in range(3) for x in (("sync-start", loop_thread, i), ("sync-done", i))]
+        assert [a["seq"] for a in server.replies("r.ack.")] == [1, 2, 3]
         nursery.cancel_scope.cancel()
