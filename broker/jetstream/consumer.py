@@ -78,9 +78,12 @@ def expand(out: list) -> list[Out]:
     return res
 
 
+NO_PRIORITY = 2**31 - 1  # a pull request without a JSON body is served after every prioritized one
+
 
 class PullRequest:
-    __slots__ = ("reply", "batch", "max_bytes", "expires", "no_wait", "hb", "next_hb", "sent")
+    __slots__ = ("reply", "batch", "max_bytes", "expires", "no_wait", "hb", "next_hb", "sent",
+                 "priority", "min_pending", "min_ack_pending")
 
     def __init__(self, reply: str, batch: int, max_bytes: int, expires: int, no_wait: bool, hb: int,
                  now_ns: int) -> None:
@@ -92,6 +95,8 @@ class PullRequest:
         self.hb = hb
         self.next_hb = now_ns + hb if hb else 0
         self.sent = 0
+        self.priority = 0  # priority groups (ADR-42): 0..9, lower first (prioritized policy)
+        self.min_pending = self.min_ack_pending = 0  # overflow policy thresholds
 
 
 class Consumer:
@@ -131,6 +136,7 @@ class Consumer:
         self.fc_seq = 0
         self.replay_base: tuple[int, int] | None = None  # (now_ns, msg ts) for replay original
         self.paused_until = 0
+        self.use_priority_policy()
         self.rl_tokens = 0.0  # rate_limit_bps bucket (bytes) and when it was last filled
         self.rl_at = 0
         self.dirty = False  # state changed since the last persist
@@ -796,6 +802,69 @@ class Consumer:
         self.recount()
         return passed
 
+    # ---- priority groups (ADR-42) -----------------------------------------------------
+    def use_priority_policy(self) -> None:
+        """Pick the pull serving for cfg.priority_policy: `prioritized` and `overflow` consumers
+        hand out one message at a time through `_serve_priority` (an instance attribute that
+        shadows serve_pull, so other consumers keep the plain method and its fast path)."""
+        if self.cfg.priority_policy in ("prioritized", "overflow"):
+            self.serve_pull = self._serve_priority
+        else:
+            self.__dict__.pop("serve_pull", None)
+
+    def _serve_priority(self, now_ns: int, has_interest=None) -> int:
+        """serve_pull for priority policies, in nats-server's order. prioritized: requests are
+        kept sorted by priority (stable, so FIFO within a level); each message goes to the first
+        one, which then moves behind the others of its level. overflow: the first request whose
+        min_pending / min_ack_pending threshold is met (or that has none) gets the message; the
+        ones skipped move to the back, and so does the served one if it wants more."""
+        prioritized = self.cfg.priority_policy == "prioritized"
+        full = self.waiting
+        if prioritized:
+            full = deque(sorted(full, key=_priority_of))
+        wake = 0
+        try:
+            while full:
+                i = 0
+                if not prioritized:
+                    redelivery = bool(self.redeliver) or bool(self.redeliver_at and
+                                                              self.redeliver_at[0][0] <= now_ns)
+                    npc = self.npending + (1 if redelivery else 0)
+                    i = next((k for k, r in enumerate(full) if self._overflow_ok(r, npc)), -1)
+                    if i < 0:
+                        break
+                    full.rotate(-i)  # the skipped ones go to the back, as nats-server cycles them
+                req = full.popleft()
+                batch, dseq, limited = req.batch, self.dseq, req.max_bytes > 0
+                req.batch = 1
+                self.waiting = one = deque((req,))
+                wake = Consumer.serve_pull(self, now_ns, has_interest)
+                self.waiting = full
+                served = self.dseq != dseq
+                req.batch = batch - 1 if served else batch
+                if not served:
+                    if one:  # nothing to deliver now: everyone keeps their place
+                        full.appendleft(req)
+                        full.rotate(i)
+                        break
+                    continue  # answered (max bytes, no_wait) or its requester is gone
+                if req.batch > 0 and not (limited and req.max_bytes <= 0):  # max_bytes used up: done
+                    if prioritized:
+                        k = next((k for k, r in enumerate(full) if r.priority > req.priority), len(full))
+                        full.insert(k, req)
+                    else:
+                        full.append(req)
+        finally:
+            self.waiting = full
+        self._finish_no_wait(now_ns)
+        return wake
+
+    def _overflow_ok(self, r: PullRequest, npc: int) -> bool:
+        if not r.min_pending and not r.min_ack_pending:
+            return True
+        return bool((r.min_pending and r.min_pending <= npc) or
+                    (r.min_ack_pending and r.min_ack_pending <= len(self.pending)))
+
     def server_shutdown(self) -> None:
         """The server is going down: tell every waiting pull request (once per reply subject, as
         nats-server keys them by reply) with `409 Server Shutdown` and what it still wanted, so
@@ -858,3 +927,7 @@ class Consumer:
         for s, p in self.pending.items():
             self._arm(s, now_ns + self._ack_wait(p[2]))
         self.recount()
+
+
+def _priority_of(r: PullRequest) -> int:
+    return r.priority

@@ -17,7 +17,7 @@ import msgspec
 from broker import subjects as subj
 from broker.jetstream import api, gojson
 from broker.jetstream import errors as jerr
-from broker.jetstream.consumer import Consumer, PullRequest
+from broker.jetstream.consumer import NO_PRIORITY, Consumer, PullRequest
 from broker.jetstream.consumerconfig import ConsumerConfig, cerr, normalize, parse_time
 
 gojson.GO_EXTRA[ConsumerConfig] = {"sourcing": None}  # Go fields we do not model: not unknown
@@ -46,6 +46,11 @@ class NextRequest(msgspec.Struct):
     no_wait: bool = False
     max_bytes: int = 0
     idle_heartbeat: int = 0
+    group: str = ""  # priority groups (ADR-42)
+    min_pending: int = 0
+    min_ack_pending: int = 0
+    id: str = ""
+    priority: int = 0
 
 
 def go_json_text(body: bytes, with_offset: bool = True) -> str:
@@ -148,6 +153,8 @@ def info(mgr, e, kind: str | None, full_meta: bool = True) -> dict:
         d["paused"] = True
         d["pause_remaining"] = c.paused_until - now
     d["ts"] = api.rfc3339(now)
+    if c.cfg.priority_groups:  # nats-server reports the first group only (no pins: zero pinned_ts)
+        d["priority_groups"] = [{"group": c.cfg.priority_groups[0], "pinned_ts": api.ZERO_TIME}]
     return d
 
 
@@ -288,6 +295,7 @@ def _update(mgr, e, ncfg: ConsumerConfig) -> None:
                    else "can not update pull consumer to push based")
     c = e.c
     c.cfg = ncfg
+    c.use_priority_policy()
     c.filters = ncfg.filter_subjects[:] if ncfg.filter_subjects else (
         [ncfg.filter_subject] if ncfg.filter_subject else [])
     if old.filter_subject != ncfg.filter_subject or old.filter_subjects != ncfg.filter_subjects:
@@ -456,8 +464,25 @@ def next_request(payload: bytes, reply: str, cfg: ConsumerConfig, now: int) -> P
         raise PullRejected("409", f"Exceeded MaxRequestExpires of {go_duration(cfg.max_expires)}")
     if cfg.max_bytes and r.max_bytes > cfg.max_bytes:
         raise PullRejected("409", f"Exceeded MaxRequestMaxBytes of {cfg.max_bytes}")
+    policy = cfg.priority_policy
+    if body[:1] == b"{":  # a JSON request always carries a (maybe empty) priority group
+        if (r.min_pending or r.min_ack_pending) and policy != "overflow":
+            raise PullRejected("400", "Bad Request - Not a Overflow Priority consumer")
+        if r.id and policy != "pinned_client":
+            raise PullRejected("400", "Bad Request - Not a Pinned Client Priority consumer")
+        if not 0 <= r.priority <= 9:
+            raise PullRejected("400", "Bad Request - Priority must be between 0 and 9")
+        if policy:
+            if not r.group:
+                raise PullRejected("400", "Bad Request - Priority Group missing")
+            if r.group not in (cfg.priority_groups or ()):
+                raise PullRejected("400", "Bad Request - Invalid Priority Group")
     expires = now + r.expires if r.expires > 0 else 0
-    return PullRequest(reply, r.batch, r.max_bytes, expires, r.no_wait, r.idle_heartbeat, now)
+    req = PullRequest(reply, r.batch, r.max_bytes, expires, r.no_wait, r.idle_heartbeat, now)
+    if policy:
+        req.priority = r.priority if body[:1] == b"{" else NO_PRIORITY
+        req.min_pending, req.min_ack_pending = r.min_pending, r.min_ack_pending
+    return req
 
 
 def go_duration(ns: int) -> str:
@@ -482,18 +507,3 @@ def go_duration(ns: int) -> str:
 def _trim(x: float) -> str:
     text = f"{x:.9f}".rstrip("0").rstrip(".")
     return text or "0"
-
-
-def next_request_from_ack(rest: bytes, reply: str, now: int) -> PullRequest | None:
-    body = rest.strip()
-    try:
-        if not body:
-            r = NextRequest()
-        elif body[:1].isdigit():
-            r = NextRequest(batch=int(body))
-        else:
-            r = msgspec.json.decode(body, type=NextRequest)
-    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    expires = now + r.expires if r.expires > 0 else 0
-    return PullRequest(reply, max(1, r.batch), r.max_bytes, expires, r.no_wait, r.idle_heartbeat, now)

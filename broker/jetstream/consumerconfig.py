@@ -22,6 +22,8 @@ DEFAULT_MAX_WAITING = 512
 DEFAULT_INACTIVE_NS = 5_000_000_000
 DELIVER_POLICIES = ("all", "last", "new", "by_start_sequence", "by_start_time", "last_per_subject")
 ACK_POLICIES = ("none", "all", "explicit")
+PRIORITY_POLICIES = ("", "overflow", "prioritized", "pinned_client")
+_GROUP = re.compile(r"^[a-zA-Z0-9/_=-]{1,16}$")
 _TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 
@@ -83,6 +85,14 @@ def normalize(cfg: ConsumerConfig, stream_cfg) -> ConsumerConfig:
                            (c.replay_policy, ("instant", "original"))):
         if value not in allowed:
             raise cerr(400, 10025, f'invalid JSON: can not unmarshal "\\"{value}\\""')
+    if c.priority_policy == "none":
+        c.priority_policy = ""  # nats-server's zero value, omitted from its JSON
+    if c.priority_policy not in PRIORITY_POLICIES:
+        raise cerr(400, 10025, f'invalid JSON: unknown priority policy: "{c.priority_policy}"')
+    if c.priority_timeout < 0:
+        c.priority_timeout = 0
+    if not c.priority_groups:
+        c.priority_groups = None
     if c.num_replicas is None:
         c.num_replicas = 0
     if c.max_deliver is None or c.max_deliver == 0:
@@ -114,10 +124,36 @@ def normalize(cfg: ConsumerConfig, stream_cfg) -> ConsumerConfig:
     _check_start(c)
     if c.opt_start_time and not parse_time(c.opt_start_time):
         raise cerr(400, 10025, "invalid JSON: " + _time_error(c.opt_start_time))
+    _check_priority(c)
     md = dict(c.metadata or {})
-    md["_nats.req.level"] = "1" if c.pause_until else "0"  # API level the config needs (ADR-44)
+    needs_1 = c.pause_until or c.priority_policy or c.priority_timeout or c.priority_groups
+    md["_nats.req.level"] = "1" if needs_1 else "0"  # API level the config needs (ADR-44)
     c.metadata = md
     return c
+
+
+def _check_priority(c: ConsumerConfig) -> None:
+    """Priority groups (ADR-42) as nats-server validates them; pinned_client is not served here."""
+    if c.priority_policy:
+        if c.deliver_subject:
+            raise cerr(400, 10178, "priority groups can not be used with push consumers")
+        if not c.priority_groups:
+            raise cerr(400, 10159, "Setting PriorityPolicy requires at least one PriorityGroup to be set")
+        for g in c.priority_groups:
+            if not g:
+                raise cerr(400, 10161, "Group name cannot be an empty string")
+            if not _GROUP.match(g):
+                raise cerr(400, 10162, "Valid priority group name must match A-Z, a-z, 0-9, -_/=)+ and may not "
+                                       "exceed 16 characters")
+        if c.priority_policy == "pinned_client":
+            # Pin ids, Nats-Pin-Id, 423 replies, pinned TTL and CONSUMER.UNPIN are not implemented:
+            # refuse rather than run it as something else.
+            raise cerr(500, 10052, "priority policy pinned_client is not supported by this server")
+    else:
+        if c.priority_groups:
+            raise cerr(400, 10196, "consumer can not have priority groups when policy is none")
+        if c.priority_timeout > 0:
+            raise cerr(400, 10197, "PinnedTTL cannot be set when PriorityPolicy is none")
 
 
 def _check_filters(c: ConsumerConfig, stream_cfg) -> None:

@@ -433,9 +433,12 @@ class ConsumerManager:
             acked = c.term(sseq, now, dseq)
         elif kind == b"+NXT":
             acked = c.ack(sseq, now, dseq)
-            if reply:
-                req = capi.next_request_from_ack(rest, reply, now)
-                if req is not None:
+            if reply:  # nats-server runs the same checks (and status replies) as for MSG.NEXT
+                try:
+                    req = capi.next_request(rest, reply, c.cfg, now)
+                except capi.PullRejected as ex:
+                    c.out.append(Out(reply, reply, "", hdrs.build(status=ex.code, description=ex.text), b""))
+                else:
                     c.add_request(req, now)
                 reply = ""
         else:
