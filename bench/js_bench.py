@@ -4,6 +4,8 @@ Scenarios (file storage, 16-byte payloads, one stream `BENCH` on `bench.>`):
   sync        one publish at a time, wait for each PubAck
   pipelined   1,000 publishes in flight, a new one sent per PubAck received
   pull        a pull consumer (ack none) draining the stream with batches of 1,000
+  pull+ack    a pull consumer with explicit acks (max_ack_pending 1,000, two requests of 500
+              outstanding), every delivery acked by the generator as it arrives
 Servers: ours (`python -m broker -js`, fsync before every ack), nats-server -js with its
 default lazy fsync, and nats-server with `jetstream { sync_interval: always }`.
 Afterwards it times fdatasync after a small append on the same filesystem: with one
@@ -22,6 +24,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -169,6 +172,45 @@ def _pull(port: int, seconds: float, total: int, q) -> None:
     q.put((counter.n, time.perf_counter() - t0, 0, time.process_time()))
 
 
+ACK_REPLY = re.compile(rb"MSG \S+ \S+ (\$JS\.ACK\.\S+) \d+\r\n")
+
+
+def _pull_ack(port: int, seconds: float, total: int, q) -> None:
+    """A pull consumer with explicit acks (nats-server's default max_ack_pending of 1,000):
+    the generator acks every delivery (an empty PUB to its reply subject) as it arrives."""
+    s = connect(port)
+    cfg = {"stream_name": "BENCH", "config": {"durable_name": "A", "name": "A", "ack_policy": "explicit",
+                                              "deliver_policy": "all", "max_waiting": 512}}
+    request(s, "$JS.API.CONSUMER.CREATE.BENCH.A", json.dumps(cfg).encode())
+    s.sendall(b"SUB _INBOX.pa 2\r\n")
+    batch = 500
+    req = json.dumps({"batch": batch, "expires": 5_000_000_000}).encode()
+    frame = f"PUB $JS.API.CONSUMER.MSG.NEXT.BENCH.A _INBOX.pa {len(req)}\r\n".encode() + req + b"\r\n"
+    s.sendall(frame * 2)
+    requested = 2 * batch
+    acked = 0
+    tail = b""
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while acked < total and time.perf_counter() < end:
+        data = s.recv(1 << 20)
+        pong(s, data)
+        buf = tail + data
+        last = 0
+        out = []
+        for m in ACK_REPLY.finditer(buf):  # payloads are b"x" * 16: no false matches
+            out.append(b"PUB %b 0\r\n\r\n" % m.group(1))
+            last = m.end()
+        tail = buf[last:][-256:] if out else buf[-256:]
+        acked += len(out)
+        while acked + batch >= requested and requested < total + batch:
+            out.append(frame)
+            requested += batch
+        if out:
+            s.sendall(b"".join(out))
+    q.put((acked, time.perf_counter() - t0, 0, time.process_time()))
+
+
 def fsync_probe(directory: str, rounds: int = 2000) -> dict:
     """What one publish in flight is bounded by: the latency of an fdatasync after a small
     append (a 16-byte message's record), on the filesystem the stores use."""
@@ -232,6 +274,11 @@ def bench_server(name: str, argv: list[str], port: int, seconds: float) -> dict:
         n, elapsed, _, gen_cpu = run_in_process(_pull, port, seconds * 3, total)
         out["pull"] = {"rate": n / elapsed, "errors": 0, "server_cpu": (cpu_of(proc.pid) - cpu0) / elapsed,
                        "gen_cpu": gen_cpu / elapsed, "consumed": n, "stored": total}
+        cpu0 = cpu_of(proc.pid)
+        print(f"  {name}: pull with acks ...", file=sys.stderr, flush=True)
+        n, elapsed, _, gen_cpu = run_in_process(_pull_ack, port, seconds, total)
+        out["pull+ack"] = {"rate": n / elapsed, "errors": 0, "server_cpu": (cpu_of(proc.pid) - cpu0) / elapsed,
+                           "gen_cpu": gen_cpu / elapsed}
         s.close()
         return out
     finally:

@@ -137,9 +137,7 @@ class ClientConn:
                 try:
                     self.process(ops)
                 finally:
-                    server.batch = None
-                    for c in batch:
-                        c.flush_now()
+                    server.end_batch(batch)
             err = self.parser.error
             if err is not None:
                 self.fail(err.text)

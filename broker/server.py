@@ -132,6 +132,7 @@ class Server:
         self.sublist = Sublist()
         self._match_cache = self.sublist.cache  # the hot path reads the match cache directly
         self.batch: dict | None = None  # connections written to during the current reader batch
+        self.batch_hooks: dict = {}  # objects whose batch_end() runs when the current batch ends
         self.clients: dict[int, ClientConn] = {}
         self.internal = InternalConn()
         self.internal_local = InternalConn()
@@ -502,9 +503,32 @@ class Server:
         try:
             fn(*args)
         finally:
-            self.batch = None
-            for c in batch:
-                c.flush_now()
+            self.end_batch(batch)
+
+    def at_batch_end(self, obj) -> bool:
+        """Ask for obj.batch_end() when the current batch (a client read, or `batched`) ends,
+        before its output is flushed: work that a burst of messages triggers (JetStream
+        appends, consumer deliveries after acks) then runs once per burst. Returns False
+        outside a batch: the caller does the work its usual way."""
+        if self.batch is None:
+            return False
+        self.batch_hooks[obj] = None
+        return True
+
+    def end_batch(self, batch: dict) -> None:
+        """End of a batch: run the batch_end hooks (their output joins the batch), then one
+        direct non-blocking write per connection written to."""
+        hooks = self.batch_hooks
+        while hooks:
+            obj = next(iter(hooks))
+            del hooks[obj]
+            try:
+                obj.batch_end()
+            except Exception:
+                log.exception("batch end hook %r failed", obj)
+        self.batch = None
+        for c in batch:
+            c.flush_now()
 
     def deliver_ack_run(self, to: str, msgs: list, prefix: bytes, dseq: int, pending: int) -> bool:
         """A JetStream pull batch rendered in one pass: stored message msgs[i] (seq,

@@ -97,6 +97,12 @@ class Sublist:
         self._root = _Level()
         self._cache: dict[bytes, Match] = {}
         self.cache = self._cache  # read-only view for the router's hot path (never rebound)
+        # Subjects whose match is settled by their first k tokens (the trie walk stopped
+        # there: e.g. every `$JS.ACK.<stream>.<consumer>.<numbers>` against `$JS.ACK.>`)
+        # are cached by that prefix, so unique subjects share one entry instead of each
+        # costing a walk and pushing hot subjects out of the cache.
+        self._pcache: dict[bytes, Match] = {}
+        self._pdepths: list[int] = []  # the k (tokens in the prefix) in use, few
         self.count = 0
         self.inserts = 0
         self.removes = 0
@@ -160,6 +166,9 @@ class Sublist:
         return True
 
     def _invalidate(self, subject: str) -> None:
+        if self._pcache:
+            self._pcache.clear()
+            self._pdepths.clear()
         cache = self._cache
         if not cache:
             return
@@ -178,10 +187,20 @@ class Sublist:
             self.matches += 1
             return m
         self.matches += 1
+        if self._pdepths:
+            pcache = self._pcache
+            for k in self._pdepths:
+                parts = subject.split(b".", k)
+                if len(parts) > k:  # more than k tokens: the first k decide
+                    m = pcache.get(subject[:len(subject) - len(parts[k]) - 1])
+                    if m is not None:
+                        self.cache_hits += 1
+                        return m
         tokens = subject.decode("utf-8", "surrogateescape").split(".")
         psubs: list[Subscription] = []
         qsubs: dict[str, list[Subscription]] = {}
-        _collect(self._root, tokens, 0, psubs, qsubs)
+        deep = [0]
+        _collect(self._root, tokens, 0, psubs, qsubs, deep)
         plain = []
         peers = []
         for s in psubs:
@@ -192,6 +211,17 @@ class Sublist:
                 plain.append(s)
         queues = [QueueGroup(name, members) for name, members in qsubs.items()]
         m = Match(plain, peers, queues)
+        k = deep[0] + 1  # tokens the walk looked at
+        if k < len(tokens) and (k in self._pdepths or len(self._pdepths) < 4):
+            pcache = self._pcache
+            if len(pcache) >= CACHE_MAX:
+                pcache.clear()
+                self._pdepths.clear()
+            key = ".".join(tokens[:k]).encode("utf-8", "surrogateescape")
+            pcache[key] = m
+            if k not in self._pdepths:
+                self._pdepths.append(k)
+            return m
         cache = self._cache
         if len(cache) >= CACHE_MAX:
             for k in list(cache)[: CACHE_MAX // 4]:
@@ -209,8 +239,10 @@ class Sublist:
         return len(self._cache)
 
 
-def _collect(level: _Level, tokens: list[str], i: int, psubs: list, qsubs: dict) -> None:
+def _collect(level: _Level, tokens: list[str], i: int, psubs: list, qsubs: dict, deep: list) -> None:
     nodes = level.nodes
+    if i > deep[0]:
+        deep[0] = i
     last = i == len(tokens) - 1
     fwc = nodes.get(">")
     if fwc is not None:
@@ -225,7 +257,7 @@ def _collect(level: _Level, tokens: list[str], i: int, psubs: list, qsubs: dict)
         if last:
             _add(node, psubs, qsubs)
         elif node.next is not None and node.next.nodes:
-            _collect(node.next, tokens, i + 1, psubs, qsubs)
+            _collect(node.next, tokens, i + 1, psubs, qsubs, deep)
 
 
 def _add(node: _Node, psubs: list, qsubs: dict) -> None:

@@ -69,6 +69,8 @@ class ConsumerManager:
         self._poke_all = False
         self._task_started = False
         self._subs: list = []
+        self._at_batch_end = getattr(self.server, "at_batch_end", None)
+        self._to_serve: dict[_Entry, None] = {}  # acked during the current read: served at its end
 
     # ---- plumbing --------------------------------------------------------------------
     def _ensure_task(self) -> None:
@@ -448,7 +450,18 @@ class ConsumerManager:
         if acked and e.stream.config.retention != "limits":
             for s in acked:
                 self.js.stream_acked(e.stream.name, s)
-        self._serve(e, now)
+        if self._at_batch_end is not None and self._at_batch_end(self):
+            self._to_serve[e] = None  # a read full of acks serves the consumer once, at its end
+        else:
+            self._serve(e, now)
+
+    def batch_end(self) -> None:
+        """Server.at_batch_end hook: serve the consumers acked during the read just processed."""
+        todo, self._to_serve = self._to_serve, {}
+        now = time.time_ns()
+        for e in todo:
+            if not e.deleted:
+                self._serve(e, now)
 
     def _on_fc(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
         t = subject.split(".")

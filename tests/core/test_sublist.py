@@ -119,3 +119,50 @@ def test_matches_agree_with_reference_matcher(patterns, pubs, use_fwc):
         assert sl.remove(s)
     subs = subs[1::2]
     check()
+
+
+def test_prefix_cache_serves_unique_subjects_and_is_invalidated():
+    sl = Sublist()
+    acks = sub("$JS.ACK.>")
+    sl.insert(acks)
+    for i in range(100):  # unique subjects, one shape: the walk stops after `$JS.ACK.S`
+        assert subjects(sl.match(b"$JS.ACK.S.C.1.%d.%d.17.0" % (i, i))) == ["$JS.ACK.>"]
+    assert sl.cache_size == 0 and sl.cache_hits == 99  # nothing pushed into the subject cache
+    deeper = sub("$JS.ACK.S.C.*.5.>")
+    sl.insert(deeper)  # now the same prefix no longer settles the match
+    assert subjects(sl.match(b"$JS.ACK.S.C.1.5.5.17.0")) == ["$JS.ACK.>", "$JS.ACK.S.C.*.5.>"]
+    assert subjects(sl.match(b"$JS.ACK.S.C.1.6.6.17.0")) == ["$JS.ACK.>"]
+    assert sl.remove(deeper)
+    assert subjects(sl.match(b"$JS.ACK.S.C.1.5.5.17.0")) == ["$JS.ACK.>"]
+    assert sl.remove(acks)
+    assert sl.match(b"$JS.ACK.S.C.1.5.5.17.0").empty
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["insert", "remove", "match"]),
+                         st.lists(st.sampled_from(["a", "b", "c", "*", ">"]), min_size=1, max_size=6)),
+               min_size=1, max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS)
+def test_interleaved_changes_and_matches_agree_with_reference(ops):
+    """Long subjects (so the prefix cache is used) with inserts and removes in between:
+    every match equals the reference matcher's answer at that moment."""
+    sl = Sublist()
+    live: list = []
+    for op, toks in ops:
+        if op == "insert":
+            if ">" in toks:
+                toks = toks[:toks.index(">") + 1]
+            s = sub(".".join(toks))
+            sl.insert(s)
+            live.append(s)
+        elif op == "remove":
+            if live:
+                s = live.pop(len(toks) % len(live))
+                assert sl.remove(s)
+        else:
+            subject = ".".join(t if t not in ("*", ">") else "x" for t in toks)
+            got = {id(x) for x in sl.match(subject.encode()).plain}
+            want = {id(x) for x in live if subject_match(x.subject, subject)}
+            assert got == want, (subject, [x.subject for x in live])
