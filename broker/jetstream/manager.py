@@ -33,6 +33,7 @@ import msgspec
 import trio
 
 from broker.jetstream import api, errors, streamapi
+from broker.jetstream.consumers import ConsumerManager
 from broker.jetstream.filestore import FileStore
 from broker.jetstream.store import MemoryStore
 from broker.jetstream.stream import Stream, parse_go_duration
@@ -117,43 +118,6 @@ class _SyncThread:
         self._jobs.put(None)
 
 
-class _NoConsumers:
-    """Stand-in used only while broker/jetstream/consumers.py is absent: a node without
-    consumer support has no consumers, and consumer API requests get no reply."""
-
-    def handle(self, op, tokens, reply, hdr, payload) -> None:
-        log.warning("consumer API %s ignored: consumer support is not installed", op)
-
-    def on_stored(self, stream, seq, subject) -> None:
-        pass
-
-    def stream_deleted(self, stream) -> None:
-        pass
-
-    def stream_purged(self, stream) -> None:
-        pass
-
-    def needs_msg(self, stream, seq, subject) -> bool:
-        return False
-
-    def consumer_count(self, stream_name) -> int:
-        return 0
-
-    async def restore(self, stream) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _consumer_manager(js):
-    try:
-        from broker.jetstream.consumers import ConsumerManager
-    except ImportError:
-        return _NoConsumers()
-    return ConsumerManager(js)
-
-
 class JetStream:
     def __init__(self, server) -> None:
         self.server = server
@@ -178,7 +142,7 @@ class JetStream:
         self._nursery: trio.Nursery | None = None
         self.write_error: str | None = None  # a failed fsync: publishing stops, /healthz reports it
         self.load_errors: list[str] = []  # streams that could not be restored (reported by /healthz)
-        self.consumers = _consumer_manager(self)
+        self.consumers = ConsumerManager(self)
 
     # ---- paths and persistence ----
     @property
