@@ -169,8 +169,10 @@ def _walk_plain(value, schema: dict[str, Any] | None, strict: bool):
 _raw = json.JSONDecoder()
 
 
-def values(payload: bytes, with_offset: bool = True) -> list:
-    """The JSON values in a body (Go's Decoder reads them one after another); GoJSONError on bad syntax."""
+def values(payload: bytes, stream: bool = True) -> list:
+    """The JSON values in a body; GoJSONError on bad syntax. stream: as Go's json.Decoder reads
+    them (one after another, syntax errors with their offset); else as json.Unmarshal (exactly
+    one value, its own wording for trailing data and truncation)."""
     from broker.jetstream.consumer_api import go_json_text
     try:
         text = payload.decode()
@@ -181,24 +183,32 @@ def values(payload: bytes, with_offset: bool = True) -> list:
         while pos < n and text[pos] in " \t\r\n":
             pos += 1
         if pos >= n:
+            if not out and not stream:
+                raise GoJSONError("unexpected end of JSON input")
             return out
+        if out and not stream:
+            raise GoJSONError(f"invalid character {text[pos]!r} after top-level value")
         try:
             obj, pos = _raw.raw_decode(text, pos)
         except json.JSONDecodeError:
             # Offsets are counted in the whole body: pad the failing value's start with blanks.
             start = pos
-            raise GoJSONError(go_json_text(b" " * start + payload[start:], with_offset)) from None
+            err = go_json_text(b" " * start + payload[start:], stream)
+            if err == "unexpected EOF" and not stream:
+                err = "unexpected end of JSON input"
+            raise GoJSONError(err) from None
         out.append(obj)
 
 
 def decode(payload: bytes, typ, *, strict: bool = True, extra: dict[str, Any] | None = None,
            go: tuple | None = None):
     """Decode a request body into Struct `typ` as nats-server would (see module doc).
+    strict=False reads it as json.Unmarshal does (CONSUMER.RESET, DIRECT.GET).
 
     GoJSONError: syntax errors and (strict) unknown fields, in Go's words.
     msgspec.ValidationError: a value of the wrong type (reported by msgspec)."""
     merged: dict = {}
-    for obj in values(payload, with_offset=strict):
+    for obj in values(payload, stream=strict):
         if obj is None:  # null into a struct: nothing changes
             continue
         if not isinstance(obj, dict):

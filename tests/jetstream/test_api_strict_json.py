@@ -102,7 +102,8 @@ def _play(url: str):
             answers = [await _answer(nc, s, b) for s, b, _ in CASES]
             # DIRECT.GET (lenient json.Unmarshal; problems are 408 status replies)
             direct = []
-            for body in (b'{"seq":2,"bogus":1}', b'{"bogus":1}', b'{"seq":"x"}', b"{nope", b"[1]"):
+            for body in (b'{"seq":2,"bogus":1}', b'{"bogus":1}', b'{"seq":"x"}', b"{nope", b"[1]",
+                         b'{"seq":1}{"seq":2}', b" "):
                 m = await nc.request("$JS.API.DIRECT.GET.SJ", body, timeout=WAIT_S)
                 direct.append((m.headers or {}).get("Status") and (m.headers["Status"],
                                                                    m.headers.get("Description")) or
@@ -127,5 +128,6 @@ def test_strict_and_lenient_requests_match_nats_server(servers):
         assert a == b, (subject, body, a, b)
     assert got_ours[1] == got_ref[1]
     assert got_ref[1] == [("2", b"x"), ("408", "Empty Request"), ("408", "Malformed Request"),
+                          ("408", "Malformed Request"), ("408", "Malformed Request"),
                           ("408", "Malformed Request"), ("408", "Malformed Request")]
     assert got_ours[2] == got_ref[2] == (True, b"x", None)

@@ -123,6 +123,9 @@ def test_reset_to_sequence_not_allowed_for_other_policies(server, policy):
     (b'{"seq":"x"}', "invalid JSON: json: cannot unmarshal string into Go struct field "
                      "JSApiConsumerResetRequest.seq of type uint64"),
     (b"nope", "invalid JSON: invalid character 'o' in literal null (expecting 'u')"),
+    (b'{"seq":1', "invalid JSON: unexpected end of JSON input"),
+    (b'{"seq":1} x', "invalid JSON: invalid character 'x' after top-level value"),
+    (b"  ", "invalid JSON: unexpected end of JSON input"),
 ])
 def test_reset_bad_json(server, body, err):
     async def main(nc):
