@@ -45,7 +45,7 @@ class StreamConfig(msgspec.Struct, kw_only=True):
     storage: str = "file"
     num_replicas: int = 0
     no_ack: bool | UnsetType = UNSET
-    duplicate_window: int = 0
+    duplicate_window: int | UnsetType = UNSET  # 0 (mirrors, sourcing streams) is left out
     placement: dict[str, Any] | UnsetType = UNSET
     mirror: dict[str, Any] | UnsetType = UNSET
     sources: list[dict[str, Any]] | UnsetType = UNSET
@@ -91,6 +91,18 @@ class StreamState(msgspec.Struct, kw_only=True):
     consumer_count: int = 0
 
 
+class StreamSourceInfo(msgspec.Struct, kw_only=True):
+    """A mirror's or source's state in STREAM.INFO (nats-server's StreamSourceInfo)."""
+    name: str
+    external: dict[str, str] | UnsetType = UNSET
+    lag: int = 0
+    active: int = -1  # ns since the origin was last seen, -1 = never
+    error: "ApiError | UnsetType" = UNSET
+    filter_subject: str | UnsetType = UNSET
+    subject_transforms: list[dict[str, str]] | UnsetType = UNSET
+    seq: int | UnsetType = UNSET  # sources: last origin sequence copied
+
+
 class ClusterInfo(msgspec.Struct):
     leader: str
 
@@ -110,6 +122,8 @@ class StreamCreateResponse(_Resp, tag=PREFIX + "stream_create_response"):
     config: StreamConfig | UnsetType = UNSET
     created: str | UnsetType = UNSET
     state: StreamState | UnsetType = UNSET
+    mirror: StreamSourceInfo | UnsetType = UNSET
+    sources: list[StreamSourceInfo] | UnsetType = UNSET
     ts: str | UnsetType = UNSET
     did_create: bool | UnsetType = UNSET
 
@@ -119,6 +133,8 @@ class StreamUpdateResponse(_Resp, tag=PREFIX + "stream_update_response"):
     config: StreamConfig | UnsetType = UNSET
     created: str | UnsetType = UNSET
     state: StreamState | UnsetType = UNSET
+    mirror: StreamSourceInfo | UnsetType = UNSET
+    sources: list[StreamSourceInfo] | UnsetType = UNSET
     ts: str | UnsetType = UNSET
 
 
@@ -131,6 +147,8 @@ class StreamInfoResponse(_Resp, tag=PREFIX + "stream_info_response"):
     created: str | UnsetType = UNSET
     state: StreamState | UnsetType = UNSET
     cluster: ClusterInfo | UnsetType = UNSET
+    mirror: StreamSourceInfo | UnsetType = UNSET
+    sources: list[StreamSourceInfo] | UnsetType = UNSET
     ts: str | UnsetType = UNSET
 
 
@@ -138,6 +156,8 @@ class StreamListItem(msgspec.Struct, kw_only=True):
     config: StreamConfig
     created: str
     state: StreamState
+    mirror: StreamSourceInfo | UnsetType = UNSET
+    sources: list[StreamSourceInfo] | UnsetType = UNSET
     ts: str
 
 

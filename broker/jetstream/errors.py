@@ -117,6 +117,10 @@ def purge_failed(err: str) -> JSError:
     return JSError(500, 10110, err)
 
 
+def source_header_not_allowed() -> JSError:
+    return JSError(400, 10227, "message stream source header is not allowed")
+
+
 def msg_too_big() -> JSError:
     return JSError(400, 10054, "message size exceeds maximum allowed")
 

@@ -32,9 +32,10 @@ import time
 import msgspec
 import trio
 
-from broker.jetstream import api, errors, streamapi
+from broker.jetstream import api, errors, streamapi, transform
 from broker.jetstream.consumers import ConsumerManager
 from broker.jetstream.filestore import FileStore
+from broker.jetstream.sourcing import Sourcing
 from broker.jetstream.store import MemoryStore
 from broker.jetstream.stream import Stream, parse_go_duration
 
@@ -143,6 +144,7 @@ class JetStream:
         self.write_error: str | None = None  # a failed fsync: publishing stops, /healthz reports it
         self.load_errors: list[str] = []  # streams that could not be restored (reported by /healthz)
         self.consumers = ConsumerManager(self)
+        self.sourcing = Sourcing(self)  # mirrors and sources
 
     # ---- paths and persistence ----
     @property
@@ -214,6 +216,7 @@ class JetStream:
                     self._api_subs.append(self.server.subscribe(subject, self._on_api))
                 nursery.start_soon(self._api_loop)
                 nursery.start_soon(self._expiry_loop)
+                nursery.start_soon(self.sourcing.run)
                 if not self.sync_always:
                     nursery.start_soon(self._sync_loop)
                 for stream in list(self.streams.values()):
@@ -225,6 +228,7 @@ class JetStream:
 
     def _close_all(self) -> None:
         try:
+            self.sourcing.close()
             self.consumers.close()
         finally:
             for stream in self.streams.values():
@@ -242,12 +246,14 @@ class JetStream:
         self._subscribe(runner)
         assert self._nursery is not None
         self._nursery.start_soon(self._writer, runner)
+        self.sourcing.attach(stream)
         self.kick_timer()
 
     def _subscribe(self, runner: _Runner) -> None:
         stream = runner.stream
+        push = transform.wrap_push(stream.config, runner.push)  # subject_transform, if any
         for subject in stream.config.subject_list():
-            runner.subs.append(self.server.subscribe(subject, runner.push))
+            runner.subs.append(self.server.subscribe(subject, push))
         if stream.config.allow_direct:
             on_direct = streamapi.direct_get_handler(self, stream)
             for subject in (f"$JS.API.DIRECT.GET.{stream.name}", f"$JS.API.DIRECT.GET.{stream.name}.>"):
@@ -268,6 +274,7 @@ class JetStream:
         """Stop ingest and wait for the writer (it may be inside an fsync) to finish."""
         runner = self._runners.pop(stream.name)
         self._unsubscribe(runner)
+        self.sourcing.detach(stream.name)
         runner.cancel.cancel()
         await runner.done.wait()
         while runner.syncing:  # its acks and consumer notifications go out first
@@ -309,6 +316,8 @@ class JetStream:
                 while True:
                     await runner.wake.wait()
                     runner.wake = trio.Event()
+                    if stream.name in self.sourcing.queued:
+                        self._apply_copies(runner)
                     batch, runner.inbox = runner.inbox, []
                     n = len(batch)
                     if n <= _APPLY_CHUNK:
@@ -374,6 +383,23 @@ class JetStream:
                 self._start_sync(runner)
         else:
             self._finish(stream, acks, stored)
+
+    def _apply_copies(self, runner: _Runner) -> None:
+        """Store what mirror/source links (sourcing.py) queued for this stream: in its
+        writer, like publishes, so limits, ordering and group commit hold for copies too."""
+        stream = runner.stream
+        refused = None
+        if self.write_error is not None or self._over_limit(stream.config.storage):
+            refused = errors.insufficient_resources()
+        stored = self.sourcing.apply(stream, time.time_ns(), refused)
+        if not stored:
+            return
+        if runner.fsync is not None:
+            runner.applied.append(([], stored))
+            if not runner.syncing:
+                self._start_sync(runner)
+        else:
+            self._finish(stream, [], stored)
 
     @staticmethod
     def _plain_batch(stream: Stream, batch) -> bool:
@@ -485,6 +511,7 @@ class JetStream:
         cfg = stream.config
         if isinstance(cfg.republish, dict):
             streamapi.republish(self, stream, stored)
+        self.sourcing.origin_stored(stream.name)
         on_stored = self.consumers.on_stored
         for seq, subject in stored:
             on_stored(stream, seq, subject)

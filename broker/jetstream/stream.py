@@ -31,6 +31,7 @@ EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 ROLLUP = "Nats-Rollup"
 TTL = "Nats-TTL"
 MARKER_REASON = "Nats-Marker-Reason"
+STREAM_SOURCE = "Nats-Stream-Source"
 
 _GO_DURATION = re.compile(r"^([0-9]*(\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$")
 _GO_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
@@ -119,7 +120,7 @@ class Stream:
         self._discard_new = cfg.discard == "new"
         self._discard_new_per = cfg.discard_new_per_subject is True
         self._rollup_ok = cfg.allow_rollup_hdrs and not cfg.deny_purge
-        self._window = cfg.duplicate_window
+        self._window = cfg.duplicate_window or 0
         self._size = _size_fn(cfg.storage)
         self._has_limits = self._max_per > 0 or self._max_msgs > 0 or self._max_bytes > 0
         # The common case - no headers, no discard-new limits, not sealed - takes a short path.
@@ -227,6 +228,58 @@ class Stream:
             self._enforce_limits(subject)
         return seq, False
 
+    def store_copy(self, subject: str, hdr: bytes | None, data: bytes, now_ns: int,
+                   at_seq: int = 0, ts: int = 0) -> tuple[int, bool]:
+        """Store a message copied from another stream (sourcing.py): (seq, duplicate) or
+        JSError. A mirror's copy (`at_seq`, `ts`) keeps the origin's sequence (skipped
+        sequences become deleted ones) and timestamp and is never deduplicated; a source's
+        copy gets the next sequence. As nats-server treats sourced messages: no expected-*
+        or TTL-enabled checks, rollups stored but applied only where this stream permits
+        them, size and discard-new limits as for publishes."""
+        if self.config.sealed:
+            raise errors.sealed()
+        msg_id = rollup = ""
+        ttl = 0
+        if hdr:
+            msg_id = headers.get(hdr, MSG_ID) or ""
+            if msg_id and not at_seq:
+                entry = self._dedupe.get(msg_id)
+                if entry is not None and now_ns - entry[1] < self._window:
+                    return entry[0], True
+            rollup = headers.get(hdr, ROLLUP) or ""
+            if rollup and rollup not in ("sub", "all"):
+                raise errors.rollup_failed(f'rollup value invalid: "{rollup}"')
+            if self.config.allow_msg_ttl:
+                ttl = _ttl_of(hdr)
+        size = len(data) + (len(hdr) if hdr else 0)
+        if 0 <= self._max_size < size:
+            raise errors.msg_too_big()
+        if hdr and len(hdr) > 65535:
+            raise errors.header_too_big()
+        if self._discard_new and not rollup:
+            self._check_discard_new(subject, hdr, data)
+        stamp = ts or now_ns
+        if at_seq:
+            if self.store.state().messages == 0:
+                self.store.skip_to(at_seq)
+                seq = self.store.append(subject, hdr, data, stamp)
+            else:
+                self.store.append_at(at_seq, subject, hdr, data, stamp)
+                seq = at_seq
+        else:
+            seq = self.store.append(subject, hdr, data, stamp)
+        if msg_id:
+            self._dedupe[msg_id] = (seq, now_ns)
+            self._dedupe_order.append((now_ns, msg_id))
+        self.last_msg_id = msg_id
+        if rollup and self._rollup_ok:
+            self.store.purge(subject if rollup == "sub" else None, seq)
+        if ttl > 0:
+            heapq.heappush(self._ttls, (stamp + ttl * 1_000_000_000, seq))
+        if self._has_limits:
+            self._enforce_limits(subject)
+        return seq, False
+
     def batch_ok(self) -> bool:
         """May header-less messages within max_msg_size go through append_plain() as one
         batch? Only when storing each one is a plain append (no per-message limits)."""
@@ -274,6 +327,8 @@ class Stream:
             if ttl != 0 and not self.config.allow_msg_ttl:
                 raise errors.ttl_disabled()
         self._check_expected_seqs(subject, h)
+        if h.get(STREAM_SOURCE):  # only copies made by sourcing.py may carry it
+            raise errors.source_header_not_allowed()
         msg_id = h.get(MSG_ID, "")
         if msg_id:
             entry = self._dedupe.get(msg_id)

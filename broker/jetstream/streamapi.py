@@ -115,7 +115,7 @@ async def _create(js, name: str, payload: bytes):
     sc.check_create(cfg)
     if cfg.mirror_direct and cfg.mirror is msgspec.UNSET:
         raise errors.stream_invalid_config("stream has no mirror but does have mirror direct")
-    cfg = sc.normalize(cfg)
+    cfg = sc.normalize(cfg, _lookup(js))
     sc.check_supported(cfg)
     existing = js.streams.get(name)
     if existing is not None:
@@ -134,6 +134,23 @@ async def _create(js, name: str, payload: bytes):
     return _info_like(js, stream, api.StreamCreateResponse, did_create=True)
 
 
+def _lookup(js):
+    def lookup(name: str):
+        stream = js.streams.get(name)
+        return stream.config if stream is not None else None
+    return lookup
+
+
+def _sourcing_info(js, stream: Stream) -> dict:
+    mirror, sources = js.sourcing.info(stream)
+    out = {}
+    if mirror is not None:
+        out["mirror"] = mirror
+    if sources:
+        out["sources"] = sources
+    return out
+
+
 def _same_config(old: api.StreamConfig, new: api.StreamConfig) -> bool:
     a = msgspec.structs.replace(old, metadata=msgspec.UNSET)
     b = msgspec.structs.replace(new, metadata=msgspec.UNSET)
@@ -147,7 +164,8 @@ def _user_meta(cfg: api.StreamConfig) -> dict:
 
 def _info_like(js, stream: Stream, resp_cls, **extra):
     return resp_cls(config=sc.with_version_metadata(stream.config), created=api.rfc3339(stream.created_ns),
-                    state=stream_state(js, stream), ts=api.rfc3339(_now()), **extra)
+                    state=stream_state(js, stream), ts=api.rfc3339(_now()), **_sourcing_info(js, stream),
+                    **extra)
 
 
 async def _update(js, name: str, payload: bytes):
@@ -157,7 +175,7 @@ async def _update(js, name: str, payload: bytes):
     stream = js.streams.get(name)
     if stream is None:
         raise errors.stream_not_found()
-    cfg = sc.normalize(cfg)
+    cfg = sc.normalize(cfg, _lookup(js))
     sc.check_supported(cfg)
     sc.check_update(stream.config, cfg)
     sc.check_overlap(cfg, [s.config for s in js.streams.values()])
@@ -165,8 +183,10 @@ async def _update(js, name: str, payload: bytes):
     sc.apply_seal(cfg)
     old = stream.config
     stream.update(cfg, _now())
+    js.sourcing.attach(stream)
     js.consumers.stream_purged(stream)
-    if old.subject_list() != cfg.subject_list() or old.allow_direct != cfg.allow_direct:
+    if (old.subject_list() != cfg.subject_list() or old.allow_direct != cfg.allow_direct
+            or old.subject_transform != cfg.subject_transform):
         js.resubscribe(stream)
     js.save_meta(stream)
     await js.sync_stream(stream)
@@ -187,7 +207,8 @@ async def _info(js, name: str, payload: bytes):
         total, limit = len(state.subjects), SUBJECTS_LIMIT
     return api.StreamInfoResponse(total=total, limit=limit, config=sc.with_version_metadata(stream.config),
                                   created=api.rfc3339(stream.created_ns), state=state,
-                                  cluster=api.ClusterInfo(js.server.server_name), ts=api.rfc3339(_now()))
+                                  cluster=api.ClusterInfo(js.server.server_name), ts=api.rfc3339(_now()),
+                                  **_sourcing_info(js, stream))
 
 
 async def _delete(js, name: str, payload: bytes):
@@ -240,7 +261,8 @@ async def _list(js, _name: str, payload: bytes):
     offset = min(max(0, req.offset), len(found))
     page = found[offset:offset + LIST_LIMIT]
     items = [api.StreamListItem(config=sc.sorted_metadata(s.config), created=api.rfc3339(s.created_ns),
-                                state=stream_state(js, s), ts=api.rfc3339(_now())) for s in page]
+                                state=stream_state(js, s), ts=api.rfc3339(_now()), **_sourcing_info(js, s))
+             for s in page]
     return api.StreamListResponse(total=len(found), offset=offset, streams=items)
 
 

@@ -11,6 +11,7 @@ import msgspec
 
 from broker import subjects as subj
 from broker.jetstream import errors
+from broker.jetstream import transform as tr
 from broker.jetstream.api import API_LEVEL, SERVER_VERSION, StreamConfig
 
 DEFAULT_DUPLICATE_WINDOW_NS = 120_000_000_000
@@ -55,6 +56,8 @@ def _fill_limits(cfg: StreamConfig) -> None:
         raise invalid("max age can not be negative")
     if 0 < cfg.max_age < MIN_WINDOW_NS:
         raise invalid("max age needs to be >= 100ms")
+    if not cfg.duplicate_window:
+        cfg.duplicate_window = 0
     if cfg.duplicate_window == 0 and cfg.mirror is msgspec.UNSET and not cfg.sources:
         window = DEFAULT_DUPLICATE_WINDOW_NS
         cfg.duplicate_window = cfg.max_age if 0 < cfg.max_age < window else window
@@ -113,8 +116,10 @@ def _check_subjects(cfg: StreamConfig) -> None:
                 raise invalid(f'subject "{s}" overlaps with "{other}"')
 
 
-def normalize(cfg: StreamConfig) -> StreamConfig:
-    """A copy of `cfg` with nats-server's defaults, or JSError for an invalid config."""
+def normalize(cfg: StreamConfig, lookup=None) -> StreamConfig:
+    """A copy of `cfg` with nats-server's defaults, or JSError for an invalid config.
+    `lookup(name)` gives another stream's config (or None): mirror and source checks
+    look at the streams they copy from, as nats-server does."""
     cfg = msgspec.structs.replace(cfg)
     invalid = errors.stream_invalid_config
     if not valid_stream_name(cfg.name):
@@ -130,7 +135,11 @@ def normalize(cfg: StreamConfig) -> StreamConfig:
     if cfg.num_replicas > 1:
         raise errors.replicas_not_supported()
     _check_flags(cfg)
+    _check_sourcing(cfg, lookup or (lambda name: None))
     _check_subjects(cfg)
+    _check_transform(cfg)
+    if not cfg.duplicate_window:
+        cfg.duplicate_window = msgspec.UNSET  # mirrors and sourcing streams: omitted, as nats-server
     if cfg.discard_new_per_subject is False:
         cfg.discard_new_per_subject = msgspec.UNSET
     if cfg.no_ack is False:
@@ -179,9 +188,13 @@ def check_create(cfg: StreamConfig) -> None:
 
 def check_supported(cfg: StreamConfig) -> None:
     """Refuse what this server does not implement rather than accept it and ignore it."""
-    for name in ("mirror", "sources", "subject_transform"):
-        if getattr(cfg, name) not in (msgspec.UNSET, None, []):
-            raise errors.stream_invalid_config(f"{name} is not supported by this server")
+    for src in source_list(cfg):
+        if "external" in src:
+            raise errors.stream_invalid_config("external sources and mirrors (other accounts or "
+                                               "domains) are not supported by this server")
+        if "consumer" in src:
+            raise errors.stream_invalid_config("sourcing through a durable consumer is not "
+                                               "supported by this server")
     for name in ("allow_msg_counter", "allow_atomic", "allow_msg_schedules", "allow_batched"):
         if cfg.flag(name):
             raise errors.stream_invalid_config(f"{name} is not supported by this server")
@@ -200,7 +213,8 @@ def check_update(old: StreamConfig, new: StreamConfig) -> None:
         raise invalid("stream configuration update can not cancel deny message deletes")
     if old.deny_purge and not new.deny_purge:
         raise invalid("stream configuration update can not cancel deny purge")
-    if (old.mirror is msgspec.UNSET) != (new.mirror is msgspec.UNSET) or old.mirror != new.mirror:
+    # Removing the mirror promotes the stream to a normal one; changing it is refused.
+    if new.mirror is not msgspec.UNSET and new.mirror != old.mirror:
         raise errors.JSError(400, 10055, "stream mirror configuration can not be updated")
 
 
@@ -221,3 +235,274 @@ def check_overlap(cfg: StreamConfig, others: list[StreamConfig]) -> None:
             for b in mine:
                 if subj.overlaps(a, b):
                     raise errors.stream_subject_overlap()
+
+
+# ---- mirror, sources and subject transforms ----
+_SOURCE_KEYS = ("name", "opt_start_seq", "opt_start_time", "filter_subject", "subject_transforms",
+                "external", "consumer")
+
+
+def source_list(cfg: StreamConfig) -> list[dict]:
+    """The mirror (as a one-element list) or the sources of a config."""
+    if isinstance(cfg.mirror, dict):
+        return [cfg.mirror]
+    return list(cfg.sources) if isinstance(cfg.sources, list) else []
+
+
+def _bad_json(field: str, want: str, value) -> errors.JSError:
+    kind = {bool: "bool", int: "number", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(value), "value")
+    return errors.invalid_json(f"json: cannot unmarshal {kind} into Go struct field {field} of type {want}")
+
+
+def _canon_transform(raw, field: str) -> dict:
+    if not isinstance(raw, dict):
+        raise _bad_json(field, "server.SubjectTransformConfig", raw)
+    out = {}
+    for key in ("src", "dest"):
+        value = raw.get(key)
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise _bad_json(f"{field}.{key}", "string", value)
+        out[key] = value
+    return out
+
+
+def _canon_source(raw, field: str) -> dict:
+    """A StreamSource as nats-server echoes it: Go's field order, empty fields left out."""
+    if not isinstance(raw, dict):
+        raise _bad_json(field, "server.StreamSource", raw)
+    out: dict = {}
+    for key in _SOURCE_KEYS:
+        value = raw.get(key)
+        if value is None:
+            continue
+        if key in ("name", "filter_subject", "opt_start_time"):
+            if not isinstance(value, str):
+                raise _bad_json(f"{field}.{key}", "string" if key != "opt_start_time" else "time.Time", value)
+            if value:
+                out[key] = value
+        elif key == "opt_start_seq":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise _bad_json(f"{field}.{key}", "uint64", value)
+            if value:
+                out[key] = value
+        elif key == "subject_transforms":
+            if not isinstance(value, list):
+                raise _bad_json(f"{field}.{key}", "[]server.SubjectTransformConfig", value)
+            if value:
+                out[key] = [_canon_transform(t, f"{field}.{key}") for t in value]
+        elif key == "external":
+            if not isinstance(value, dict):
+                raise _bad_json(f"{field}.{key}", "server.ExternalStream", value)
+            out[key] = {"api": value.get("api") or "", "deliver": value.get("deliver") or ""}
+        else:
+            if not isinstance(value, dict):
+                raise _bad_json(f"{field}.{key}", "server.StreamConsumerSource", value)
+            c = {k: value[k] for k in ("name", "deliver_subject") if value.get(k)}
+            out[key] = c
+    if "name" not in out:
+        out["name"] = ""
+    return {"name": out.pop("name"), **out}
+
+
+def index_name(src: dict) -> str:
+    """nats-server's per-source index name: '<stream> <filters> <destinations>'."""
+    name = src.get("name", "")
+    ext = src.get("external")
+    if isinstance(ext, dict):
+        name += ":" + _go_hash(ext.get("api", ""))
+    if isinstance(src.get("consumer"), dict):
+        name += ":C=" + _go_hash(src["consumer"].get("name", ""))
+    transforms = src.get("subject_transforms") or []
+    if not transforms:
+        source, dest = src.get("filter_subject") or ">", ">"
+    else:
+        source = "\f".join(t.get("src") or ">" for t in transforms)
+        dest = "\f".join(t.get("dest") or ">" for t in transforms)
+    return " ".join((name, source, dest))
+
+
+def _go_hash(text: str) -> str:
+    import hashlib
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    return "".join(digits[b % 62] for b in hashlib.sha256(text.encode()).digest()[:8])
+
+
+def stream_identity(created_ns: int) -> str:
+    """The identity nats-server puts in Nats-Stream-Source: a hash of the creation time."""
+    from broker.jetstream.api import rfc3339
+    return _go_hash(rfc3339(created_ns))
+
+
+def _valid_asset_name(name: str) -> bool:
+    return valid_stream_name(name) and len(name) <= MAX_NAME_LEN
+
+
+def _check_sourcing(cfg: StreamConfig, lookup) -> None:
+    """nats-server's checks of mirror and sources, in its order and with its errors."""
+    E = errors.JSError
+    if cfg.mirror is not msgspec.UNSET:
+        cfg.mirror = _canon_source(cfg.mirror, "StreamConfig.mirror")
+    if cfg.sources is not msgspec.UNSET:
+        if not isinstance(cfg.sources, list):
+            raise _bad_json("StreamConfig.sources", "[]*server.StreamSource", cfg.sources)
+        cfg.sources = [_canon_source(s, "StreamConfig.sources") if s is not None else None
+                       for s in cfg.sources]
+        if not cfg.sources:
+            cfg.sources = msgspec.UNSET
+    stream_subjects: list[str] = []
+    delivery_prefixes: list[str] = []
+    api_prefixes: list[str] = []
+    mirror = cfg.mirror if isinstance(cfg.mirror, dict) else None
+    if mirror is not None:
+        if isinstance(cfg.first_seq, int) and cfg.first_seq > 0:
+            raise E(400, 10143, "stream mirrors can not have first sequence configured")
+        if cfg.subject_list():
+            raise E(400, 10034, "stream mirrors can not contain subjects")
+        if cfg.sources:
+            raise E(400, 10031, "stream mirrors can not also contain other sources")
+        for flag, code, what in (("allow_msg_counter", 10173, "calculate counters"),
+                                 ("allow_atomic", 10198, "use atomic publishing"),
+                                 ("allow_batched", 10209, "use batch publishing"),
+                                 ("allow_msg_schedules", 10186, "schedule messages")):
+            if cfg.flag(flag):
+                raise E(400, code, f"stream mirrors can not also {what}")
+        consumer = mirror.get("consumer")
+        if consumer is not None:
+            deliver = consumer.get("deliver_subject", "")
+            if (not _valid_asset_name(consumer.get("name", "")) or subj.has_wildcard(deliver)
+                    or not subj.valid_subject(deliver) or mirror.get("opt_start_seq")
+                    or mirror.get("opt_start_time") or mirror.get("filter_subject")):
+                raise E(400, 10213, "stream mirror consumer config is invalid")
+        transforms = mirror.get("subject_transforms") or []
+        if mirror.get("filter_subject") and transforms:
+            raise E(400, 10150, "mirror with multiple subject transforms cannot also have a single subject filter")
+        marker = cfg.subject_delete_marker_ttl
+        if isinstance(marker, int) and marker > 0:
+            raise errors.stream_invalid_config("subject delete markers forbidden on mirrors")
+        for i, t in enumerate(transforms):
+            if t["src"] and not subj.valid_subject(t["src"]):
+                raise E(400, 10151, f"mirror transform source: invalid subject {t['src']}")
+            try:
+                tr.validate_mapping(t["src"], t["dest"])
+            except tr.MappingError as e:
+                raise E(400, 10154, f"mirror transform: {e}") from None
+            for j, other in enumerate(transforms):
+                if i != j and subj.overlaps(t["src"] or ">", other["src"] or ">"):
+                    raise E(400, 10152, "mirror subject filters can not overlap")
+        if "external" not in mirror:
+            if not _valid_asset_name(mirror["name"]):
+                raise E(400, 10142, "mirrored stream name is invalid")
+            origin = lookup(mirror["name"])
+            if origin is not None:
+                stream_subjects += origin.subject_list()
+                if 0 < cfg.max_msg_size < origin.max_msg_size:
+                    raise E(400, 10030, "stream mirror must have max message size >= source")
+                cfg.mirror_direct = origin.allow_direct
+        else:
+            if mirror["external"]["deliver"]:
+                delivery_prefixes.append(mirror["external"]["deliver"])
+            if mirror["external"]["api"]:
+                api_prefixes.append(mirror["external"]["api"])
+    sources = cfg.sources if isinstance(cfg.sources, list) else []
+    if sources and cfg.flag("allow_msg_schedules"):
+        raise E(400, 10187, "stream source can not also schedule messages")
+    inames: set[str] = set()
+    cnames: set[str] = set()
+    for src in sources:
+        if src is None or not _valid_asset_name(src["name"]):
+            raise E(400, 10141, "sourced stream name is invalid")
+        iname = index_name(src)
+        if iname in inames:
+            raise E(400, 10140, "duplicate source configuration detected")
+        inames.add(iname)
+        transforms = src.get("subject_transforms") or []
+        if src.get("filter_subject") and transforms:
+            raise E(400, 10144, "source with multiple subject transforms cannot also have a single subject filter")
+        for t in transforms:
+            if t["src"] and not subj.valid_subject(t["src"]):
+                raise E(400, 10145, f"source transform source: invalid subject {t['src']}")
+            try:
+                tr.validate_mapping(t["src"], t["dest"])
+            except tr.MappingError as e:
+                raise E(400, 10146, f"source transform: {e}") from None
+        for i, t in enumerate(transforms):
+            for j, other in enumerate(transforms):
+                if i != j and subj.subset(t["src"], other["src"]):
+                    raise E(400, 10147, "source filters can not overlap")
+        consumer = src.get("consumer")
+        if consumer is not None:
+            deliver = consumer.get("deliver_subject", "")
+            if (not _valid_asset_name(consumer.get("name", "")) or subj.has_wildcard(deliver)
+                    or not subj.valid_subject(deliver) or src.get("opt_start_seq")
+                    or src.get("opt_start_time") or src.get("filter_subject")):
+                raise E(400, 10215, "stream source consumer config is invalid")
+            cname = src["name"] + " " + consumer.get("name", "")
+            if cname in cnames:
+                raise E(400, 10216, "duplicate stream source consumer detected")
+            cnames.add(cname)
+        if "external" not in src:
+            origin = lookup(src["name"])
+            if origin is not None:
+                stream_subjects += origin.subject_list()
+                if 0 < cfg.max_msg_size < origin.max_msg_size:
+                    raise E(400, 10046, "stream source must have max message size >= target")
+        else:
+            if src["external"]["deliver"]:
+                delivery_prefixes.append(src["external"]["deliver"])
+            if src["external"]["api"]:
+                api_prefixes.append(src["external"]["api"])
+    for pfx in delivery_prefixes:
+        if not subj.valid_literal(pfx):
+            raise E(400, 10024, f"stream external delivery prefix {pfx} must not contain wildcards")
+        for s in stream_subjects:
+            if subj.overlaps(s, f"{pfx}.{s}"):
+                raise E(400, 10022, f"stream external delivery prefix {pfx} overlaps with stream subject {s}")
+    for pfx in api_prefixes:
+        if not subj.valid_literal(pfx):
+            raise errors.stream_invalid_config(
+                f"stream external api prefix {msgspec.json.encode(pfx).decode()} must be a valid subject without wildcards")
+        if subj.overlaps(pfx, "$JS.API"):
+            raise E(400, 10021, f"stream external api prefix {pfx} must not overlap with $JS.API")
+    _check_cycles(cfg, lookup)
+
+
+def _check_cycles(cfg: StreamConfig, lookup) -> None:
+    to_visit = [cfg]
+    visited: set[str] = set()
+    while to_visit:
+        cur = to_visit.pop(0)
+        visited.add(cur.name)
+        for src in cur.sources if isinstance(cur.sources, list) else []:
+            if src is None or "external" in src:
+                continue
+            if src["name"] in visited:
+                flt = src.get("filter_subject", "")
+                if not flt or any(subj.overlaps(s, flt) for s in cur.subject_list()):
+                    raise errors.stream_invalid_config("detected cycle")
+            else:
+                other = lookup(src["name"])
+                if other is not None:
+                    to_visit.append(other)
+        m = cur.mirror if isinstance(cur.mirror, dict) else None
+        if m is not None and "external" not in m:
+            if m["name"] in visited:
+                raise errors.stream_invalid_config("detected cycle")
+            other = lookup(m["name"])
+            if other is not None:
+                to_visit.append(other)
+
+
+def _check_transform(cfg: StreamConfig) -> None:
+    if cfg.subject_transform is msgspec.UNSET:
+        return
+    t = _canon_transform(cfg.subject_transform, "StreamConfig.subject_transform")
+    cfg.subject_transform = t
+    if t["src"] and not subj.valid_subject(t["src"]):
+        raise errors.JSError(400, 10155, f"stream transform source: invalid subject {t['src']}")
+    try:
+        tr.validate_mapping(t["src"], t["dest"])
+    except tr.MappingError as e:
+        raise errors.JSError(400, 10156, f"stream transform: {e}") from None

@@ -202,8 +202,9 @@ def test_storage_limits_and_unsupported_features(tmp_path):
             assert errors and errors[0] == {"code": 503, "err_code": 10023, "description": "insufficient resources"}
             info = await js.stream_info("S")
             assert 2048 <= info.state.bytes < 2048 + 138
-            resp = await nc.request("$JS.API.STREAM.CREATE.M",
-                                    b'{"name":"M","mirror":{"name":"S"}}', timeout=5)
+            resp = await nc.request("$JS.API.STREAM.CREATE.M",  # external mirrors are not implemented
+                                    b'{"name":"M","mirror":{"name":"S","external":{"api":"$JS.hub.API"}}}',
+                                    timeout=5)
             assert json.loads(resp.data)["error"]["err_code"] == 10052
             assert [s.config.name for s in await js.streams_info()] == ["S"]
         _run(srv.url, body)
