@@ -347,6 +347,36 @@ class Consumer:
             return bo[min(dc - 1, len(bo) - 1)]
         return self.cfg.ack_wait
 
+    def _deliver_run(self, to: str, run: list, now_ns: int) -> None:
+        """First deliveries of run (consecutive stream sequences starting at self.sseq, all
+        matching, none beyond known_last) as one Run; the state moves as k _account calls."""
+        k = len(run)
+        s = run[0].seq
+        dseq = self.dseq + 1
+        self.out.append(_new_out(Run, (to, run, self.ack_prefix + "1.", dseq, self.npending - 1)))
+        last = s + k - 1
+        self.dseq += k
+        self.sseq = last + 1
+        self.npending -= k
+        self.dirty = True
+        self.last_delivery_ns = now_ns
+        if last > self.dsseq:
+            self.dsseq = last
+        if self.ack_none:
+            self.adflr = self.dseq
+            self.asflr = self.dsseq
+            return
+        deadline = now_ns + self._ack_wait(1)
+        pending = self.pending
+        deadlines = self.deadlines
+        for x in run:
+            pending[x.seq] = [dseq, x.ts, 1, deadline]
+            heapq.heappush(deadlines, (deadline, x.seq))
+            dseq += 1
+        if not self.low:
+            self.low = s
+        self._trim_deadlines()
+
     def _render(self, to: str, m, dc: int, dseq: int, pend: int) -> Out:
         reply = f"{self.ack_prefix}{dc}.{m.seq}.{dseq}.{m.ts}.{pend}"
         if self.cfg.headers_only:
@@ -370,10 +400,33 @@ class Consumer:
         if not has_interest:
             return 0
         self.last_active = now_ns
-        to = self.cfg.deliver_subject
-        for _ in range(limit):
+        cfg = self.cfg
+        to = cfg.deliver_subject
+        # Runs of first deliveries (same result as the per-message loop below) when nothing
+        # needs a per-message decision: no rate limit, header rewriting, replay pacing,
+        # filter, redelivery, last-per-subject queue or pause.
+        fast = not (cfg.rate_limit_bps or cfg.headers_only or self.filters or cfg.replay_policy == "original")
+        left = limit
+        while left > 0:
             if self.fc_reply and self.pbytes >= FC_MAX_PENDING_BYTES:
                 return 0  # stalled until the client answers flow control
+            s = self.sseq
+            if (fast and s <= self.known_last and not self.lps and not self.redeliver
+                    and (not self.redeliver_at or self.redeliver_at[0][0] > now_ns)
+                    and not (self.paused_until and now_ns < self.paused_until)):
+                k = min(left, self.known_last - s + 1, READ_AHEAD_MAX)
+                if not self.ack_none and cfg.max_ack_pending > 0:
+                    k = min(k, cfg.max_ack_pending - len(self.pending))
+                run = self.store.get_run(s, k) if k > 0 else None
+                if run:
+                    if cfg.flow_control:
+                        run = self._fc_cut(run)
+                    self._deliver_run(to, run, now_ns)
+                    left -= len(run)
+                    if cfg.flow_control and not self.fc_reply and self.pbytes > FC_MAX_PENDING_BYTES // 2:
+                        self._send_fc(now_ns)
+                    continue
+            left -= 1
             m, x = self._take(now_ns)
             if m is None:
                 return x
@@ -390,6 +443,23 @@ class Consumer:
                 if not self.fc_reply and self.pbytes > FC_MAX_PENDING_BYTES // 2:
                     self._send_fc(now_ns)
         return 1  # more may be ready: call again
+
+    def _fc_cut(self, run: list) -> list:
+        """The part of run that push flow control lets out before its next request: up to
+        and including the message that takes pbytes over half the window (counted as the
+        per-message path counts it: subject, reply, header and payload bytes)."""
+        prefix = len(self.ack_prefix) + 5  # deliver count `1` and four dots of the ack reply
+        dseq, pend = self.dseq + 1, self.npending - 1
+        threshold = FC_MAX_PENDING_BYTES // 2
+        pbytes = self.pbytes
+        for i, m in enumerate(run):
+            pbytes += (len(m.subject) + prefix + len(str(m.seq)) + len(str(dseq + i)) + len(str(m.ts))
+                       + len(str(pend - i)) + len(m.data) + (len(m.hdr) if m.hdr else 0))
+            if pbytes >= FC_MAX_PENDING_BYTES if self.fc_reply else pbytes > threshold:
+                run = run[:i + 1]  # the per-message path stops (or sends its request) right here
+                break
+        self.pbytes = pbytes
+        return run
 
     def _rate_wait(self, now_ns: int, size: int) -> int:
         """Token bucket for rate_limit_bps (bits/s): 0 to send `size` bytes now, else when."""
@@ -520,28 +590,7 @@ class Consumer:
                         k = min(k, max_ack - len(self.pending))
                     run = ahead if (ai == 1 and k == len(ahead)) else ahead[ai - 1:ai - 1 + k]
                     ai += k - 1
-                    dseq = self.dseq + 1
-                    out.append(_new_out(Run, (to, run, prefix1, dseq, self.npending - 1)))
-                    last = s + k - 1
-                    self.dseq += k
-                    self.sseq = last + 1
-                    self.npending -= k
-                    if last > self.dsseq:
-                        self.dsseq = last
-                    if ack_none:
-                        self.adflr = self.dseq
-                        self.asflr = self.dsseq
-                    else:
-                        deadline = now_ns + self._ack_wait(1)
-                        pending = self.pending
-                        deadlines = self.deadlines
-                        for x in run:
-                            pending[x.seq] = [dseq, x.ts, 1, deadline]
-                            heapq.heappush(deadlines, (deadline, x.seq))
-                            dseq += 1
-                        if not self.low:
-                            self.low = s
-                        self._trim_deadlines()
+                    self._deliver_run(to, run, now_ns)
                     sent += k
                     req.batch -= k
                     req.sent += k

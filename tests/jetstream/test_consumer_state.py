@@ -250,7 +250,7 @@ def test_push_flow_control_and_heartbeat():
     c = make(st, deliver_subject="dl", flow_control=True, idle_heartbeat=S, ack_policy="none")
     while c.deliver_push(T0, True) == 1:
         pass
-    fcs = [o for o in c.out if o.reply.startswith("$JS.FC.")]
+    fcs = [o for o in expand(c.out) if o.reply.startswith("$JS.FC.")]
     assert len(fcs) == 1 and hdrs.parse(fcs[0].hdr)[:2] == ("100", "FlowControl Request")
     c.out.clear()
     c.heartbeat("dl")

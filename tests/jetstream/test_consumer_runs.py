@@ -1,0 +1,104 @@
+"""Run delivery (a stretch of first deliveries as one entry) against the per-message path.
+
+The state machine takes its run path when nothing needs a per-message decision. A store
+whose get_run returns nothing forces the per-message path for the same history, so both
+consumers must produce the same frames (after expand) and the same state, step by step,
+including push flow control with messages large enough to cross its window."""
+
+from __future__ import annotations
+
+from hypothesis import example, given, settings, strategies as st
+
+from broker.jetstream.consumer import Consumer, PullRequest, Run, expand
+from broker.jetstream.consumerconfig import ConsumerConfig, normalize
+from broker.jetstream.store import MemoryStore
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+
+
+class NoRuns:
+    """The same store, but every get_run comes back empty: per-message delivery only."""
+
+    def __init__(self, store) -> None:
+        self._s = store
+
+    def get_run(self, start_seq, max_n):
+        return []
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+
+def state(c: Consumer) -> tuple:
+    return (c.sseq, c.dseq, c.dsseq, c.adflr, c.asflr, c.npending, sorted(c.pending.items()),
+            c.pbytes, bool(c.fc_reply), c.low)
+
+
+def frames(c: Consumer) -> list:
+    out, c.out = expand(c.out), []
+    return [(o.to, o.subject, o.reply if not o.reply.startswith("$JS.FC.") else "FC", o.hdr, o.payload)
+            for o in out]
+
+
+@settings(max_examples=120, deadline=None)
+@example(sizes=[300_000] * 20, ack="none", max_ack=5, flow=True, limits=[50] * 5, acks=[0] * 30)
+@example(sizes=[250_000] * 30, ack="explicit", max_ack=12, flow=True, limits=[9] * 30, acks=[2] * 30)
+@given(sizes=st.lists(st.one_of(st.integers(0, 100), st.integers(150_000, 400_000)), min_size=1, max_size=60),
+       ack=st.sampled_from(["none", "explicit", "all"]),
+       max_ack=st.integers(1, 40),
+       flow=st.booleans(),
+       limits=st.lists(st.integers(1, 50), min_size=1, max_size=30),
+       acks=st.lists(st.integers(0, 5), min_size=30, max_size=30))
+def test_push_runs_match_per_message_delivery(sizes, ack, max_ack, flow, limits, acks):
+    store = MemoryStore()
+    for i, n in enumerate(sizes):
+        store.append(f"a.{i % 3}", None, b"x" * n, T0 + i)
+    kw = {"deliver_subject": "dl", "ack_policy": ack}
+    if ack != "none":
+        kw["max_ack_pending"] = max_ack
+    if flow:
+        kw.update(flow_control=True, idle_heartbeat=S)
+    cs = []
+    for st_ in (store, NoRuns(store)):
+        c = Consumer("ST", "C", normalize(ConsumerConfig(**kw), None), st_, T0)
+        c.start(T0)
+        cs.append(c)
+    fast, slow = cs
+    saw_run = False
+    for step, (limit, n_acks) in enumerate(zip(limits, acks)):
+        now = T0 + step * S // 10
+        got = [c.deliver_push(now, True, limit) for c in cs]
+        saw_run = saw_run or any(type(o) is Run for o in fast.out)
+        assert frames(fast) == frames(slow) and got[0] == got[1]
+        assert state(fast) == state(slow)
+        if fast.fc_reply:  # the client answers flow control
+            for c in cs:
+                assert c.flow_control_reply(c.fc_reply)
+        for sseq in sorted(fast.pending)[:n_acks]:
+            for c in cs:
+                c.ack(sseq, now, c.pending[sseq][0])
+        assert state(fast) == state(slow)
+    if len(sizes) > 1 and limits[0] > 1 and (ack == "none" or max_ack > 1):
+        assert saw_run  # the run path was really exercised
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 400), ack=st.sampled_from(["none", "explicit"]),
+       batches=st.lists(st.integers(1, 150), min_size=1, max_size=8))
+def test_pull_runs_match_per_message_delivery(n, ack, batches):
+    store = MemoryStore()
+    for i in range(n):
+        store.append("b.x", None, b"m%d" % i, T0 + i // 7)
+    kw = {"durable_name": "P", "ack_policy": ack}
+    cs = []
+    for st_ in (store, NoRuns(store)):
+        c = Consumer("ST", "P", normalize(ConsumerConfig(**kw), None), st_, T0)
+        c.start(T0)
+        cs.append(c)
+    fast, slow = cs
+    for i, b in enumerate(batches):
+        for c in cs:
+            c.add_request(PullRequest(f"in.{i}", b, 0, 0, True, 0, T0), T0)
+        assert frames(fast) == frames(slow)
+        assert state(fast) == state(slow)
