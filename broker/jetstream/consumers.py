@@ -143,7 +143,7 @@ class ConsumerManager:
         c = e.c
         if c.push:
             if self.server.has_interest(c.cfg.deliver_subject):
-                w = c.deliver_push(now, True, 64)
+                w = c.deliver_push(now, True, PUSH_BATCH)
                 if w == 1:
                     self.busy.add(e)
                     self._wake.set()
