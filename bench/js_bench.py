@@ -6,6 +6,8 @@ Scenarios (file storage, 16-byte payloads, one stream `BENCH` on `bench.>`):
   pull        a pull consumer (ack none) draining the stream with batches of 1,000
   pull+ack    a pull consumer with explicit acks (max_ack_pending 1,000, two requests of 500
               outstanding), every delivery acked by the generator as it arrives
+  push        a push consumer (ack none, no flow control) draining the stream
+  push+ack    a push consumer with explicit acks (max_ack_pending 1,000), every delivery acked
 Servers: ours (`python -m broker -js`, fsync before every ack), nats-server -js with its
 default lazy fsync, and nats-server with `jetstream { sync_interval: always }`.
 Afterwards it times fdatasync after a small append on the same filesystem: with one
@@ -211,6 +213,37 @@ def _pull_ack(port: int, seconds: float, total: int, q) -> None:
     q.put((acked, time.perf_counter() - t0, 0, time.process_time()))
 
 
+def _push(port: int, seconds: float, total: int, ack: bool, q) -> None:
+    """A push consumer (deliver subject, no flow control) draining the stream; with `ack`
+    its ack policy is explicit (max_ack_pending 1,000) and every delivery is acked."""
+    s = connect(port)
+    name = "PA" if ack else "P"
+    cfg = {"stream_name": "BENCH", "config": {"durable_name": name, "ack_policy": "explicit" if ack else "none",
+                                              "deliver_policy": "all", "deliver_subject": f"push.{name}"}}
+    body = json.dumps(cfg).encode()  # not request(): deliveries start before its reply is read
+    s.sendall(f"SUB push.{name} 3\r\nPUB $JS.API.CONSUMER.CREATE.BENCH.{name} _INBOX.create {len(body)}\r\n".encode()
+              + body + b"\r\n")
+    counter = Counter(b"MSG bench.")
+    tail = b""
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while counter.n < total and time.perf_counter() < end:
+        data = s.recv(1 << 20)
+        counter.feed(data)
+        pong(s, data)
+        if ack:
+            buf = tail + data
+            last = 0
+            out = []
+            for m in ACK_REPLY.finditer(buf):
+                out.append(b"PUB %b 0\r\n\r\n" % m.group(1))
+                last = m.end()
+            tail = buf[last:][-256:] if out else buf[-256:]
+            if out:
+                s.sendall(b"".join(out))
+    q.put((counter.n, time.perf_counter() - t0, 0, time.process_time()))
+
+
 def fsync_probe(directory: str, rounds: int = 2000) -> dict:
     """What one publish in flight is bounded by: the latency of an fdatasync after a small
     append (a 16-byte message's record), on the filesystem the stores use."""
@@ -279,6 +312,12 @@ def bench_server(name: str, argv: list[str], port: int, seconds: float) -> dict:
         n, elapsed, _, gen_cpu = run_in_process(_pull_ack, port, seconds, total)
         out["pull+ack"] = {"rate": n / elapsed, "errors": 0, "server_cpu": (cpu_of(proc.pid) - cpu0) / elapsed,
                            "gen_cpu": gen_cpu / elapsed}
+        for scenario, ack in (("push", False), ("push+ack", True)):
+            cpu0 = cpu_of(proc.pid)
+            print(f"  {name}: {scenario} ...", file=sys.stderr, flush=True)
+            n, elapsed, _, gen_cpu = run_in_process(_push, port, seconds, total, ack)
+            out[scenario] = {"rate": n / elapsed, "errors": 0, "server_cpu": (cpu_of(proc.pid) - cpu0) / elapsed,
+                             "gen_cpu": gen_cpu / elapsed}
         s.close()
         return out
     finally:

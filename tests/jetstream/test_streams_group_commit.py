@@ -118,3 +118,66 @@ async def test_lone_publish_is_fsynced_before_its_ack(tmp_path):
         assert log == [x for i in range(3) for x in (("sync-start", loop_thread, i), ("sync-done", i))]
         assert [a["seq"] for a in server.replies("r.ack.")] == [1, 2, 3]
         nursery.cancel_scope.cancel()
+
+
+class BatchingServer(FakeServer):
+    """FakeServer plus the client-read batch hooks of broker.server.Server."""
+
+    def __init__(self, store_dir: str) -> None:
+        super().__init__(store_dir)
+        self.batch_hooks: dict = {}
+        self.in_batch = False
+
+    def at_batch_end(self, obj) -> bool:
+        if not self.in_batch:
+            return False
+        self.batch_hooks[obj] = None
+        return True
+
+    def read(self, msgs) -> None:
+        """What a client read does: publish each, then run the batch-end hooks."""
+        self.in_batch = True
+        try:
+            for subject, reply, payload in msgs:
+                self.publish(subject, reply, None, payload)
+        finally:
+            while self.batch_hooks:
+                obj = next(iter(self.batch_hooks))
+                del self.batch_hooks[obj]
+                obj.batch_end()
+            self.in_batch = False
+
+
+async def test_publishes_of_a_read_are_applied_when_the_read_ends_in_order(tmp_path):
+    """Publishes from a client read are stored (and, alone, fsynced and acked) at the end of
+    that read with no writer-task switch; while the writer is between the chunks of a big
+    batch, a read's publishes wait for it, so sequences follow arrival order."""
+    server = BatchingServer(str(tmp_path))
+    js = JetStream(server)
+    async with trio.open_nursery() as nursery:
+        server.nursery = nursery
+        await nursery.start(js.run)
+        server.publish("$JS.API.STREAM.CREATE.RD", "r.create", None, b'{"name":"RD","subjects":["rd.*"]}')
+        await _wait_for(lambda: server.replies("r.create"))
+        stream = js.streams["RD"]
+        server.read([("rd.a", "r.ack.0", b"one")])
+        # no await in between: stored, fsynced and acknowledged within the read itself
+        assert stream.store.state().messages == 1 and [a["seq"] for a in server.replies("r.ack.")] == [1]
+        # a big batch through the writer task (published outside any read); a read arrives
+        # while the writer is between its chunks and must not jump the queue
+        real_apply = js._apply
+        seen_busy = []
+
+        def apply(runner, batch):
+            real_apply(runner, batch)
+            if runner.busy and not seen_busy:
+                seen_busy.append(True)
+                server.read([("rd.c", "r.ack.c", b"late")])
+
+        js._apply = apply
+        for i in range(1, 1500):
+            server.publish("rd.b", f"r.ack.{i}", None, b"w")
+        await _wait_for(lambda: len(server.replies("r.ack.")) == 1501)
+        assert seen_busy and stream.store.get(1501).subject == "rd.c"
+        assert [a["seq"] for a in server.replies("r.ack.")] == list(range(1, 1502))
+        nursery.cancel_scope.cancel()
