@@ -552,7 +552,7 @@ _IGNORED = {
             "server_metadata", "feature_flags", "no_fast_producer_stall", "max_closed_clients", "write_timeout"},
     "cluster": {"connect_backoff", "pool_size", "accounts", "compression", "ping_interval", "ping_max",
                 "write_deadline", "write_timeout"},
-    "jetstream": {"strict", "domain", "unique_tag", "max_outstanding_catchup", "max_buffered_size",
+    "jetstream": {"domain", "unique_tag", "max_outstanding_catchup", "max_buffered_size",
                   "max_buffered_msgs", "request_queue_limit", "info_queue_limit", "meta_compact",
                   "meta_compact_size", "meta_compact_sync", "max_concurrent_io", "extension_hint", "limits"},
     "tls": {"cipher_suites", "curve_preferences", "min_version", "allow_insecure_cipher_suites",
@@ -688,6 +688,9 @@ def _jetstream_block(o: Any, item: Item, warnings: list[str]) -> None:
             o.max_file_store = _storage_size(it, "max_file_store")
         elif lk in ("enable", "enabled"):
             enable = _want(it, bool)
+        elif lk == "strict":
+            if not _want(it, bool):  # the API always decodes requests strictly here
+                raise _Bad(it, 'field "strict" set to false is not supported by this server')
         else:
             _unknown(k, it, "jetstream")
     o.jetstream = enable
