@@ -35,7 +35,7 @@ import trio
 from broker.jetstream import api, errors, streamapi, transform
 from broker.jetstream.consumers import ConsumerManager
 from broker.jetstream.filestore import FileStore
-from broker.jetstream.sourcing import Sourcing
+from broker.jetstream.sourcing import DIRECT_GROUP, Sourcing
 from broker.jetstream.store import MemoryStore
 from broker.jetstream.stream import Stream, parse_go_duration
 
@@ -271,7 +271,8 @@ class JetStream:
         if stream.config.allow_direct:
             on_direct = streamapi.direct_get_handler(self, stream)
             for subject in (f"$JS.API.DIRECT.GET.{stream.name}", f"$JS.API.DIRECT.GET.{stream.name}.>"):
-                runner.direct_subs.append(self.server.subscribe(subject, on_direct))
+                # one queue group with mirror_direct mirrors (sourcing.py): one of them answers
+                runner.direct_subs.append(self.server.subscribe(subject, on_direct, DIRECT_GROUP))
 
     def _unsubscribe(self, runner: _Runner) -> None:
         for sub in runner.subs + runner.direct_subs:
@@ -547,8 +548,9 @@ class JetStream:
             on_stored(stream, seq, subject)
         if cfg.retention == "interest":  # kept only while some consumer's filter wants it
             needs = self.consumers.needs_msg
+            wants = self.sourcing.wants  # a mirror/source of this stream is interest too
             for seq, subject in stored:
-                if not needs(stream, seq, subject):
+                if not needs(stream, seq, subject) and not wants(stream, seq, subject):
                     stream.remove_acked(seq)
         if cfg.max_age > 0 or cfg.allow_msg_ttl:
             at = stream.next_expiry_ns()
@@ -661,7 +663,8 @@ class JetStream:
         msg = stream.store.get(seq)
         if msg is None:
             return
-        if stream.config.retention == "workqueue" or not self.consumers.needs_msg(stream, seq, msg.subject):
+        if stream.config.retention == "workqueue" or not (self.consumers.needs_msg(stream, seq, msg.subject)
+                                                          or self.sourcing.wants(stream, seq, msg.subject)):
             stream.remove_acked(seq)
 
     def count_api(self, error: bool) -> None:

@@ -31,6 +31,7 @@ import time
 import msgspec
 import trio
 
+from broker import subjects as subj
 from broker.jetstream import api, errors
 from broker.jetstream import streamconfig as sc
 from broker.jetstream import transform as tr
@@ -40,6 +41,9 @@ log = logging.getLogger("broker.jetstream")
 _BATCH = 256  # origin messages read per link per round
 SOURCE_HDR = "Nats-Stream-Source"
 _RETRY_NS = 2_000_000_000  # after a copy could not be stored (nats-server's retry threshold)
+_SAVE_EVERY_NS = 1_000_000_000  # sources.json is rewritten at most this often
+_DIRECT_CAUGHT_UP = 10  # a mirror_direct mirror answers DIRECT.GET once fewer are pending
+DIRECT_GROUP = "_sys_"  # queue group of every DIRECT.GET subscription, as nats-server's
 
 
 class Link:
@@ -69,7 +73,6 @@ class Link:
         self.halted = False  # a copy failed in the current batch: drop the rest of it
 
     def matches(self, subject: str) -> bool:
-        from broker import subjects as subj
         return not self.filters or any(subj.match(f, subject) for f in self.filters)
 
 
@@ -81,6 +84,7 @@ class Sourcing:
         self._origins: set[str] = set()
         self._wake = trio.Event()
         self._dirty: set[str] = set()  # targets whose sources.json is behind
+        self._direct: dict[str, list] = {}  # mirror_direct mirrors -> their DIRECT.GET subscriptions
 
     # ---- lifecycle, called by the manager ----
     def attach(self, stream) -> None:
@@ -92,6 +96,7 @@ class Sourcing:
             links.append(Link("mirror", cfg.mirror))
         for spec in cfg.sources if isinstance(cfg.sources, list) else []:
             links.append(Link("source", spec))
+        self._undirect(stream.name)
         if not links:
             self.detach(stream.name)
             return
@@ -109,14 +114,29 @@ class Sourcing:
         for link in links:
             link.queued = link.sseq
         self._origins = {link.origin for ls in self.links.values() for link in ls}
+        self._release([link for link in old.values() if link not in links])
         self.wake()
 
     def detach(self, name: str) -> None:
         """A target stream was deleted (or no longer copies anything)."""
-        if self.links.pop(name, None) is not None:
+        self._undirect(name)
+        gone = self.links.pop(name, None)
+        if gone is not None:
             self.queued.pop(name, None)
             self._origins = {link.origin for ls in self.links.values() for link in ls}
+            self._release(gone)
         self.wake()
+
+    def _release(self, gone: list[Link]) -> None:
+        """Links removed: on interest origins, what only they still wanted goes (as when
+        nats-server deletes a sourcing consumer)."""
+        for link in gone:
+            origin = self.js.streams.get(link.origin)
+            if origin is None or origin.config.retention != "interest":
+                continue
+            st = origin.store.state()
+            for seq in range(max(link.sseq + 1, st.first_seq), st.last_seq + 1):
+                self.js.stream_acked(origin.name, seq)
 
     def origin_stored(self, name: str) -> None:
         if name in self._origins:
@@ -128,6 +148,21 @@ class Sourcing:
     def close(self) -> None:
         for name in list(self._dirty):
             self._save(name)
+
+    # ---- mirror_direct ----
+    def _subscribe_direct(self, stream, origin: str) -> None:
+        """A mirror that has (nearly) caught up answers DIRECT.GET for its origin too, in the
+        same queue group as the origin's own subscription (one of them answers)."""
+        from broker.jetstream import streamapi
+        server = self.js.server
+        on_direct = streamapi.direct_get_handler(self.js, stream, origin)
+        self._direct[stream.name] = [
+            server.subscribe(subject, on_direct, DIRECT_GROUP)
+            for subject in (f"$JS.API.DIRECT.GET.{origin}", f"$JS.API.DIRECT.GET.{origin}.>")]
+
+    def _undirect(self, name: str) -> None:
+        for sub in self._direct.pop(name, []):
+            self.js.server.unsubscribe(sub)
 
     # ---- where sources start ----
     def _starting_seqs(self, stream, links: list[Link]) -> None:
@@ -193,16 +228,20 @@ class Sourcing:
 
     # ---- the pump ----
     async def run(self) -> None:
+        saved_at = 0
         while True:
             with trio.move_on_after(1.0):
                 await self._wake.wait()
             self._wake = trio.Event()
+            now = time.time_ns()
             try:
-                self._round(time.time_ns())
+                self._round(now)
             except Exception:  # our bug: keep the other links copying
                 log.exception("mirror/source copying failed")
-            for name in list(self._dirty):
-                self._save(name)
+            if self._dirty and now - saved_at >= _SAVE_EVERY_NS:  # a hint: at most once a second
+                saved_at = now
+                for name in list(self._dirty):
+                    self._save(name)
             await trio.lowlevel.checkpoint()
 
     def _round(self, now: int) -> None:
@@ -237,6 +276,9 @@ class Sourcing:
                     continue
                 link.halted = False
                 batch.extend(self._read(link, origin, ident, own))
+                if link.kind == "mirror" and stream.config.mirror_direct and target not in self._direct:
+                    if origin.store.state().last_seq - link.sseq < _DIRECT_CAUGHT_UP:
+                        self._subscribe_direct(stream, link.origin)
             if batch:
                 self.queued[target] = batch
                 runner.wake.set()
@@ -245,7 +287,6 @@ class Sourcing:
         """First origin sequence to copy, as nats-server's consumer start options pick it."""
         link.started = True
         spec = link.spec
-        ost = origin.store.state()
         if link.kind == "mirror":
             last = target.store.state().last_seq
             if last > 0:
@@ -273,7 +314,6 @@ class Sourcing:
         elif tst.first_seq > 1 and tst.last_ts:
             start = _first_at_or_after(origin.store, tst.last_ts)
         link.queued = max(0, start - 1)
-        del ost
 
     def _read(self, link: Link, origin, ident: str, own: "tr.Transform | None") -> list:
         store = origin.store
@@ -333,11 +373,31 @@ class Sourcing:
             if not dup:
                 stored.append((seq, subject))
             origin = self.js.streams.get(link.origin)
-            if origin is not None and origin.config.retention == "workqueue":
-                self.js.stream_acked(link.origin, oseq)  # delivered to the source: the work is taken
+            if origin is not None and origin.config.retention != "limits":
+                # nats-server's sourcing consumer acks on delivery: a workqueue's message is
+                # taken, an interest stream's goes once nobody else wants it
+                self.js.stream_acked(link.origin, oseq)
         self._dirty.add(stream.name)
         self.wake()
         return stored
+
+    # ---- interest ----
+    def wants(self, origin, seq: int, subject: str) -> bool:
+        """Does a mirror or source of `origin` still have to copy this message? (For
+        interest and workqueue origins, where nats-server's sourcing consumer is interest.)"""
+        if origin.name not in self._origins:
+            return False
+        for links in self.links.values():
+            for link in links:
+                if link.origin == origin.name and seq > link.sseq and link.matches(subject):
+                    return True
+        return False
+
+    def consumer_count(self, stream) -> int:
+        """Sourcing consumers nats-server counts on an interest or workqueue origin."""
+        if stream.config.retention == "limits" or stream.name not in self._origins:
+            return 0
+        return sum(1 for links in self.links.values() for link in links if link.origin == stream.name)
 
     # ---- STREAM.INFO ----
     def info(self, stream) -> tuple[api.StreamSourceInfo | None, list[api.StreamSourceInfo]]:
@@ -368,11 +428,16 @@ class Sourcing:
             return link.lag
         store = origin.store
         if store.state().last_seq <= link.sseq:
-            link.lag = 0
+            left = 0
         elif not link.filters:
-            link.lag = store.num_pending(link.sseq + 1)
+            left = store.num_pending(link.sseq + 1)
         else:
-            link.lag = sum(store.num_pending(link.sseq + 1, f) for f in link.filters)
+            left = sum(store.num_pending(link.sseq + 1, f) for f in link.filters)
+        # nats-server reports what its consumer said was pending after the message being
+        # copied, minus one: the next one in flight does not count, nor (while a copy
+        # could not be stored and waits for a retry) the one that failed.
+        blocked = link.halted or link.retry_at > time.time_ns()
+        link.lag = max(0, left - (2 if blocked else 1))
         return link.lag
 
 

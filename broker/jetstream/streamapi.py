@@ -70,7 +70,8 @@ def _fresh(js, stream: Stream) -> None:
 
 def stream_state(js, stream: Stream, subjects_filter: str = "") -> api.StreamState:
     _fresh(js, stream)
-    return stream.state(js.consumers.consumer_count(stream.name), subjects_filter)
+    count = js.consumers.consumer_count(stream.name) + js.sourcing.consumer_count(stream)
+    return stream.state(count, subjects_filter)
 
 
 async def handle(js, tokens: list[str], reply: str, hdr: bytes | None, payload: bytes) -> None:
@@ -346,8 +347,10 @@ def direct_headers(stream: Stream, msg) -> bytes:
     return b"NATS/1.0\r\n" + extra
 
 
-def direct_get_handler(js, stream: Stream):
-    prefix_len = len(f"$JS.API.DIRECT.GET.{stream.name}")
+def direct_get_handler(js, stream: Stream, name: str = ""):
+    """DIRECT.GET for `stream`, subscribed under its own name or (a mirror with
+    mirror_direct) under its origin's `name`; answers come from `stream` either way."""
+    prefix_len = len(f"$JS.API.DIRECT.GET.{name or stream.name}")
 
     def on_direct(subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
         if not reply:

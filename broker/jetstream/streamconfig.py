@@ -7,6 +7,8 @@ with nats-server's code and text; `check_update(old, new)` adds the rules for up
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from broker import subjects as subj
@@ -281,6 +283,8 @@ def _canon_source(raw, field: str) -> dict:
         if key in ("name", "filter_subject", "opt_start_time"):
             if not isinstance(value, str):
                 raise _bad_json(f"{field}.{key}", "string" if key != "opt_start_time" else "time.Time", value)
+            if value and key == "opt_start_time":
+                value = _go_time_text(value, f"{field}.{key}")
             if value:
                 out[key] = value
         elif key == "opt_start_seq":
@@ -305,6 +309,20 @@ def _canon_source(raw, field: str) -> dict:
     if "name" not in out:
         out["name"] = ""
     return {"name": out.pop("name"), **out}
+
+
+_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _go_time_text(value: str, field: str) -> str:
+    """A time as Go's encoding/json writes it back (RFC 3339, fraction without trailing zeros)."""
+    m = _RFC3339.match(value)
+    if m is None:
+        raise errors.invalid_json(f'parsing time "{value}" as '
+                                  f'"2006-01-02T15:04:05Z07:00": cannot parse "{value}" as "2006"')
+    base, frac, zone = m.groups()
+    frac = (frac or "")[:9].rstrip("0")
+    return base + ("." + frac if frac else "") + ("Z" if zone == "+00:00" else zone)
 
 
 def index_name(src: dict) -> str:

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import our_server, reference
 
-VOLATILE = {"created", "ts", "first_ts", "last_ts", "time", "leader", "now", "server_id"}
+VOLATILE = {"created", "ts", "first_ts", "last_ts", "time", "leader", "now", "server_id", "opt_start_time"}
 WAIT_S = 40.0  # nats-server retries a missing origin after ~10 s and notices a deleted one after ~20 s
 
 
@@ -176,6 +176,9 @@ BAD_CONFIGS = [
     ("$JS.API.STREAM.UPDATE.ORIGIN", {"name": "ORIGIN", "subjects": ["o.>"], "max_msg_size": 100,
                                       "sources": [{"name": "M"}]}),
     C("S2", sources=[{"name": "ORIGIN", "opt_start_seq": 0, "subject_transforms": []}]),
+    C("S3", sources=[{"name": "ORIGIN", "opt_start_time": "2026-01-02T03:04:05.120000Z"}]),
+    C("S4", sources=[{"name": "ORIGIN", "opt_start_time": "2026-01-02T03:04:05+02:00"}]),
+    C("S5", sources=[{"name": "ORIGIN", "opt_start_time": "yesterday"}]),
     C("T2", subjects=["t2.*.*"], subject_transform={"src": "t2.*.*", "dest": "u.{{wildcard(2)}}.{{wildcard(1)}}"}),
     C("T3", subjects=["t3.>"], subject_transform={"dest": "u3.>"}),
 ]
@@ -295,6 +298,7 @@ async def _mirror_script(nc, js, storage):
     out.append(json.loads((await nc.request("foo.9", b"x", timeout=5)).data))
     out.append(_mask(await _req(nc, "$JS.API.STREAM.UPDATE.MIR", {
         "name": "MIR", "storage": storage, "mirror": {"name": "ORIG"}, "max_msgs": 100})))
+    out.append(_mask(await _req(nc, "$JS.API.STREAM.LIST")))
     return out
 
 
@@ -405,6 +409,11 @@ def test_restart_resumes_copying_without_duplicates_or_gaps(tmp_path):
         src, mir = asyncio.run(phase(60, 65))
         assert [m[2] for m in src] == [str(i) for i in range(60, 65)]
         assert len(mir) == 65
+        srv.kill()  # a crash: the stored Nats-Stream-Source headers say where to go on
+        srv.start()
+        src, mir = asyncio.run(phase(65, 70))
+        assert [m[2] for m in src] == [str(i) for i in range(60, 70)]
+        assert [(m[0], m[2]) for m in mir][-5:] == [(i + 1, str(i)) for i in range(65, 70)]
     finally:
         srv.stop()
 
@@ -430,6 +439,137 @@ def test_source_header_refused_and_workqueue_origin_drained(tmp_path):
         out.append(_per_source(await _messages(nc, "S")))
         wq = (await _req(nc, "$JS.API.STREAM.INFO.WQ"))["state"]
         out.append((wq["first_seq"], wq["last_seq"]))
+        return out
+
+    ref, ours = _both(tmp_path, body)
+    assert ours == ref
+
+
+def test_interest_origin_keeps_messages_for_its_mirror_and_source(tmp_path):
+    """On an interest stream the sourcing consumers are interest (and counted as consumers):
+    what is published while they exist is copied, then released."""
+    async def body(nc, js, storage):
+        await _req(nc, "$JS.API.STREAM.CREATE.INT", {"name": "INT", "subjects": ["i.*"], "retention": "interest"})
+        await js.publish("i.a", b"nobody wants this")
+        await _req(nc, "$JS.API.STREAM.CREATE.S", {"name": "S", "sources": [{"name": "INT", "filter_subject": "i.b"}]})
+        await _req(nc, "$JS.API.STREAM.CREATE.M", {"name": "M", "mirror": {"name": "INT"}})
+
+        async def consumers():
+            return (await _req(nc, "$JS.API.STREAM.INFO.INT"))["state"]["consumer_count"] == 2
+        await _wait(consumers, "sourcing consumers on the interest stream")
+        for subject in ("i.a", "i.b", "i.a"):
+            await js.publish(subject, subject.encode())
+
+        async def copied():
+            s = (await _req(nc, "$JS.API.STREAM.INFO.S"))["state"]["messages"]
+            m = (await _req(nc, "$JS.API.STREAM.INFO.M"))["state"]["messages"]
+            i = (await _req(nc, "$JS.API.STREAM.INFO.INT"))["state"]["messages"]
+            return (s, m, i) == (1, 3, 0)
+        await _wait(copied, "copies from the interest stream")
+        return [_per_source(await _messages(nc, "S")), await _messages(nc, "M"),
+                _mask(await _req(nc, "$JS.API.STREAM.INFO.INT"))["state"]]
+
+    ref, ours = _both(tmp_path, body)
+    assert ours == ref
+
+
+def test_start_time_and_source_updates_match_reference(tmp_path):
+    async def body(nc, js, storage):
+        out = []
+        await _req(nc, "$JS.API.STREAM.CREATE.L", {"name": "L", "subjects": ["l.*"]})
+        for i in range(6):
+            await js.publish(f"l.{i % 3}", str(i).encode())
+        start = (await _req(nc, "$JS.API.STREAM.MSG.GET.L", {"seq": 4}))["message"]["time"]
+        await _req(nc, "$JS.API.STREAM.CREATE.T", {"name": "T", "subjects": ["t"],
+                                                   "sources": [{"name": "L", "opt_start_time": start}]})
+        await _req(nc, "$JS.API.STREAM.CREATE.MT", {"name": "MT", "mirror": {"name": "L", "opt_start_time": start}})
+
+        async def first():
+            t = (await _req(nc, "$JS.API.STREAM.INFO.T"))["state"]["messages"]
+            m = (await _req(nc, "$JS.API.STREAM.INFO.MT"))["state"]["messages"]
+            return (t, m) == (3, 3)
+        await _wait(first, "copies from the start time")
+        await js.publish("t", b"own")
+        upd = await _req(nc, "$JS.API.STREAM.UPDATE.T", {
+            "name": "T", "subjects": ["t"],
+            "sources": [{"name": "L", "opt_start_time": start}, {"name": "L", "filter_subject": "l.1"}]})
+        out.append(upd.get("error"))
+
+        async def second():
+            return (await _req(nc, "$JS.API.STREAM.INFO.T"))["state"]["messages"] == 6
+        await _wait(second, "the added source to copy")
+        await _req(nc, "$JS.API.STREAM.UPDATE.T", {"name": "T", "subjects": ["t"],
+                                                   "sources": [{"name": "L", "filter_subject": "l.1"}]})
+        await js.publish("l.1", b"six")
+        await js.publish("l.2", b"seven")
+
+        async def third():
+            return (await _req(nc, "$JS.API.STREAM.INFO.T"))["state"]["messages"] == 7
+        await _wait(third, "the remaining source to copy")
+        out.append(_per_source(await _messages(nc, "T")))
+        out.append(await _messages(nc, "MT"))
+        for name in ("T", "MT"):
+            out.append(_mask(await _req(nc, f"$JS.API.STREAM.INFO.{name}")))
+        return out
+
+    ref, ours = _both(tmp_path, body)
+    for i, (a, b) in enumerate(zip(ref, ours)):
+        assert b == a, f"part {i}"
+
+
+def test_copies_refused_by_a_full_target_show_as_lag(tmp_path):
+    """A discard-new target that is full stores no more copies; the block reports the lag
+    as nats-server does (what was pending after the copy that failed, minus one)."""
+    async def body(nc, js, storage):
+        await _req(nc, "$JS.API.STREAM.CREATE.O", {"name": "O", "subjects": ["o.*"]})
+        for i in range(5):
+            await js.publish(f"o.{i}", b"x")
+        await _req(nc, "$JS.API.STREAM.CREATE.T", {"name": "T", "sources": [{"name": "O"}], "max_msgs": 2,
+                                                   "discard": "new"})
+        await _req(nc, "$JS.API.STREAM.CREATE.M", {"name": "M", "mirror": {"name": "O"}, "max_msgs": 2,
+                                                   "discard": "new"})
+
+        async def blocked():
+            t = await _req(nc, "$JS.API.STREAM.INFO.T")
+            m = await _req(nc, "$JS.API.STREAM.INFO.M")
+            if t["sources"][0]["lag"] == 1 and m["mirror"]["lag"] == 1:
+                return [_mask(t), _mask(m)]
+            return None
+        return await _wait(blocked, "the full targets to report their lag")
+
+    ref, ours = _both(tmp_path, body)
+    assert ours == ref
+
+
+def test_mirror_direct_answers_for_its_origin(tmp_path):
+    """A mirror of an allow_direct stream inherits mirror_direct and, once caught up, answers
+    DIRECT.GET for the origin (in one queue group with it: after the origin is deleted it
+    is the one answering, under its own name)."""
+    async def body(nc, js, storage):
+        await _req(nc, "$JS.API.STREAM.CREATE.O", {"name": "O", "subjects": ["o.*"], "allow_direct": True})
+        for i in range(3):
+            await js.publish(f"o.{i}", f"v{i}".encode())
+        create = await _req(nc, "$JS.API.STREAM.CREATE.M", {"name": "M", "mirror": {"name": "O"}})
+        out = [create["config"]["mirror_direct"], create["config"]["allow_direct"]]
+
+        async def answering():
+            streams = set()
+            for _ in range(20):
+                m = await nc.request("$JS.API.DIRECT.GET.O", b'{"seq":2}', timeout=2)
+                streams.add(m.headers.get("Nats-Stream"))
+            return streams == {"O", "M"}
+        await _wait(answering, "the mirror to answer direct gets too")
+        await _req(nc, "$JS.API.STREAM.DELETE.O")
+        for subject, body in (("$JS.API.DIRECT.GET.O", b'{"seq":2}'), ("$JS.API.DIRECT.GET.O", b'{"seq":9}'),
+                              ("$JS.API.DIRECT.GET.O.o.1", b"")):
+            m = await nc.request(subject, body, timeout=2)
+            hdrs = {k: v for k, v in (m.headers or {}).items() if k != "Nats-Time-Stamp"}
+            out.append((sorted(hdrs.items()), m.data))
+        try:
+            await nc.request("$JS.API.DIRECT.GET.M", b'{"seq":2}', timeout=1)
+            out.append("M answers under its own name")
+        except nats.errors.NoRespondersError:
+            out.append("no responders")
         return out
 
     ref, ours = _both(tmp_path, body)
