@@ -71,6 +71,7 @@ class ConsumerManager:
         self._subs: list = []
         self._at_batch_end = getattr(self.server, "at_batch_end", None)
         self._to_serve: dict[_Entry, None] = {}  # acked during the current read: served at its end
+        self._acks: list[tuple[_Entry, int, int]] = []  # plain acks of the current read, in order
 
     # ---- plumbing --------------------------------------------------------------------
     def _ensure_task(self) -> None:
@@ -418,7 +419,27 @@ class ConsumerManager:
             sseq, dseq = int(t[5]), int(t[6])
         except ValueError:
             return
+        if (not reply and (not payload or payload == b"+ACK") and self._at_batch_end is not None
+                and self._at_batch_end(self)):
+            self._acks.append((e, sseq, dseq))  # applied together when the read ends
+            return
+        if self._acks:
+            self._flush_acks()  # earlier plain acks of this read go first: same order as sent
         self._apply_ack(e, sseq, dseq, reply, payload)
+
+    def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        now = time.time_ns()
+        to_serve = self._to_serve
+        stream_acked = self.js.stream_acked
+        for e, sseq, dseq in acks:
+            if e.deleted:
+                continue
+            acked = e.c.ack(sseq, now, dseq)
+            if acked and e.stream.config.retention != "limits":
+                for s in acked:
+                    stream_acked(e.stream.name, s)
+            to_serve[e] = None
 
     def _apply_ack(self, e: _Entry, sseq: int, dseq: int, reply: str, payload: bytes) -> None:
         c = e.c
@@ -456,7 +477,10 @@ class ConsumerManager:
             self._serve(e, now)
 
     def batch_end(self) -> None:
-        """Server.at_batch_end hook: serve the consumers acked during the read just processed."""
+        """Server.at_batch_end hook: apply the read's plain acks, then serve the consumers
+        acked during it, once each."""
+        if self._acks:
+            self._flush_acks()
         todo, self._to_serve = self._to_serve, {}
         now = time.time_ns()
         for e in todo:
