@@ -14,7 +14,7 @@ import msgspec
 
 from broker import headers
 from broker import subjects as subj
-from broker.jetstream import api, errors, gojson
+from broker.jetstream import api, errors, gojson, transform
 from broker.jetstream import streamconfig as sc
 from broker.jetstream.stream import Stream
 
@@ -415,6 +415,13 @@ def _map_subject(src: str, dest: str, subject: str) -> str:
     return ".".join(out)
 
 
+def _republish_transform(src: str, dest: str):
+    try:
+        return transform.Transform(src, dest)
+    except transform.MappingError:  # a config stored before these were checked
+        return None
+
+
 def republish(js, stream: Stream, stored: list[tuple[int, str]]) -> None:
     rp = stream.config.republish
     src = rp.get("src") or ">"
@@ -422,6 +429,7 @@ def republish(js, stream: Stream, stored: list[tuple[int, str]]) -> None:
     headers_only = bool(rp.get("headers_only"))
     if not dest:
         return
+    mapping = _republish_transform(src, dest)
     for seq, subject in stored:
         if not subj.match(src, subject):
             continue
@@ -440,7 +448,8 @@ def republish(js, stream: Stream, stored: list[tuple[int, str]]) -> None:
         if headers_only:
             extra += f"Nats-Msg-Size: {len(msg.data)}\r\n"
         base = msg.hdr[:-2] if msg.hdr and msg.hdr.endswith(b"\r\n\r\n") else b"NATS/1.0\r\n"
-        js.server.publish(_map_subject(src, dest, subject), "", base + extra.encode() + b"\r\n",
+        target = mapping.match(subject) if mapping is not None else None
+        js.server.publish(target or _map_subject(src, dest, subject), "", base + extra.encode() + b"\r\n",
                           b"" if headers_only else msg.data)
 
 

@@ -140,6 +140,7 @@ def normalize(cfg: StreamConfig, lookup=None) -> StreamConfig:
     _check_sourcing(cfg, lookup or (lambda name: None))
     _check_subjects(cfg)
     _check_transform(cfg)
+    _check_republish(cfg)
     if not cfg.duplicate_window:
         cfg.duplicate_window = msgspec.UNSET  # mirrors and sourcing streams: omitted, as nats-server
     if cfg.discard_new_per_subject is False:
@@ -511,6 +512,33 @@ def _check_cycles(cfg: StreamConfig, lookup) -> None:
             other = lookup(m["name"])
             if other is not None:
                 to_visit.append(other)
+
+
+def _check_republish(cfg: StreamConfig) -> None:
+    """nats-server's republish checks (after the subject transform's, which can make a
+    '>' to '>' republish an implicit one of the transformed subjects)."""
+    rp = cfg.republish
+    if not isinstance(rp, dict):
+        return
+    rp = dict(rp)
+    if not rp.get("src"):
+        rp["src"] = ">"
+    dest = rp.get("dest") or ""
+    t = cfg.subject_transform if isinstance(cfg.subject_transform, dict) else None
+    subjects = cfg.subject_list()
+    if dest == ">" and rp["src"] == ">" and t is not None and len(subjects) == 1 and t["src"] == subjects[0]:
+        rp["src"] = rp["dest"] = dest = t["dest"]
+    if any(subj.overlaps(dest, s) for s in subjects):
+        raise errors.stream_invalid_config("stream configuration for republish destination forms a cycle")
+    try:
+        tr.Transform.build(rp["src"], dest)
+    except tr.MappingError:
+        raise errors.stream_invalid_config(f"stream configuration for republish with transform from "
+                                           f"'{rp['src']}' to '{dest}' not valid") from None
+    out = {"src": rp["src"], "dest": dest}  # Go's field order; headers_only only when set
+    if rp.get("headers_only"):
+        out["headers_only"] = rp["headers_only"]
+    cfg.republish = out
 
 
 def _check_transform(cfg: StreamConfig) -> None:

@@ -574,3 +574,33 @@ def test_mirror_direct_answers_for_its_origin(tmp_path):
 
     ref, ours = _both(tmp_path, body)
     assert ours == ref
+
+
+def test_republish_checks_and_implicit_republish_of_a_transform(tmp_path):
+    """nats-server's republish checks sit next to the subject transform's: '>' to '>' with a
+    transform of the one stream subject republishes the transformed subjects."""
+    configs = [
+        {"subjects": ["in.>"], "subject_transform": {"src": "in.>", "dest": "out.>"},
+         "republish": {"src": ">", "dest": ">"}},
+        {"subjects": ["x.>"], "republish": {"src": ">", "dest": ">"}},
+        {"subjects": ["in2.>"], "republish": {"src": "in2.>", "dest": "in2.x.>"}},
+        {"subjects": ["in3.>"], "republish": {"dest": "rp.>", "headers_only": False}},
+        {"subjects": ["in4.*"], "republish": {"src": "in4.*", "dest": "rp4.{{wildcard(1)}}.x"}},
+        {"subjects": ["in5.*"], "republish": {"src": "in5.*", "dest": "rp5.{{wildcard(2)}}"}},
+    ]
+
+    async def body(nc, js, storage):
+        out = []
+        for i, cfg in enumerate(configs):
+            out.append(_mask(await _req(nc, f"$JS.API.STREAM.CREATE.R{i}", {"name": f"R{i}", **cfg})))
+        sub = await nc.subscribe("out.>")
+        sub4 = await nc.subscribe("rp4.>")
+        await nc.request("in.a", b"x", timeout=2)
+        await nc.request("in4.k", b"y", timeout=2)
+        for s in (sub, sub4):
+            m = await s.next_msg(timeout=5)
+            out.append((m.subject, m.data, m.headers.get("Nats-Subject")))
+        return out
+
+    ref, ours = _both(tmp_path, body)
+    assert ours == ref

@@ -117,7 +117,7 @@ def test_max_age_expiry_runs_without_reads(server):
 def test_direct_get_and_republish(server):
     async def body(nc, js):
         await js.add_stream(StreamConfig(name="D", subjects=["d.*"], allow_direct=True,
-                                         republish=RePublish(src="d.*", dest="rp.>")))
+                                         republish=RePublish(src="d.*", dest="rp.{{wildcard(1)}}")))
         sub = await nc.subscribe("rp.>")
         await js.publish("d.a", b"one", headers={"X": "1"})
         await js.publish("d.a", b"two")
