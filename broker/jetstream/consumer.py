@@ -119,7 +119,9 @@ class Consumer:
         self.pending: dict[int, list[int]] = {}  # sseq -> [dseq, ts, deliver count, ack deadline]
         self.low = 0  # smallest stream seq in pending (0 when empty): moves the ack floor in O(1)
         self.rdc: dict[int, int] = {}  # sseq -> deliver count for messages delivered more than once
-        self.deadlines: list[tuple[int, int]] = []  # heap of (deadline, sseq); stale unless it equals pending[3]
+        # heap of (deadline, sseq) or (deadline, first, last) for a Run; an entry is stale for
+        # a sequence unless its deadline equals that sequence's pending[3]
+        self.deadlines: list[tuple] = []
         self.redeliver: deque[int] = deque()
         self.redeliver_at: list[tuple[int, int]] = []  # NAK delays: heap of (ready ns, sseq)
         self.lps: deque[int] = deque()  # last-per-subject start sequences still to deliver
@@ -371,8 +373,8 @@ class Consumer:
         deadlines = self.deadlines
         for x in run:
             pending[x.seq] = [dseq, x.ts, 1, deadline]
-            heapq.heappush(deadlines, (deadline, x.seq))
             dseq += 1
+        heapq.heappush(deadlines, (deadline, s, last))  # one entry for the stretch s..last
         if not self.low:
             self.low = s
         self._trim_deadlines()
@@ -497,8 +499,9 @@ class Consumer:
         self.out.append(Out(to, to, "", hdrs.build(items, status="100", description="Idle Heartbeat"), b""))
 
     # ---- pull requests ---------------------------------------------------------------
-    def add_request(self, req: PullRequest, now_ns: int, has_interest=None) -> None:
-        """Queue a pull request (already validated) and serve what is available now."""
+    def add_request(self, req: PullRequest, now_ns: int, has_interest=None, serve: bool = True) -> None:
+        """Queue a pull request (already validated) and serve what is available now (unless
+        `serve` is False: the caller serves the consumer later, e.g. when the client read ends)."""
         self.last_active = now_ns
         if self.push:
             self._status(req.reply, "409", "Consumer is push based")
@@ -516,7 +519,8 @@ class Consumer:
                 self._status(req.reply, "408", "Requests Pending")  # older requests will take them all
                 return
         self.waiting.append(req)
-        self.serve_pull(now_ns, has_interest)
+        if serve:
+            self.serve_pull(now_ns, has_interest)
 
     def _has_available(self, now_ns: int) -> bool:
         """Messages exist for this consumer (even if max_ack_pending holds them back: a no_wait
@@ -788,17 +792,19 @@ class Consumer:
         """Expire ack waits (queue redeliveries), pull requests and send due heartbeats."""
         md = self.cfg.max_deliver
         while self.deadlines and self.deadlines[0][0] <= now_ns:
-            d, s = heapq.heappop(self.deadlines)
-            p = self.pending.get(s)
-            if p is None or p[3] != d:
-                continue  # acked, NAKed, redelivered or extended since
-            if md > 0 and p[2] >= md:
-                self._pop_pending(s)
-                self.dirty = True
-                continue
-            p[3] = 0
-            if s not in self.redeliver:
-                self.redeliver.append(s)
+            entry = heapq.heappop(self.deadlines)
+            d = entry[0]
+            for s in (entry[1],) if len(entry) == 2 else range(entry[1], entry[2] + 1):
+                p = self.pending.get(s)
+                if p is None or p[3] != d:
+                    continue  # acked, NAKed, redelivered or extended since
+                if md > 0 and p[2] >= md:
+                    self._pop_pending(s)
+                    self.dirty = True
+                    continue
+                p[3] = 0
+                if s not in self.redeliver:
+                    self.redeliver.append(s)
         if self.waiting:
             self._expire_requests(now_ns)
 

@@ -102,3 +102,38 @@ def test_pull_runs_match_per_message_delivery(n, ack, batches):
             c.add_request(PullRequest(f"in.{i}", b, 0, 0, True, 0, T0), T0)
         assert frames(fast) == frames(slow)
         assert state(fast) == state(slow)
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 300), batches=st.lists(st.integers(1, 120), min_size=1, max_size=5),
+       acks=st.lists(st.integers(0, 299), max_size=60), max_deliver=st.sampled_from([-1, 1, 2, 3]),
+       rounds=st.integers(1, 3))
+def test_ack_wait_expiry_after_runs_matches_per_message_delivery(n, batches, acks, max_deliver, rounds):
+    """Runs keep one ack-wait entry per stretch: expiry must redeliver (or drop at
+    max_deliver) exactly the messages the per-message path does, in the same order."""
+    store = MemoryStore()
+    for i in range(n):
+        store.append("c.x", None, b"m%d" % i, T0 + i // 5)
+    kw = {"durable_name": "E", "ack_policy": "explicit", "ack_wait": 10 * S, "max_deliver": max_deliver}
+    cs = []
+    for st_ in (store, NoRuns(store)):
+        c = Consumer("ST", "E", normalize(ConsumerConfig(**kw), None), st_, T0)
+        c.start(T0)
+        cs.append(c)
+    fast, slow = cs
+    now = T0
+    for r in range(rounds):
+        for i, b in enumerate(batches):
+            for c in cs:
+                c.add_request(PullRequest(f"in.{r}.{i}", b, 0, 0, True, 0, now), now)
+            assert frames(fast) == frames(slow)
+        for a in acks:
+            seq = a % n + 1
+            for c in cs:
+                if seq in c.pending:
+                    c.ack(seq, now, c.pending[seq][0])
+        assert state(fast) == state(slow)
+        now += 11 * S  # every ack wait runs out
+        for c in cs:
+            c.tick(now)
+        assert list(fast.redeliver) == list(slow.redeliver) and state(fast) == state(slow)
