@@ -72,6 +72,7 @@ class ConsumerManager:
         self._at_batch_end = getattr(self.server, "at_batch_end", None)
         self._to_serve: dict[_Entry, None] = {}  # acked during the current read: served at its end
         self._acks: list[tuple[_Entry, int, int]] = []  # plain acks of the current read, in order
+        self._pulls_to_serve: dict[_Entry, None] = {}  # got pull requests: served in api_batch_end
 
     # ---- plumbing --------------------------------------------------------------------
     def _ensure_task(self) -> None:
@@ -487,6 +488,15 @@ class ConsumerManager:
             if not e.deleted:
                 self._serve(e, now)
 
+    def api_batch_end(self) -> None:
+        """The API loop handled the requests it took together: serve the consumers that got
+        pull requests among them (see _next)."""
+        todo, self._pulls_to_serve = self._pulls_to_serve, {}
+        now = time.time_ns()
+        for e in todo:
+            if not e.deleted:
+                self._serve(e, now)
+
     def _on_fc(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
         t = subject.split(".")
         if len(t) < 5:
@@ -530,7 +540,13 @@ class ConsumerManager:
             c.out.append(Out(reply, reply, "", hdrs.build(status=ex.code, description=ex.text), b""))
             self.emit(c)
             return
-        c.add_request(req, now, self.server.has_interest)
+        # nats-server queues a pull request and signals its delivery loop, so the requests that
+        # arrive together are all waiting before any is served: they take turns, one message
+        # each (with priority groups the best priority goes first), instead of the first to
+        # arrive taking all. Served in api_batch_end, once the API loop has handled the
+        # requests it took together.
+        c.add_request(req, now, self.server.has_interest, serve=False)
+        self._pulls_to_serve[e] = None
         self.emit(c)
         self._schedule(e, c.next_wake())
 

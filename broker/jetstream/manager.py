@@ -636,6 +636,10 @@ class JetStream:
                     await self._dispatch(subject, reply, hdr, payload)
                 except Exception:  # our bug: log it, keep serving the API
                     log.exception("JetStream API request on %s failed", subject)
+            try:
+                self.consumers.api_batch_end()
+            except Exception:  # our bug: log it, keep serving the API
+                log.exception("serving pull requests after an API batch failed")
 
     async def _dispatch(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
         tokens = subject.split(".")

@@ -230,3 +230,35 @@ def test_ack_next_runs_the_same_checks(server):
         m = await sub.next_msg(WAIT_S)
         assert m.metadata.sequence.stream == 2 and not m.headers
     run(main, server.url)
+
+
+def test_prioritized_requests_sent_together_go_by_priority(server):
+    """Pull requests that arrive together (one client write) are all waiting before any is
+    served, as nats-server queues them and lets its delivery loop pick: the better priority
+    gets the messages even though it came second. (nats.py's own priority-group suite relies
+    on it: two `messages()` iterators started back to back.)"""
+    async def main(nc):
+        await _priority_consumers(nc, "PQ9")
+        await publish(nc, "pq9", b"m", 4)
+        got: dict[int, str] = {}
+        done = asyncio.Event()
+        inboxes = {}
+        for tag in ("low", "high"):
+            async def cb(m, tag=tag):
+                if not (m.headers or {}).get("Status"):
+                    got[m.metadata.sequence.stream] = tag
+                    if len(got) >= 4:
+                        done.set()
+            inboxes[tag] = nc.new_inbox()
+            await nc.subscribe(inboxes[tag], cb=cb)
+        await nc.flush()
+        # no flush between the two: nats-py sends them in one write
+        await nc.publish("$JS.API.CONSUMER.MSG.NEXT.PQ9.P", json.dumps(
+            {"group": "A", "priority": 1, "batch": 4, "expires": E}).encode(), reply=inboxes["low"])
+        await nc.publish("$JS.API.CONSUMER.MSG.NEXT.PQ9.P", json.dumps(
+            {"group": "A", "priority": 0, "batch": 4, "expires": E}).encode(), reply=inboxes["high"])
+        await asyncio.wait_for(done.wait(), WAIT_S)
+        assert [got[s] for s in range(1, 5)] == ["high"] * 4
+        info = await api(nc, "CONSUMER.INFO.PQ9.P")
+        assert (info["num_waiting"], info["num_ack_pending"]) == (1, 4)  # the low one still waits
+    run(main, server.url)

@@ -338,3 +338,23 @@ def test_concurrent_fetchers_share_work_exactly_once(server):
         assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
         assert info.ack_floor.stream_seq == total
     run(main, server.url)
+
+
+def test_requests_sent_together_take_turns(server):
+    """Pull requests that arrive together (one client write) are all waiting before any is
+    served, as nats-server queues them for its delivery loop: with messages already stored
+    they take turns, one message each, instead of the first one taking its whole batch."""
+    async def main(nc):
+        a = await setup(nc, "PRR", 6)
+        b = await Inbox(nc, "in.PRR.b").start()
+        await nc.flush()
+        # no flush between the two: nats-py sends them in one write
+        await next_req(nc, "PRR", {"batch": 4, "expires": 60_000 * MS}, a)
+        await next_req(nc, "PRR", {"batch": 4, "expires": 60_000 * MS}, b)
+        got_a = data_msgs(await a.wait_count(3))
+        got_b = data_msgs(await b.wait_count(3))
+        assert [ack_meta(m.reply)["sseq"] for m in got_a] == [1, 3, 5]
+        assert [ack_meta(m.reply)["sseq"] for m in got_b] == [2, 4, 6]
+        info = await api(nc, "CONSUMER.INFO.PRR.c")
+        assert (info["num_waiting"], info["num_pending"], info["num_ack_pending"]) == (2, 0, 6)
+    run(main, server.url)
