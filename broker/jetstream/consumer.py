@@ -586,6 +586,30 @@ class Consumer:
                 # read-ahead messages (nothing checked at the top of the loop can change meanwhile).
                 to = req.reply
                 single = len(waiting) == 1
+                if (not single and ai and ahead[ai - 1] is m
+                        and all(r.reply == to and not r.max_bytes for r in waiting)):
+                    # Several requests take turns, one message each. Sharing one reply subject
+                    # (so one interest check) and without byte limits, whole rounds give the
+                    # same frames as a Run: r rounds of len(waiting) messages.
+                    avail = min(len(ahead) - ai + 1, self.known_last - s + 1)
+                    if not ack_none and max_ack > 0:
+                        avail = min(avail, max_ack - len(self.pending))
+                    rounds = min(min(r.batch for r in waiting), avail // len(waiting))
+                    if rounds >= 1:
+                        k = rounds * len(waiting)
+                        self._deliver_run(to, ahead[ai - 1:ai - 1 + k], now_ns)
+                        ai += k - 1
+                        sent += k
+                        for r in waiting:
+                            r.batch -= rounds
+                            r.sent += rounds
+                            if r.hb:
+                                r.next_hb = now_ns + r.hb
+                        if any(r.batch <= 0 for r in waiting):
+                            keep = [r for r in waiting if r.batch > 0]  # order kept, as turns leave it
+                            waiting.clear()
+                            waiting.extend(keep)
+                        continue
                 if single and not req.max_bytes and ai and ahead[ai - 1] is m:
                     # The only request and no byte limit: hand it the longest stretch of the
                     # read-ahead it can take, as one Run, and move the state once.

@@ -137,3 +137,33 @@ def test_ack_wait_expiry_after_runs_matches_per_message_delivery(n, batches, ack
         for c in cs:
             c.tick(now)
         assert list(fast.redeliver) == list(slow.redeliver) and state(fast) == state(slow)
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 300), ack=st.sampled_from(["none", "explicit"]), max_ack=st.integers(1, 60),
+       batches=st.lists(st.integers(1, 80), min_size=2, max_size=6), hb=st.booleans(),
+       shared=st.booleans())
+def test_requests_taking_turns_match_per_message_delivery(n, ack, max_ack, batches, hb, shared):
+    """Requests queued together take turns one message each; when they share a reply
+    subject whole rounds go out as one Run: same frames, same state, same requests left."""
+    store = MemoryStore()
+    for i in range(n):
+        store.append("t.x", None, b"m%d" % i, T0 + i // 3)
+    kw = {"durable_name": "T", "ack_policy": ack}
+    if ack != "none":
+        kw["max_ack_pending"] = max_ack
+    cs = []
+    for st_ in (store, NoRuns(store)):
+        c = Consumer("ST", "T", normalize(ConsumerConfig(**kw), None), st_, T0)
+        c.start(T0)
+        cs.append(c)
+    fast, slow = cs
+    for c in cs:
+        for i, b in enumerate(batches):
+            reply = "in.shared" if shared else f"in.{i}"
+            c.add_request(PullRequest(reply, b, 0, T0 + 60 * S, False, S if hb else 0, T0), T0, serve=False)
+        c.serve_pull(T0)
+    assert frames(fast) == frames(slow)
+    assert state(fast) == state(slow)
+    assert [(r.reply, r.batch, r.sent, r.next_hb) for r in fast.waiting] == \
+        [(r.reply, r.batch, r.sent, r.next_hb) for r in slow.waiting]
