@@ -30,6 +30,16 @@ class NoRuns:
         return getattr(self._s, name)
 
 
+def pair(store, name: str, kw: dict) -> tuple[Consumer, Consumer]:
+    """The same consumer twice: over the store (runs) and over NoRuns (per message)."""
+    cs = []
+    for st_ in (store, NoRuns(store)):
+        c = Consumer("ST", name, normalize(ConsumerConfig(**kw), None), st_, T0)
+        c.start(T0)
+        cs.append(c)
+    return cs[0], cs[1]
+
+
 def state(c: Consumer) -> tuple:
     return (c.sseq, c.dseq, c.dsseq, c.adflr, c.asflr, c.npending, sorted(c.pending.items()),
             c.pbytes, bool(c.fc_reply), c.low)
@@ -59,12 +69,8 @@ def test_push_runs_match_per_message_delivery(sizes, ack, max_ack, flow, limits,
         kw["max_ack_pending"] = max_ack
     if flow:
         kw.update(flow_control=True, idle_heartbeat=S)
-    cs = []
-    for st_ in (store, NoRuns(store)):
-        c = Consumer("ST", "C", normalize(ConsumerConfig(**kw), None), st_, T0)
-        c.start(T0)
-        cs.append(c)
-    fast, slow = cs
+    fast, slow = pair(store, "C", kw)
+    cs = [fast, slow]
     saw_run = False
     for step, (limit, n_acks) in enumerate(zip(limits, acks)):
         now = T0 + step * S // 10
@@ -91,12 +97,8 @@ def test_pull_runs_match_per_message_delivery(n, ack, batches):
     for i in range(n):
         store.append("b.x", None, b"m%d" % i, T0 + i // 7)
     kw = {"durable_name": "P", "ack_policy": ack}
-    cs = []
-    for st_ in (store, NoRuns(store)):
-        c = Consumer("ST", "P", normalize(ConsumerConfig(**kw), None), st_, T0)
-        c.start(T0)
-        cs.append(c)
-    fast, slow = cs
+    fast, slow = pair(store, "P", kw)
+    cs = [fast, slow]
     for i, b in enumerate(batches):
         for c in cs:
             c.add_request(PullRequest(f"in.{i}", b, 0, 0, True, 0, T0), T0)
@@ -115,12 +117,8 @@ def test_ack_wait_expiry_after_runs_matches_per_message_delivery(n, batches, ack
     for i in range(n):
         store.append("c.x", None, b"m%d" % i, T0 + i // 5)
     kw = {"durable_name": "E", "ack_policy": "explicit", "ack_wait": 10 * S, "max_deliver": max_deliver}
-    cs = []
-    for st_ in (store, NoRuns(store)):
-        c = Consumer("ST", "E", normalize(ConsumerConfig(**kw), None), st_, T0)
-        c.start(T0)
-        cs.append(c)
-    fast, slow = cs
+    fast, slow = pair(store, "E", kw)
+    cs = [fast, slow]
     now = T0
     for r in range(rounds):
         for i, b in enumerate(batches):
@@ -152,12 +150,8 @@ def test_requests_taking_turns_match_per_message_delivery(n, ack, max_ack, batch
     kw = {"durable_name": "T", "ack_policy": ack}
     if ack != "none":
         kw["max_ack_pending"] = max_ack
-    cs = []
-    for st_ in (store, NoRuns(store)):
-        c = Consumer("ST", "T", normalize(ConsumerConfig(**kw), None), st_, T0)
-        c.start(T0)
-        cs.append(c)
-    fast, slow = cs
+    fast, slow = pair(store, "T", kw)
+    cs = [fast, slow]
     for c in cs:
         for i, b in enumerate(batches):
             reply = "in.shared" if shared else f"in.{i}"
