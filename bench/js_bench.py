@@ -150,16 +150,41 @@ def _pipelined(port: int, seconds: float, q) -> None:
     q.put((counter.n, elapsed, errors.n, time.process_time()))
 
 
-def _pull(port: int, seconds: float, total: int, q) -> None:
+ACK_REPLY = re.compile(rb"MSG \S+ \S+ (\$JS\.ACK\.\S+) \d+\r\n")
+
+
+class Acker:
+    """Turns deliveries (a byte stream split anywhere) into one empty ack PUB per message."""
+
+    def __init__(self) -> None:
+        self.tail = b""
+
+    def acks(self, data: bytes) -> list[bytes]:
+        buf = self.tail + data
+        last = 0
+        out = []
+        for m in ACK_REPLY.finditer(buf):  # payloads are b"x" * 16: no false matches
+            out.append(b"PUB %b 0\r\n\r\n" % m.group(1))
+            last = m.end()
+        self.tail = buf[last:][-256:] if out else buf[-256:]
+        return out
+
+
+def _pull(port: int, seconds: float, total: int, ack: bool, q) -> None:
+    """A pull consumer draining the stream with two requests outstanding: ack none with
+    batches of 1,000, or with `ack` explicit acks (nats-server's default max_ack_pending of
+    1,000, batches of 500), every delivery acked (an empty PUB to its reply) as it arrives."""
     s = connect(port)
-    cfg = {"stream_name": "BENCH", "config": {"durable_name": "C", "name": "C", "ack_policy": "none",
+    name, batch = ("A", 500) if ack else ("C", 1000)
+    cfg = {"stream_name": "BENCH", "config": {"durable_name": name, "name": name,
+                                              "ack_policy": "explicit" if ack else "none",
                                               "deliver_policy": "all", "max_waiting": 512}}
-    request(s, "$JS.API.CONSUMER.CREATE.BENCH.C", json.dumps(cfg).encode())
+    request(s, f"$JS.API.CONSUMER.CREATE.BENCH.{name}", json.dumps(cfg).encode())
     s.sendall(b"SUB _INBOX.pull 2\r\n")
-    batch = 1000
     req = json.dumps({"batch": batch, "expires": 5_000_000_000}).encode()
-    frame = f"PUB $JS.API.CONSUMER.MSG.NEXT.BENCH.C _INBOX.pull {len(req)}\r\n".encode() + req + b"\r\n"
-    counter = Counter(b" $JS.ACK.BENCH.C.")  # deliveries carry the stream subject, reply = ack subject
+    frame = f"PUB $JS.API.CONSUMER.MSG.NEXT.BENCH.{name} _INBOX.pull {len(req)}\r\n".encode() + req + b"\r\n"
+    counter = Counter(f" $JS.ACK.BENCH.{name}.".encode())  # deliveries: reply = ack subject
+    acker = Acker()
     s.sendall(frame * 2)  # two requests outstanding keep the pipe full
     requested = 2 * batch
     t0 = time.perf_counter()
@@ -168,49 +193,13 @@ def _pull(port: int, seconds: float, total: int, q) -> None:
         data = s.recv(1 << 20)
         counter.feed(data)
         pong(s, data)
+        out = acker.acks(data) if ack else []
         while counter.n + batch >= requested and requested < total + batch:
-            s.sendall(frame)
-            requested += batch
-    q.put((counter.n, time.perf_counter() - t0, 0, time.process_time()))
-
-
-ACK_REPLY = re.compile(rb"MSG \S+ \S+ (\$JS\.ACK\.\S+) \d+\r\n")
-
-
-def _pull_ack(port: int, seconds: float, total: int, q) -> None:
-    """A pull consumer with explicit acks (nats-server's default max_ack_pending of 1,000):
-    the generator acks every delivery (an empty PUB to its reply subject) as it arrives."""
-    s = connect(port)
-    cfg = {"stream_name": "BENCH", "config": {"durable_name": "A", "name": "A", "ack_policy": "explicit",
-                                              "deliver_policy": "all", "max_waiting": 512}}
-    request(s, "$JS.API.CONSUMER.CREATE.BENCH.A", json.dumps(cfg).encode())
-    s.sendall(b"SUB _INBOX.pa 2\r\n")
-    batch = 500
-    req = json.dumps({"batch": batch, "expires": 5_000_000_000}).encode()
-    frame = f"PUB $JS.API.CONSUMER.MSG.NEXT.BENCH.A _INBOX.pa {len(req)}\r\n".encode() + req + b"\r\n"
-    s.sendall(frame * 2)
-    requested = 2 * batch
-    acked = 0
-    tail = b""
-    t0 = time.perf_counter()
-    end = t0 + seconds
-    while acked < total and time.perf_counter() < end:
-        data = s.recv(1 << 20)
-        pong(s, data)
-        buf = tail + data
-        last = 0
-        out = []
-        for m in ACK_REPLY.finditer(buf):  # payloads are b"x" * 16: no false matches
-            out.append(b"PUB %b 0\r\n\r\n" % m.group(1))
-            last = m.end()
-        tail = buf[last:][-256:] if out else buf[-256:]
-        acked += len(out)
-        while acked + batch >= requested and requested < total + batch:
             out.append(frame)
             requested += batch
         if out:
             s.sendall(b"".join(out))
-    q.put((acked, time.perf_counter() - t0, 0, time.process_time()))
+    q.put((counter.n, time.perf_counter() - t0, 0, time.process_time()))
 
 
 def _push(port: int, seconds: float, total: int, ack: bool, q) -> None:
@@ -224,23 +213,16 @@ def _push(port: int, seconds: float, total: int, ack: bool, q) -> None:
     s.sendall(f"SUB push.{name} 3\r\nPUB $JS.API.CONSUMER.CREATE.BENCH.{name} _INBOX.create {len(body)}\r\n".encode()
               + body + b"\r\n")
     counter = Counter(b"MSG bench.")
-    tail = b""
+    acker = Acker()
     t0 = time.perf_counter()
     end = t0 + seconds
     while counter.n < total and time.perf_counter() < end:
         data = s.recv(1 << 20)
         counter.feed(data)
         pong(s, data)
-        if ack:
-            buf = tail + data
-            last = 0
-            out = []
-            for m in ACK_REPLY.finditer(buf):
-                out.append(b"PUB %b 0\r\n\r\n" % m.group(1))
-                last = m.end()
-            tail = buf[last:][-256:] if out else buf[-256:]
-            if out:
-                s.sendall(b"".join(out))
+        out = acker.acks(data) if ack else None
+        if out:
+            s.sendall(b"".join(out))
     q.put((counter.n, time.perf_counter() - t0, 0, time.process_time()))
 
 
@@ -304,12 +286,12 @@ def bench_server(name: str, argv: list[str], port: int, seconds: float) -> dict:
         total = info["state"]["messages"]
         cpu0 = cpu_of(proc.pid)
         print(f"  {name}: pull of {total} ...", file=sys.stderr, flush=True)
-        n, elapsed, _, gen_cpu = run_in_process(_pull, port, seconds * 3, total)
+        n, elapsed, _, gen_cpu = run_in_process(_pull, port, seconds * 3, total, False)
         out["pull"] = {"rate": n / elapsed, "errors": 0, "server_cpu": (cpu_of(proc.pid) - cpu0) / elapsed,
                        "gen_cpu": gen_cpu / elapsed, "consumed": n, "stored": total}
         cpu0 = cpu_of(proc.pid)
         print(f"  {name}: pull with acks ...", file=sys.stderr, flush=True)
-        n, elapsed, _, gen_cpu = run_in_process(_pull_ack, port, seconds, total)
+        n, elapsed, _, gen_cpu = run_in_process(_pull, port, seconds, total, True)
         out["pull+ack"] = {"rate": n / elapsed, "errors": 0, "server_cpu": (cpu_of(proc.pid) - cpu0) / elapsed,
                            "gen_cpu": gen_cpu / elapsed}
         for scenario, ack in (("push", False), ("push+ack", True)):

@@ -133,11 +133,7 @@ class ClientConn:
                 server = self.server
                 if server.opts.trace:
                     self._trace(ops)
-                server.batch = batch = {}
-                try:
-                    self.process(ops)
-                finally:
-                    server.end_batch(batch)
+                server.batched(self.process, ops)
             err = self.parser.error
             if err is not None:
                 self.fail(err.text)

@@ -33,7 +33,7 @@ from broker import headers as hdrs
 from broker.config import VERSION, Options
 from broker.connection import ClientConn
 from broker.protocol import err_frame
-from broker.sublist import Sublist, Subscription
+from broker.sublist import Match, Sublist, Subscription
 
 log = logging.getLogger("broker")
 
@@ -106,6 +106,12 @@ def _local_ips() -> list[str]:
 
 def new_server_id() -> str:
     return "N" + "".join(secrets.choice(_B32) for _ in range(55))
+
+
+def _only_plain_clients(m: Match) -> bool:
+    """Every match is a client subscription without a message limit (no queue group, route
+    or internal subscriber): a batch of deliveries can go straight to their buffers."""
+    return not (m.queues or m.peers) and all(not sub.max_msgs and isinstance(sub.conn, ClientConn) for sub in m.plain)
 
 
 class InternalConn:
@@ -479,7 +485,7 @@ class Server:
         m = self.sublist.match(to.encode())
         if m.empty:
             return
-        if m.queues or m.peers or any(sub.max_msgs or not isinstance(sub.conn, ClientConn) for sub in m.plain):
+        if not _only_plain_clients(m):
             for _, subject, reply, hdr, payload in msgs:
                 self.deliver_as(to, subject, reply, hdr, payload)
             return
@@ -539,7 +545,7 @@ class Server:
         m = self.sublist.match(to.encode())
         if m.empty:
             return True
-        if m.queues or m.peers or any(sub.max_msgs or not isinstance(sub.conn, ClientConn) for sub in m.plain):
+        if not _only_plain_clients(m):
             return False
         size = 0
         for sub in m.plain:

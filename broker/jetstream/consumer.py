@@ -586,18 +586,19 @@ class Consumer:
                 # read-ahead messages (nothing checked at the top of the loop can change meanwhile).
                 to = req.reply
                 single = len(waiting) == 1
-                if (not single and ai and ahead[ai - 1] is m
-                        and all(r.reply == to and not r.max_bytes for r in waiting)):
-                    # Several requests take turns, one message each. Sharing one reply subject
-                    # (so one interest check) and without byte limits, whole rounds give the
-                    # same frames as a Run: r rounds of len(waiting) messages.
+                if ai and ahead[ai - 1] is m and all(r.reply == to and not r.max_bytes for r in waiting):
+                    # Waiting requests take turns, one message each (one request: it takes what
+                    # it can). Sharing one reply subject (so one interest check) and without
+                    # byte limits, whole rounds give the same frames as one Run: `rounds`
+                    # messages for each of the len(waiting) requests.
                     avail = min(len(ahead) - ai + 1, self.known_last - s + 1)
                     if not ack_none and max_ack > 0:
                         avail = min(avail, max_ack - len(self.pending))
                     rounds = min(min(r.batch for r in waiting), avail // len(waiting))
                     if rounds >= 1:
                         k = rounds * len(waiting)
-                        self._deliver_run(to, ahead[ai - 1:ai - 1 + k], now_ns)
+                        run = ahead if (ai == 1 and k == len(ahead)) else ahead[ai - 1:ai - 1 + k]
+                        self._deliver_run(to, run, now_ns)
                         ai += k - 1
                         sent += k
                         for r in waiting:
@@ -610,23 +611,6 @@ class Consumer:
                             waiting.clear()
                             waiting.extend(keep)
                         continue
-                if single and not req.max_bytes and ai and ahead[ai - 1] is m:
-                    # The only request and no byte limit: hand it the longest stretch of the
-                    # read-ahead it can take, as one Run, and move the state once.
-                    k = min(req.batch, len(ahead) - ai + 1, self.known_last - s + 1)
-                    if not ack_none and max_ack > 0:
-                        k = min(k, max_ack - len(self.pending))
-                    run = ahead if (ai == 1 and k == len(ahead)) else ahead[ai - 1:ai - 1 + k]
-                    ai += k - 1
-                    self._deliver_run(to, run, now_ns)
-                    sent += k
-                    req.batch -= k
-                    req.sent += k
-                    if req.hb:
-                        req.next_hb = now_ns + req.hb
-                    if req.batch <= 0:
-                        waiting.popleft()
-                    continue
                 while True:
                     dseq = self.dseq + 1
                     pend = self.npending - 1

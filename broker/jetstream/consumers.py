@@ -483,17 +483,17 @@ class ConsumerManager:
         if self._acks:
             self._flush_acks()
         todo, self._to_serve = self._to_serve, {}
-        now = time.time_ns()
-        for e in todo:
-            if not e.deleted:
-                self._serve(e, now)
+        self._serve_each(todo)
 
     def api_batch_end(self) -> None:
         """The API loop handled the requests it took together: serve the consumers that got
         pull requests among them (see _next)."""
         todo, self._pulls_to_serve = self._pulls_to_serve, {}
+        self._serve_each(todo)
+
+    def _serve_each(self, entries) -> None:
         now = time.time_ns()
-        for e in todo:
+        for e in entries:
             if not e.deleted:
                 self._serve(e, now)
 

@@ -204,13 +204,7 @@ class Stream:
             msg_id, ttl, rollup, dup_seq = self._check_headers(subject, hdr, now_ns)
             if dup_seq:
                 return dup_seq, True
-        size = len(data) + (len(hdr) if hdr else 0)
-        if 0 <= self._max_size < size:
-            raise errors.msg_too_big()
-        if hdr and len(hdr) > 65535:
-            raise errors.header_too_big()
-        if self._discard_new and not rollup:
-            self._check_discard_new(subject, hdr, data)
+        self._check_fits(subject, hdr, data, rollup)
         if ttl > 0 and hdr:
             ttl, hdr = self._raise_ttl(ttl, hdr)
         seq = self.store.append(subject, hdr, data, now_ns)
@@ -227,6 +221,15 @@ class Stream:
         if self._has_limits:
             self._enforce_limits(subject)
         return seq, False
+
+    def _check_fits(self, subject: str, hdr: bytes | None, data: bytes, rollup: str) -> None:
+        """Size, header-size and discard-new limits, shared by publishes and copies."""
+        if 0 <= self._max_size < len(data) + (len(hdr) if hdr else 0):
+            raise errors.msg_too_big()
+        if hdr and len(hdr) > 65535:
+            raise errors.header_too_big()
+        if self._discard_new and not rollup:
+            self._check_discard_new(subject, hdr, data)
 
     def store_copy(self, subject: str, hdr: bytes | None, data: bytes, now_ns: int,
                    at_seq: int = 0, ts: int = 0) -> tuple[int, bool]:
@@ -251,13 +254,7 @@ class Stream:
                 raise errors.rollup_failed(f'rollup value invalid: "{rollup}"')
             if self.config.allow_msg_ttl:
                 ttl = _ttl_of(hdr)
-        size = len(data) + (len(hdr) if hdr else 0)
-        if 0 <= self._max_size < size:
-            raise errors.msg_too_big()
-        if hdr and len(hdr) > 65535:
-            raise errors.header_too_big()
-        if self._discard_new and not rollup:
-            self._check_discard_new(subject, hdr, data)
+        self._check_fits(subject, hdr, data, rollup)
         stamp = ts or now_ns
         if at_seq:
             if self.store.state().messages == 0:

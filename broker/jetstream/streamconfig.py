@@ -355,6 +355,15 @@ def stream_identity(created_ns: int) -> str:
     return _go_hash(rfc3339(created_ns))
 
 
+def _bad_link_consumer(link: dict, consumer: dict) -> bool:
+    """A mirror's or source's `consumer` block nats-server refuses: a bad name or deliver
+    subject, or combined with a start position or filter on the link itself."""
+    deliver = consumer.get("deliver_subject", "")
+    return bool(not _valid_asset_name(consumer.get("name", "")) or subj.has_wildcard(deliver)
+                or not subj.valid_subject(deliver) or link.get("opt_start_seq")
+                or link.get("opt_start_time") or link.get("filter_subject"))
+
+
 def _valid_asset_name(name: str) -> bool:
     return valid_stream_name(name) and len(name) <= MAX_NAME_LEN
 
@@ -389,12 +398,8 @@ def _check_sourcing(cfg: StreamConfig, lookup) -> None:
             if cfg.flag(flag):
                 raise E(400, code, f"stream mirrors can not also {what}")
         consumer = mirror.get("consumer")
-        if consumer is not None:
-            deliver = consumer.get("deliver_subject", "")
-            if (not _valid_asset_name(consumer.get("name", "")) or subj.has_wildcard(deliver)
-                    or not subj.valid_subject(deliver) or mirror.get("opt_start_seq")
-                    or mirror.get("opt_start_time") or mirror.get("filter_subject")):
-                raise E(400, 10213, "stream mirror consumer config is invalid")
+        if consumer is not None and _bad_link_consumer(mirror, consumer):
+            raise E(400, 10213, "stream mirror consumer config is invalid")
         transforms = mirror.get("subject_transforms") or []
         if mirror.get("filter_subject") and transforms:
             raise E(400, 10150, "mirror with multiple subject transforms cannot also have a single subject filter")
@@ -453,10 +458,7 @@ def _check_sourcing(cfg: StreamConfig, lookup) -> None:
                     raise E(400, 10147, "source filters can not overlap")
         consumer = src.get("consumer")
         if consumer is not None:
-            deliver = consumer.get("deliver_subject", "")
-            if (not _valid_asset_name(consumer.get("name", "")) or subj.has_wildcard(deliver)
-                    or not subj.valid_subject(deliver) or src.get("opt_start_seq")
-                    or src.get("opt_start_time") or src.get("filter_subject")):
+            if _bad_link_consumer(src, consumer):
                 raise E(400, 10215, "stream source consumer config is invalid")
             cname = src["name"] + " " + consumer.get("name", "")
             if cname in cnames:
