@@ -464,15 +464,16 @@ class Server:
         for sub in m.plain:
             self._deliver_local(sub, s, r, hdr, payload)
             n += 1
+        routed = _routed_reply(to, subject, reply)
         for group in m.queues:
             sub = group.pick()
             if sub.conn.is_route:
-                sub.conn.forward(to, reply, hdr, payload, [group.name])
+                sub.conn.forward(to, routed, hdr, payload, [group.name])
             else:
                 self._deliver_local(sub, s, r, hdr, payload)
                 n += 1
         for peer in m.peers:
-            peer.forward(to, reply, hdr, payload, None)
+            peer.forward(to, routed, hdr, payload, None)
         self.out_msgs += n
         self.out_bytes += n * (len(payload) + (len(hdr) if hdr else 0))
         return n
@@ -659,6 +660,11 @@ class Server:
 
     def deliver_routed(self, subject: str, reply: str, hdr: bytes | None, payload: bytes,
                        queues: list[str] | None) -> None:
+        m = self.sublist.match(subject.encode())
+        if reply.startswith(JS_ACK_PREFIX):
+            at = reply.rfind("@")
+            if 0 < at < len(reply) - 1:  # a JetStream delivery: show the stored subject
+                subject, reply = reply[at + 1:], reply[:at]
         subject_b = subject.encode()
         reply_b = reply.encode() if reply else b""
         size = len(payload) + (len(hdr) if hdr else 0)
@@ -666,7 +672,6 @@ class Server:
         self.in_bytes += size
         self.routed_in_msgs += 1
         self.routed_in_bytes += size
-        m = self.sublist.match(subject_b)
         n = 0
         for sub in m.plain:
             self._deliver_local(sub, subject_b, reply_b, hdr, payload)
@@ -687,6 +692,18 @@ class Server:
         if urls != self._cluster_urls:
             self._cluster_urls = urls
             self.send_async_info()
+
+
+JS_ACK_PREFIX = "$JS.ACK."
+
+
+def _routed_reply(to: str, subject: str, reply: str) -> str:
+    """The reply a delivery to `to` that shows `subject` carries over a route: a JetStream
+    delivery (ack reply) shown under its stored subject travels as `<reply>@<subject>`, as
+    nats-server sends it, so the receiving node shows its clients the stored subject."""
+    if subject != to and reply.startswith(JS_ACK_PREFIX):
+        return f"{reply}@{subject}"
+    return reply
 
 
 TRACE = 5  # below DEBUG: protocol traces (-V)
