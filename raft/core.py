@@ -177,6 +177,39 @@ class RaftCore:
         if self.state != LEADER and self.promotable:
             self._campaign(pre_vote=self.cfg.pre_vote)
 
+    def peer_down(self, peer: int) -> None:
+        """The transport lost its connection to `peer` (a killed process closes its routes at
+        once). A follower whose leader that was drops the leader lease and campaigns (pre-vote)
+        now instead of after a whole election timeout; among the remaining voters the lowest id
+        goes first and each other waits one tick per rank, so they rarely split the vote. A
+        leader stops counting the peer as active for check-quorum and probes it gently.
+        Safe: winning still takes a majority (pre-vote included), and nodes still hearing from
+        the leader keep rejecting per their lease; a false alarm only costs a failed pre-vote."""
+        assert peer > 0, peer
+        if peer == self.id:
+            return
+        if self.state == LEADER:
+            pr = self.progress.get(peer)
+            if pr is not None:
+                pr.recent_active = False
+                if pr.state == REPLICATE:
+                    pr.state = PROBE
+                    pr.next = pr.match + 1
+                    pr.probe_sent = False
+            return
+        if peer != self.lead:
+            return
+        self.lead = 0  # no lease: we answer vote requests from now on
+        if not self.promotable:
+            return
+        live = [v for v in self.voters if v != peer]
+        rank = live.index(self.id) if self.id in live else 0
+        if rank == 0:
+            self._campaign(pre_vote=self.cfg.pre_vote)
+        else:
+            self.election_elapsed = 0
+            self.randomized_timeout = rank
+
     def propose(self, data: bytes) -> int:
         """Append a command; returns its index. It is committed once applied at that index with
         the same term (`self.term` now)."""

@@ -1,0 +1,405 @@
+"""RaftHost: many groups per node on one loop and one ticker, on MockClock; core.peer_down."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from raft.core import CANDIDATE, FOLLOWER, LEADER, PRE_CANDIDATE, NotLeader, ProposalRejected, RaftConfig
+from raft.host import PeerProgress, ProposalDropped, RaftHost
+from raft.messages import AppendEntries, ConfChange, ConfState, Entry, RequestVote, decode_message, encode
+from raft.storage import OsDisk, Storage
+from tests.raft.cluster import Cluster
+from tests.raft.test_node import ListMachine
+
+VOTERS = (1, 2, 3)
+TICK = 0.01
+GROUPS = ("meta", "s1")
+
+
+@pytest.fixture
+def clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+class Net:
+    """Hosts by node id; messages cross the wire encoding; links can be cut."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[int, RaftHost] = {}
+        self.cut: set[tuple[int, int]] = set()
+
+    def sender(self, src: int):
+        def send(group: str, m) -> None:
+            assert m.src == src
+            host = self.hosts.get(m.dst)
+            if host is not None and (m.src, m.dst) not in self.cut:
+                host.deliver(group, decode_message(encode(m)))
+
+        return send
+
+
+class Cell:
+    """Three hosts, each running the same groups."""
+
+    def __init__(self, nursery, path, groups=GROUPS, **group_kw) -> None:
+        self.nursery = nursery
+        self.path = path
+        self.net = Net()
+        self.groups = groups
+        self.group_kw = group_kw
+        self.machines: dict[tuple[int, str], ListMachine] = {}
+        self.scopes: dict[int, trio.CancelScope] = {}
+        self.disks: list[OsDisk] = []
+        self.changes: dict[tuple[int, str], list] = {}
+
+    async def start(self, node_id: int, voters=VOTERS) -> RaftHost:
+        host = RaftHost(self.net.sender(node_id), tick_interval_s=TICK, fsync_in_thread=False)
+        for name in self.groups:
+            disk = OsDisk(str(self.path / f"n{node_id}" / name))
+            self.disks.append(disk)
+            sm = self.machines[(node_id, name)] = ListMachine()
+            g = host.add_group(name, RaftConfig(node_id=node_id), Storage.open(disk, ConfState(voters)), sm,
+                               seed=node_id * 7 + len(name), **self.group_kw)
+            log = self.changes[(node_id, name)] = []
+            g.on_leader_change = lambda is_leader, lead, log=log: log.append((is_leader, lead))
+        self.net.hosts[node_id] = host
+        scope = self.scopes[node_id] = trio.CancelScope()
+
+        async def runner(task_status=trio.TASK_STATUS_IGNORED):
+            with scope:
+                await host.run(task_status=task_status)
+
+        await self.nursery.start(runner)
+        return host
+
+    def kill(self, node_id: int) -> None:
+        self.scopes[node_id].cancel()
+        del self.net.hosts[node_id]
+
+    def live(self):
+        return {i: h for i, h in self.net.hosts.items() if not self.scopes[i].cancel_called}
+
+    async def leader(self, name: str, exclude=()):
+        while True:
+            for i, h in self.live().items():
+                g = h.groups.get(name)
+                if g is not None and g.is_leader and i not in exclude:
+                    return g
+            await trio.sleep(TICK)
+
+
+async def test_groups_on_three_hosts_elect_and_apply_in_order(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path)
+        for i in VOTERS:
+            await cell.start(i)
+        for name in GROUPS:
+            leader = await cell.leader(name)
+            results = [await leader.propose(b"%s-%d" % (name.encode(), k)) for k in range(10)]
+            assert [r for _, r in results] == list(range(1, 11))
+        await trio.sleep(0.1)
+        for (_, name), sm in cell.machines.items():
+            assert sm.items == [b"%s-%d" % (name.encode(), k) for k in range(10)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_propose_nowait_calls_back_once_applied_and_refusals_too(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path, groups=("meta",))
+        for i in VOTERS:
+            await cell.start(i)
+        leader = await cell.leader("meta")
+        done = []
+        for k in range(5):
+            leader.propose_nowait(b"%d" % k, lambda i, r, e: done.append((i, r, e)))
+        follower = next(h.groups["meta"] for i, h in cell.live().items() if i != leader.id)
+        follower.propose_nowait(b"no", lambda i, r, e: done.append((i, r, e)))
+        while len(done) < 6:
+            await trio.sleep(TICK)
+        refused = [d for d in done if d[2] is not None]
+        assert len(refused) == 1 and isinstance(refused[0][2], NotLeader) and refused[0][2].leader == leader.id
+        applied = [d for d in done if d[2] is None]
+        assert [r for _, r, _ in applied] == [1, 2, 3, 4, 5]
+        assert [i for i, _, _ in applied] == sorted(i for i, _, _ in applied)
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_ticker_drives_every_group(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path, groups=tuple(f"g{k}" for k in range(6)))
+        host = await cell.start(1, voters=(1,))
+
+        def tasks(task):
+            yield task
+            for n in task.child_nurseries:
+                for t in n.child_tasks:
+                    yield from tasks(t)
+
+        names = [t.name for t in tasks(trio.lowlevel.current_root_task())]
+        assert len([n for n in names if n.endswith("RaftHost._ticker")]) == 1, names
+        await trio.sleep(1)
+        assert all(g.is_leader for g in host.groups.values())  # single voter: every group elected itself
+        nursery.cancel_scope.cancel()
+
+
+async def test_on_leader_change_reports_leader_and_followers(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path, groups=("meta",))
+        for i in VOTERS:
+            await cell.start(i)
+        leader = await cell.leader("meta")
+        await leader.propose(b"x")
+        await trio.sleep(0.1)
+        for i in VOTERS:
+            last = cell.changes[(i, "meta")][-1]
+            assert last == (i == leader.id, leader.id)
+        nursery.cancel_scope.cancel()
+
+
+async def test_peer_down_fails_over_well_within_an_election_timeout(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path)
+        for i in VOTERS:
+            await cell.start(i)
+        for name in GROUPS:
+            await (await cell.leader(name)).propose(b"before")
+        old = (await cell.leader("meta")).id
+        cell.kill(old)
+        t0 = trio.current_time()
+        for h in cell.live().values():
+            h.peer_down(old)
+        for name in GROUPS:
+            new = await cell.leader(name, exclude=(old,))
+            await new.propose(b"after")
+        elapsed_ticks = (trio.current_time() - t0) / TICK
+        assert elapsed_ticks < RaftConfig(node_id=1).election_ticks / 2, elapsed_ticks
+        nursery.cancel_scope.cancel()
+
+
+async def test_false_peer_down_does_not_disturb_a_live_leader(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path, groups=("meta",))
+        for i in VOTERS:
+            await cell.start(i)
+        leader = await cell.leader("meta")
+        await leader.propose(b"x")
+        term = leader.term
+        other = next(i for i in VOTERS if i != leader.id)
+        cell.net.hosts[other].peer_down(leader.id)  # only this follower thinks the leader died
+        await trio.sleep(0.5)
+        assert leader.is_leader and leader.term == term
+        await leader.propose(b"y")
+        nursery.cancel_scope.cancel()
+
+
+async def test_progress_reports_lag_offline_and_current(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path, groups=("meta",))
+        for i in VOTERS:
+            await cell.start(i)
+        leader = await cell.leader("meta")
+        await leader.propose(b"a")
+        await trio.sleep(0.1)
+        prog = leader.progress()
+        assert set(prog) == set(VOTERS) - {leader.id}
+        assert all(isinstance(p, PeerProgress) and p.current and p.active and p.lag == 0 for p in prog.values())
+        follower_host = next(h for i, h in cell.live().items() if i != leader.id)
+        assert follower_host.groups["meta"].progress() == {}
+        victim = next(i for i in VOTERS if i != leader.id)
+        cell.kill(victim)
+        cell.net.hosts[leader.id].peer_down(victim)
+        for k in range(3):
+            await leader.propose(b"%d" % k)
+        p = leader.progress()[victim]
+        assert p.offline and not p.active and not p.current and p.lag == 3
+        assert p.match_index == leader.last_index - 3 and p.last_heard_s is not None
+        nursery.cancel_scope.cancel()
+
+
+async def test_step_down_hands_leadership_to_a_caught_up_voter(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path, groups=("meta",))
+        for i in VOTERS:
+            await cell.start(i)
+        leader = await cell.leader("meta")
+        await leader.propose(b"a")
+        outcome = []
+        leader.step_down(on_done=lambda i, r, e: outcome.append((r, e)))
+        new = await cell.leader("meta", exclude=(leader.id,))
+        assert outcome == [(new.id, None)]
+        target = next(i for i in VOTERS if i != new.id)
+        new.step_down(preferred=target)
+        again = await cell.leader("meta", exclude=(new.id,))
+        assert again.id == target
+        follower = cell.net.hosts[new.id].groups["meta"]
+        with pytest.raises(NotLeader):
+            await follower.transfer_leadership(target)
+        with pytest.raises(ProposalRejected):
+            await again.transfer_leadership(99)
+        nursery.cancel_scope.cancel()
+
+
+async def test_conf_change_through_the_host(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path, groups=("meta",))
+        for i in VOTERS:
+            await cell.start(i)
+        await cell.start(4, voters=())
+        leader = await cell.leader("meta")
+        await leader.propose(b"a")
+        await leader.propose_conf_change(ConfChange(ConfChange.ADD_LEARNER, 4))
+        joiner = cell.net.hosts[4].groups["meta"]
+        while joiner.applied_index < leader.applied_index:
+            await trio.sleep(TICK)
+        assert 4 in leader.progress() and leader.progress()[4].learner
+        await leader.propose_conf_change(ConfChange(ConfChange.ADD, 4))
+        assert leader.voters == (1, 2, 3, 4) and cell.machines[(4, "meta")].items == [b"a"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_unknown_group_and_bad_messages_are_dropped_not_raised(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path, groups=("meta",))
+        for i in VOTERS:
+            await cell.start(i)
+        leader = await cell.leader("meta")
+        await leader.propose(b"a")
+        follower_id = next(i for i in VOTERS if i != leader.id)
+        host = cell.net.hosts[follower_id]
+        term = leader.term
+        host.deliver("nope", RequestVote(term, leader.id, follower_id, 0, 0))
+        host.deliver("meta", RequestVote(term, leader.id, 99, 0, 0))  # not addressed to this node
+        bad = AppendEntries(term, leader.id, follower_id, 0, 0, 0, (Entry(term, 5), Entry(term, 9)))  # gap
+        host.deliver("meta", bad)
+        host.deliver("meta", AppendEntries(term, leader.id, follower_id, 0, 0, 0, (Entry(term, 1, 1, b"\xff"),)))
+        host.deliver_bytes("meta", b"\x00garbage")
+        await trio.sleep(0.1)
+        assert host.unknown_group_dropped == 1 and host.invalid_dropped == 4
+        assert host.groups["meta"].error is None
+        await leader.propose(b"b")
+        await trio.sleep(0.1)
+        assert cell.machines[(follower_id, "meta")].items == [b"a", b"b"]
+        nursery.cancel_scope.cancel()
+
+
+class Exploding(ListMachine):
+    def apply(self, entry: Entry) -> int:
+        if entry.data == b"boom":
+            raise RuntimeError("state machine bug")
+        return super().apply(entry)
+
+
+async def test_a_failing_group_stops_alone_and_fails_its_waiters(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        host = RaftHost(lambda name, m: None, tick_interval_s=TICK, fsync_in_thread=False)
+        groups = {}
+        for name, sm in (("bad", Exploding()), ("good", ListMachine())):
+            storage = Storage.open(OsDisk(str(tmp_path / name)), ConfState((1,)))
+            groups[name] = host.add_group(name, RaftConfig(node_id=1), storage, sm, seed=1)
+        await nursery.start(host.run)
+        while not all(g.is_leader for g in groups.values()):
+            await trio.sleep(TICK)
+        results = []
+        groups["bad"].propose_nowait(b"boom", lambda i, r, e: results.append(e))
+        with pytest.raises(ProposalDropped):
+            await groups["bad"].propose(b"after")
+        assert isinstance(groups["bad"].error, RuntimeError) and groups["bad"].closed.is_set()
+        assert "bad" not in host.groups and not groups["bad"].is_leader
+        assert await groups["good"].propose(b"fine") == (2, 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_remove_group_fails_pending_proposals_and_drops_its_messages(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path)
+        for i in VOTERS:
+            await cell.start(i)
+        leader = await cell.leader("s1")
+        await leader.propose(b"a")
+        host = cell.net.hosts[leader.id]
+        for i in VOTERS:
+            if i != leader.id:
+                cell.net.cut |= {(leader.id, i), (i, leader.id)}  # nothing can commit now
+        errors = []
+        leader.propose_nowait(b"stuck", lambda i, r, e: errors.append(e))
+        await trio.sleep(0.05)
+        host.remove_group("s1")
+        assert len(errors) == 1 and isinstance(errors[0], ProposalDropped)
+        await leader.closed.wait()
+        with pytest.raises(NotLeader):
+            await leader.propose(b"late")
+        cell.net.cut.clear()
+        await trio.sleep(0.5)
+        assert host.unknown_group_dropped > 0 and "meta" in host.groups
+        await (await cell.leader("meta")).propose(b"meta-still-works")
+        nursery.cancel_scope.cancel()
+
+
+async def test_snapshot_bytes_triggers_compaction(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        host = RaftHost(lambda name, m: None, tick_interval_s=TICK, fsync_in_thread=False)
+        storage = Storage.open(OsDisk(str(tmp_path / "g")), ConfState((1,)))
+        g = host.add_group("g", RaftConfig(node_id=1), storage, ListMachine(), seed=1,
+                           snapshot_entries=1_000_000, snapshot_bytes=1000)
+        await nursery.start(host.run)
+        while not g.is_leader:
+            await trio.sleep(TICK)
+        for _ in range(5):
+            await g.propose(b"x" * 300)
+        assert g.core.log.snapshot.index >= 4 and storage.snapshot.index == g.core.log.snapshot.index
+        nursery.cancel_scope.cancel()
+
+
+async def test_fsync_in_a_worker_thread_for_several_groups(tmp_path):
+    # Real clock and threads: only checks that the threaded path works, never how fast.
+    async with trio.open_nursery() as nursery:
+        host = RaftHost(lambda name, m: None, tick_interval_s=0.02)
+        gs = [host.add_group(f"g{k}", RaftConfig(node_id=1), Storage.open(OsDisk(str(tmp_path / f"g{k}")),
+                             ConfState((1,))), ListMachine(), seed=k) for k in range(3)]
+        await nursery.start(host.run)
+        with trio.fail_after(30):
+            while not all(g.is_leader for g in gs):
+                await trio.sleep(0.02)
+            for g in gs:
+                assert (await g.propose(b"t"))[1] == 1
+        nursery.cancel_scope.cancel()
+
+
+# -- core.peer_down, lock step ----------------------------------------------------------------
+def test_core_peer_down_of_the_leader_campaigns_at_once_lowest_id_first():
+    c = Cluster(3, seed=4)
+    c.elect(3)
+    c.nodes[3].propose(b"x")
+    c.deliver_all()
+    c.isolate(3)
+    c.nodes[1].peer_down(3)
+    c.nodes[2].peer_down(3)
+    assert c.nodes[1].state in (PRE_CANDIDATE, CANDIDATE)  # rank 0 campaigns at once
+    assert c.nodes[2].state == FOLLOWER and c.nodes[2].lead == 0  # rank 1 waits one tick
+    c.deliver_all()
+    assert c.nodes[1].state == LEADER and c.nodes[2].lead == 1
+
+
+def test_core_peer_down_is_ignored_while_others_still_hear_the_leader():
+    c = Cluster(3, seed=5)
+    leader = c.elect(1)
+    term = leader.term
+    c.nodes[2].peer_down(1)  # a false alarm on one follower: its pre-vote meets node 3's lease
+    c.deliver_all()
+    assert leader.state == LEADER and leader.term == term and c.nodes[3].lead == 1
+    c.tick(2)
+    assert c.nodes[2].state == FOLLOWER and c.nodes[2].lead == 1 and c.nodes[2].term == term
+
+
+def test_core_peer_down_of_a_follower_makes_the_leader_count_it_inactive():
+    c = Cluster(3, seed=6)
+    leader = c.elect(1)
+    c.isolate(2)
+    c.isolate(3)
+    leader.peer_down(2)
+    leader.peer_down(3)
+    assert not leader.progress[2].recent_active and not leader.progress[3].recent_active
+    c.tick(leader.cfg.election_ticks, only=(1,))
+    assert leader.state == FOLLOWER  # check-quorum: no majority heard from
