@@ -7,8 +7,8 @@ the subset of Toxiproxy 2.x's HTTP API that toxiproxy-python (and curl users) dr
   GET|POST|DELETE /proxies/{name}    POST /reset
   GET|POST /proxies/{name}/toxics    GET|POST|DELETE /proxies/{name}/toxics/{toxic}
 
-Toxics: latency (latency, jitter ms), bandwidth (rate KB/s), timeout (timeout ms: stop
-passing data, close after the timeout unless 0), reset_peer (timeout ms, then RST),
+Toxics: latency (latency, jitter ms), bandwidth (rate KB/s), timeout (timeout ms: drop
+data while the toxic is present, close the connection after the timeout unless 0), reset_peer (timeout ms, then RST),
 limit_data (bytes, then close). `toxicity` (0..1) is the chance a new connection gets
 the toxic. Disabling a proxy closes its listener and every live connection, which is how
 tests cut a route; enabling it listens again on the same address.
@@ -105,11 +105,13 @@ class Link:
                     if rate > 0:
                         await trio.sleep(len(data) / (rate * 1000))
                 elif t.type == "timeout":
+                    # As Toxiproxy: data is dropped while the toxic is present; with a
+                    # timeout > 0 the connection is closed that long after data first met it.
                     ms = float(a.get("timeout", 0))
                     if ms > 0:
-                        await trio.sleep(ms / 1000)
-                        self.cancel.cancel()
-                    await trio.sleep_forever()
+                        self.cancel.deadline = min(self.cancel.deadline, trio.current_time() + ms / 1000)
+                    data = b""
+                    break
                 elif t.type == "reset_peer":
                     await trio.sleep(float(a.get("timeout", 0)) / 1000)
                     self.reset()
@@ -123,8 +125,9 @@ class Link:
                             await dst.send_all(data)
                         self.cancel.cancel()
                         await trio.sleep_forever()
-            sent += len(data)
-            await dst.send_all(data)
+            if data:
+                sent += len(data)
+                await dst.send_all(data)
 
     def reset(self) -> None:
         for s in (self.client, self.upstream):

@@ -1,0 +1,1 @@
+"""Deployment files; deploy.chaos is the nats-chaos suite."""

@@ -1,0 +1,134 @@
+"""Counts what a NATS cluster got wrong, from a recorded history (plain JSON data).
+
+A history is a dict with these lists (every `t` is seconds since the run started):
+
+  publishes   {"pub": p, "i": i, "value": v, "t0", "t1", "outcome": "ok"|"fail"|"info",
+               "seq": stream seq from the PubAck or None, "attempts": n}
+              One record per value; a publisher sends its values in order of i and waits for
+              each (retrying with the same Nats-Msg-Id) before the next. "fail" is a definite
+              refusal, "info" an unknown outcome (timeouts until the publisher gave up).
+  stream      [[seq, value], ...]  the whole stream, read after the cluster healed
+  deliveries  {"consumer", "value", "seq", "n" (delivery count), "tick", "t"}
+  acks        {"consumer", "value", "seq", "tick", "t", "ok"}  an AckSync: ok when its
+              confirmation arrived; tick is the position of that confirmation in the
+              consumer connection's stream of incoming messages, comparable with deliveries'
+  consumers   [names]  consumers that read the whole stream
+  kv_ops      {"writer", "value", "expect", "outcome": "ok"|"fail"|"info", "rev", "t0", "t1"}
+  kv_history  [[rev, value, expect], ...]  every revision of the register, in order
+  faults      {"t", "kind", "phase": "start"|"end"|"note", "targets": [...], "detail"}
+
+check() returns {"counts": {...}, "ids": {...}} with one entry per anomaly kind; any
+non-zero count fails the run.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+# (key, label) in report order
+ANOMALIES = [
+    ("lost", "acknowledged but lost"),
+    ("duplicated", "stored more than once"),
+    ("phantom", "stored but never published"),
+    ("reordered", "out of publish order within one publisher"),
+    ("ack_seq_mismatch", "stored at another seq than its PubAck said"),
+    ("undelivered", "stored but never delivered (per consumer)"),
+    ("redelivered_after_ack", "delivered again after the ack was confirmed"),
+    ("kv_lost", "KV update acknowledged but lost"),
+    ("kv_duplicated", "KV update applied more than once"),
+    ("kv_cas_violation", "KV update applied on a stale revision"),
+    ("kv_phantom", "KV value never written"),
+]
+
+
+def check(h: dict) -> dict:
+    ids: dict[str, list] = {k: [] for k, _ in ANOMALIES}
+    pubs = h.get("publishes", [])
+    stream = h.get("stream", [])
+    attempted = {p["value"] for p in pubs}
+    acked = {p["value"]: p for p in pubs if p["outcome"] == "ok"}
+
+    copies = Counter(v for _, v in stream)
+    first_seq: dict[str, int] = {}
+    for seq, v in stream:
+        first_seq.setdefault(v, seq)
+
+    ids["lost"] = sorted(v for v in acked if v not in copies)
+    ids["duplicated"] = sorted(v for v, n in copies.items() if n > 1)
+    ids["phantom"] = sorted(v for v in copies if v not in attempted)
+    ids["ack_seq_mismatch"] = sorted(v for v, p in acked.items()
+                                     if v in first_seq and p.get("seq") is not None and p["seq"] != first_seq[v])
+
+    # Per publisher, acknowledged values must be stored in the order they were published.
+    by_pub: dict[object, list] = defaultdict(list)
+    for p in pubs:
+        if p["outcome"] == "ok" and p["value"] in first_seq:
+            by_pub[p["pub"]].append((p["i"], first_seq[p["value"]], p["value"]))
+    for rows in by_pub.values():
+        rows.sort()
+        top = 0
+        for _, seq, v in rows:
+            if seq < top:
+                ids["reordered"].append(v)
+            top = max(top, seq)
+    ids["reordered"].sort()
+
+    # Consumers: every stored value delivered at least once; none delivered after its ack
+    # was confirmed (a later tick on the same connection).
+    delivered: dict[str, set] = defaultdict(set)
+    for d in h.get("deliveries", []):
+        delivered[d["consumer"]].add(d["value"])
+    for c in h.get("consumers", []):
+        ids["undelivered"] += [f"{c}:{v}" for v in sorted(copies) if v not in delivered[c]]
+    confirmed: dict[tuple, int] = {}
+    for a in h.get("acks", []):
+        if a.get("ok"):
+            key = (a["consumer"], a["value"])
+            confirmed[key] = min(confirmed.get(key, a["tick"]), a["tick"])
+    for d in h.get("deliveries", []):
+        tick = confirmed.get((d["consumer"], d["value"]))
+        if tick is not None and d["tick"] > tick:
+            ids["redelivered_after_ack"].append(f"{d['consumer']}:{d['value']}")
+    ids["redelivered_after_ack"] = sorted(set(ids["redelivered_after_ack"]))
+
+    # KV register: the history is the chain of accepted compare-and-set updates.
+    kv_hist = h.get("kv_history", [])
+    kv_attempted = {o["value"] for o in h.get("kv_ops", [])}
+    rev_of: dict[str, list[int]] = defaultdict(list)
+    for rev, v, _ in kv_hist:
+        rev_of[v].append(rev)
+    for o in h.get("kv_ops", []):
+        if o["outcome"] == "ok" and (o["value"] not in rev_of or (o.get("rev") is not None
+                                                                  and o["rev"] not in rev_of[o["value"]])):
+            ids["kv_lost"].append(o["value"])
+    ids["kv_lost"].sort()
+    ids["kv_duplicated"] = sorted(v for v, revs in rev_of.items() if len(revs) > 1)
+    ids["kv_phantom"] = sorted(v for v in rev_of if v not in kv_attempted)
+    prev = 0
+    for rev, v, expect in kv_hist:
+        if expect is not None and expect != prev:
+            ids["kv_cas_violation"].append(v)
+        prev = rev
+
+    return {"counts": {k: len(ids[k]) for k, _ in ANOMALIES}, "ids": ids}
+
+
+def stats(h: dict) -> dict:
+    """Totals that give the counts their scale (not failures)."""
+    pubs = h.get("publishes", [])
+    outcomes = Counter(p["outcome"] for p in pubs)
+    kv = Counter(o["outcome"] for o in h.get("kv_ops", []))
+    per_consumer = Counter(d["consumer"] for d in h.get("deliveries", []))
+    acked_stored = {v for _, v in h.get("stream", [])}
+    return {
+        "published_ok": outcomes.get("ok", 0), "published_fail": outcomes.get("fail", 0),
+        "published_unknown": outcomes.get("info", 0),
+        "unknown_but_stored": sum(1 for p in pubs if p["outcome"] != "ok" and p["value"] in acked_stored),
+        "stored": len(h.get("stream", [])),
+        "deliveries": dict(per_consumer),
+        "redeliveries": sum(1 for d in h.get("deliveries", []) if d.get("n", 1) > 1),
+        "acks_confirmed": sum(1 for a in h.get("acks", []) if a.get("ok")),
+        "kv_ok": kv.get("ok", 0), "kv_fail": kv.get("fail", 0), "kv_unknown": kv.get("info", 0),
+        "kv_revisions": len(h.get("kv_history", [])),
+        "faults": sum(1 for f in h.get("faults", []) if f.get("phase") == "start"),
+    }

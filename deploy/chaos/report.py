@@ -1,0 +1,80 @@
+"""The run's verdict: a table on stdout, the same as JSON, and on failure the ids involved
+with the faults that surrounded them."""
+
+from __future__ import annotations
+
+import json
+
+from deploy.chaos.checker import ANOMALIES, check, stats
+
+SHOW_IDS = 20           # ids printed per anomaly kind
+TIMELINE_WINDOW_S = 10  # faults this close to an id's operation are printed with it
+
+
+def build(history: dict) -> dict:
+    result = check(history)
+    return {"meta": history.get("meta", {}), "ok": not any(result["counts"].values()),
+            "counts": result["counts"], "stats": stats(history), "ids": result["ids"],
+            "faults": history.get("faults", [])}
+
+
+def table(report: dict) -> str:
+    labels = dict(ANOMALIES)
+    width = max(len(v) for v in labels.values())
+    lines = [f"{'check':<{width}}  count", f"{'-' * width}  -----"]
+    for key, label in ANOMALIES:
+        n = report["counts"][key]
+        lines.append(f"{label:<{width}}  {n:>5}{'  FAIL' if n else ''}")
+    s = report["stats"]
+    lines.append("")
+    lines.append(f"publishes: {s['published_ok']} acknowledged, {s['published_fail']} refused, "
+                 f"{s['published_unknown']} unknown ({s['unknown_but_stored']} of the not-acknowledged were "
+                 f"stored); stream holds {s['stored']}")
+    lines.append("deliveries: " + ", ".join(f"{c} {n}" for c, n in sorted(s["deliveries"].items()))
+                 + f" ({s['redeliveries']} redeliveries, {s['acks_confirmed']} acks confirmed)")
+    lines.append(f"kv: {s['kv_ok']} updates acknowledged, {s['kv_fail']} refused, {s['kv_unknown']} unknown; "
+                 f"{s['kv_revisions']} revisions")
+    lines.append(f"faults injected: {s['faults']}")
+    lines.append("RESULT: " + ("PASS (nothing acknowledged was lost)" if report["ok"] else "FAIL"))
+    return "\n".join(lines)
+
+
+def _when(history: dict, ident: str) -> float | None:
+    """The time of the operation an anomaly id refers to."""
+    value = ident.rsplit(":", 1)[-1]  # "consumer:value" or a bare value
+    for p in history.get("publishes", []):
+        if p["value"] == value:
+            return p["t0"]
+    for d in history.get("deliveries", []):
+        if d["value"] == value:
+            return d["t"]
+    for o in history.get("kv_ops", []):
+        if o["value"] == value:
+            return o["t0"]
+    return None
+
+
+def failure_details(report: dict, history: dict) -> str:
+    out = []
+    faults = history.get("faults", [])
+    for key, label in ANOMALIES:
+        ids = report["ids"][key]
+        if not ids:
+            continue
+        out.append(f"\n{label}: {len(ids)}")
+        for ident in ids[:SHOW_IDS]:
+            t = _when(history, ident)
+            near = [f for f in faults if t is not None and abs(f["t"] - t) <= TIMELINE_WINDOW_S]
+            where = f" (operation at t={t:.2f}s)" if t is not None else ""
+            out.append(f"  {ident}{where}")
+            for f in near:
+                out.append(f"      t={f['t']:7.2f}s {f['phase']:<5} {f['kind']} {','.join(f.get('targets', []))}"
+                           f" {f.get('detail', '')}".rstrip())
+        if len(ids) > SHOW_IDS:
+            out.append(f"  ... {len(ids) - SHOW_IDS} more in the JSON report")
+    return "\n".join(out)
+
+
+def write_json(report: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
