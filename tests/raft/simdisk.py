@@ -4,6 +4,11 @@
 prefix of unsynced appends (a torn write), possibly with its last byte damaged. `arm_crash()`
 makes the next fsync or atomic replace raise SimCrash before it takes effect: a power loss in
 the middle of a save. Appends are O(size of the append), so long simulations stay cheap.
+
+The directory is modelled too: a file created by `append` vanishes in a crash until
+`sync_dir()` (or a `replace`, which syncs the directory), and a file `remove`d comes back, with
+its durable bytes, unless `sync_dir()` followed the removal. With `torn=True`, each of those
+unsynced directory changes independently may or may not survive.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ class _File:
 class SimDisk:
     def __init__(self) -> None:
         self.files: dict[str, _File] = {}
+        self.in_dir: set[str] = set()  # names whose directory entry is durable
+        self.removed: dict[str, bytes] = {}  # removed since the last sync_dir: durable bytes
         self.syncs = 0
         self.armed = False
         self.armed_after = 0
@@ -71,6 +78,23 @@ class SimDisk:
         self._boom()
         self.syncs += 2
         self.files[name] = _File(data)
+        self.in_dir.add(name)
+        self.removed.pop(name, None)
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def remove(self, name: str) -> None:
+        f = self.files.pop(name, None)
+        if f is not None and name in self.in_dir:
+            self.in_dir.discard(name)
+            self.removed[name] = f.dur_copy if f.dur_copy is not None else bytes(f.cur[: f.dur_len])
+
+    def sync_dir(self) -> None:
+        self._boom()
+        self.syncs += 1
+        self.in_dir = set(self.files)
+        self.removed.clear()
 
     def synced(self, name: str) -> bool:
         f = self.files[name]
@@ -78,6 +102,16 @@ class SimDisk:
 
     def crash(self, rng: random.Random, torn: bool = False) -> None:
         self.armed = False
+        # Directory changes since the last sync_dir are lost; with torn=True each one may
+        # independently have reached the disk (no order among them is promised).
+        for name in [n for n in self.files if n not in self.in_dir]:
+            if not (torn and rng.random() < 0.5):
+                del self.files[name]  # created, but the directory entry never reached the disk
+        for name, data in self.removed.items():
+            if not (torn and rng.random() < 0.5):
+                self.files[name] = _File(data)  # removed, but the removal never reached the disk
+        self.in_dir = set(self.files)
+        self.removed.clear()
         for f in self.files.values():
             if f.dur_copy is not None:
                 f.cur = bytearray(f.dur_copy)
