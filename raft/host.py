@@ -33,20 +33,8 @@ import trio
 
 from .core import LEADER, NotLeader, ProposalRejected, RaftConfig, RaftCore
 from .cycle import ProposalDropped, StateMachine, deliver_ready, needs_persist, send_leader_messages_early
-from .messages import (
-    CONF,
-    NOOP,
-    NORMAL,
-    AnyMessage,
-    AppendEntries,
-    AppendResponse,
-    ConfChange,
-    Entry,
-    InstallSnapshot,
-    RequestVote,
-    decode_conf,
-    decode_message,
-)
+from .inbound import invalid_reason
+from .messages import AnyMessage, ConfChange, Entry, decode_message
 from .storage import Storage
 
 __all__ = ["RaftHost", "RaftGroup", "PeerProgress", "ProposalDropped", "OnDone"]
@@ -436,7 +424,7 @@ class RaftHost:
                     self._unknown_logged.add(name)
                     log.warning("raft: dropped a message for unknown group %r (from %s)", name, item.src)
                 continue
-            problem = _invalid(item, g.core)
+            problem = invalid_reason(item, g.core)
             if problem is not None:
                 self.invalid_dropped += 1
                 log.warning("raft group %s: dropped a bad message from %s: %s", name, item.src, problem)
@@ -598,42 +586,3 @@ async def _wait(submit: Callable[[OnDone], None]) -> tuple[Any, Any]:
     if error is not None:
         raise error
     return index, result
-
-
-def _invalid(m: AnyMessage, core: RaftCore) -> str | None:
-    """Why a decoded message cannot be stepped (a buggy or damaged peer), or None. The core
-    asserts on these, so they must never reach it."""
-    if m.dst != core.id:
-        return f"addressed to {m.dst}, this node is {core.id}"
-    if m.src <= 0 or m.src == core.id or m.term < 0:
-        return f"bad src/term ({m.src}, {m.term})"
-    if isinstance(m, AppendEntries):
-        if m.index < 0 or m.log_term < 0 or m.commit < 0 or m.log_term > m.term:
-            return "bad append position"
-        prev_term = m.log_term
-        for k, e in enumerate(m.entries):
-            if e.index != m.index + 1 + k or e.term < prev_term or e.term > m.term or e.kind not in (NORMAL, CONF, NOOP):
-                return f"entry {k} out of sequence"
-            prev_term = e.term
-            if e.kind == CONF:
-                try:
-                    decode_conf(e.data)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    return f"undecodable configuration at {e.index}"
-            if e.index <= core.log.commit:
-                t = core.log.term(e.index)
-                if t is not None and t != e.term:
-                    return f"entry {e.index} contradicts a committed entry"
-    elif isinstance(m, AppendResponse):
-        if m.index < 0 or m.hint_index < 0 or m.hint_term < 0:
-            return "negative index"
-        if not m.reject and core.state == LEADER and m.term == core.term and m.index > core.log.last_index:
-            return f"acknowledges {m.index}, past our last index {core.log.last_index}"
-    elif isinstance(m, RequestVote):
-        if m.last_index < 0 or m.last_term < 0 or m.last_term > m.term:
-            return "bad last entry"
-    elif isinstance(m, InstallSnapshot):
-        s = m.snapshot
-        if s.index < 0 or s.term < 0 or s.term > m.term or (s.index > 0) != (s.term > 0):
-            return "bad snapshot position"
-    return None

@@ -1,7 +1,8 @@
 """How Raft messages leave a node, and an in-memory network for tests.
 
 A Transport is fire-and-forget: Raft tolerates loss, duplication and reordering, so `send`
-never blocks and may drop. The receiving side hands each message to `RaftNode.deliver`. The
+never blocks and may drop. The receiving side hands each message to `RaftHost.deliver(group,
+message)` (or `deliver_bytes`), or `RaftNode.deliver` for a lone group. The
 broker provides the real one over routes (internal subjects carrying `messages.encode` bytes).
 """
 

@@ -403,3 +403,34 @@ def test_core_peer_down_of_a_follower_makes_the_leader_count_it_inactive():
     assert not leader.progress[2].recent_active and not leader.progress[3].recent_active
     c.tick(leader.cfg.election_ticks, only=(1,))
     assert leader.state == FOLLOWER  # check-quorum: no majority heard from
+
+
+def test_inbound_checks_name_what_would_trip_the_core():
+    from raft.inbound import invalid_reason
+    from raft.messages import AppendResponse, InstallSnapshot, Snapshot
+
+    c = Cluster(3, seed=7)
+    leader = c.elect(1)
+    for k in range(3):
+        leader.propose(b"%d" % k)
+    c.deliver_all()
+    c.tick(1)  # the followers learn the commit index
+    follower = c.nodes[2]
+    t = leader.term
+    commit = follower.log.commit
+    assert commit >= 3
+    ok = AppendEntries(t, 1, 2, commit, follower.log.term(commit), commit, (Entry(t, commit + 1),))
+    assert invalid_reason(ok, follower) is None
+    bad = [
+        AppendEntries(t, 1, 2, 1, 1, 0, (Entry(t + 5, 2),)),  # entry from a later term than the message
+        AppendEntries(t, 1, 2, 1, follower.log.term(1), 0, (Entry(t, 2, 7),)),  # unknown kind
+        AppendEntries(t, 1, 2, 0, 0, 0, (Entry(t, 1),) * 2),  # repeats an index
+        AppendEntries(t + 1, 3, 2, 1, follower.log.term(1), 0, (Entry(t + 1, 2),)),  # rewrites committed 2
+        AppendEntries(t, 2, 2, 0, 0, 0),  # from itself
+        RequestVote(t, 3, 2, 5, t + 1),  # last term past its own term
+        InstallSnapshot(t, 1, 2, Snapshot(5, 0, ConfState((1, 2, 3)))),
+    ]
+    for m in bad:
+        assert invalid_reason(m, follower) is not None, m
+    assert invalid_reason(AppendResponse(t, 2, 1, leader.log.last_index + 5), leader) is not None
+    assert invalid_reason(AppendResponse(t, 2, 1, leader.log.last_index), leader) is None
