@@ -155,7 +155,7 @@ class RaftGroup:
         """Replicate `data` without waiting. `on_done(index, result, None)` fires from the host
         loop once the entry is applied here; `on_done(None, None, NotLeader | ProposalRejected)`
         if it was refused; `on_done(index | None, None, ProposalDropped)` if it will not apply."""
-        self.host._submit(lambda: self._start(lambda: self.core.propose(data), on_done))
+        self.host._submit(lambda: self._start(lambda: self.core.propose(data), on_done), self)
 
     async def propose(self, data: bytes) -> tuple[int, Any]:
         """Replicate `data`; returns (index, state machine result) once applied on this node.
@@ -163,7 +163,7 @@ class RaftGroup:
         return await _wait(lambda cb: self.propose_nowait(data, cb))
 
     def propose_conf_change_nowait(self, change: ConfChange, on_done: OnDone) -> None:
-        self.host._submit(lambda: self._start(lambda: self.core.propose_conf_change(change), on_done))
+        self.host._submit(lambda: self._start(lambda: self.core.propose_conf_change(change), on_done), self)
 
     async def propose_conf_change(self, change: ConfChange) -> int:
         """Add or remove a voter or learner; returns its index once applied here."""
@@ -173,13 +173,13 @@ class RaftGroup:
     async def transfer_leadership(self, target: int) -> None:
         """Ask `target` to take over; returns once the request is under way (NotLeader,
         ProposalRejected otherwise). Leadership moves when the target has caught up."""
-        await _wait(lambda cb: self.host._submit(lambda: self._transfer(target, cb)))
+        await _wait(lambda cb: self.host._submit(lambda: self._transfer(target, cb), self))
 
     def step_down(self, preferred: int | None = None, on_done: OnDone | None = None) -> None:
         """Hand leadership to `preferred`, or to the most caught-up voter that is not down
         (META.LEADER.STEPDOWN). Errors go to `on_done` (NotLeader, ProposalRejected)."""
         cb = on_done or _ignore
-        self.host._submit(lambda: self._step_down(preferred, cb))
+        self.host._submit(lambda: self._step_down(preferred, cb), self)
 
     def _start(self, fn: Callable[[], int], on_done: OnDone) -> None:
         if self.stopped:
@@ -280,6 +280,7 @@ class RaftHost:
         self._queued_messages = 0
         self._ticks = 0
         self._wakeup = trio.Event()
+        self._dirty: dict[RaftGroup, None] = {}  # groups that may have a Ready (insertion order)
         self._running = False
         self._finished = False  # run() has returned: the groups are stopped for good
         self._unknown_logged: set[str] = set()
@@ -297,6 +298,7 @@ class RaftHost:
             state_machine.restore(snapshot.data)
         g = RaftGroup(self, name, core, storage, state_machine, snapshot_entries, snapshot_bytes)
         self.groups[name] = g
+        self._dirty[g] = None
         self._kick()
         return g
 
@@ -346,11 +348,12 @@ class RaftHost:
         """The route to `node_id` is back: it is no longer reported offline."""
         self._submit(lambda: self.down.discard(node_id))
 
-    def _submit(self, op: Callable[[], None]) -> None:
+    def _submit(self, op: Callable[[], None], group: RaftGroup | None = None) -> None:
+        """Queue `op` for the loop; it may change `group` (None: any group)."""
         if self._finished:
             op()  # the host has stopped: every group is stopped, so the operation fails at once
             return
-        self._queue.append((None, op))
+        self._queue.append((None, (op, group)))
         self._kick()
 
     def _kick(self) -> None:
@@ -388,7 +391,7 @@ class RaftHost:
             while self._queue:  # proposals that never reached a core
                 name, item = self._queue.popleft()
                 if name is None:
-                    _fail_op(item)
+                    _fail_op(item[0])
             self._queued_messages = 0
 
     async def _ticker(self) -> None:
@@ -403,18 +406,25 @@ class RaftHost:
             self._wakeup = trio.Event()
             self._drain()
             while True:
-                ready = [g for g in list(self.groups.values()) if not g.stopped and self._guard(g, g.core.has_ready)]
+                # Only a group touched since its last cycle (or still busy) can have a Ready.
+                ready = [g for g in self._dirty if not g.stopped and self._guard(g, g.core.has_ready)]
+                self._dirty = dict.fromkeys(ready)  # after a cycle they may have more to apply
                 if not ready:
                     break
                 await self._cycle(ready)
                 self._drain()  # what queued during the fsync joins the next batch
 
     def _drain(self) -> None:
-        touched: set[RaftGroup] = set()
+        touched: dict[RaftGroup, None] = {}
         while self._queue:
             name, item = self._queue.popleft()
             if name is None:
-                item()
+                op, group = item
+                op()
+                if group is None:
+                    touched.update(dict.fromkeys(self.groups.values()))
+                else:
+                    touched[group] = None
                 continue
             self._queued_messages -= 1
             g = self.groups.get(name)
@@ -432,16 +442,17 @@ class RaftHost:
             g.heard[item.src] = trio.current_time()
             self.down.discard(item.src)
             self._guard(g, lambda g=g, m=item: g.core.step(m))
-            touched.add(g)
+            touched[g] = None
         ticks, self._ticks = self._ticks, 0
         for _ in range(ticks):
             for g in list(self.groups.values()):
                 self._guard(g, g.core.tick)
         if ticks:
-            touched.update(self.groups.values())
+            touched.update(dict.fromkeys(self.groups.values()))
         for g in touched:
             if not g.stopped:
                 g._report_leader()
+        self._dirty.update(touched)
 
     def _guard(self, g: RaftGroup, fn: Callable[[], Any]) -> Any:
         """Run `fn` against one group; if it raises, stop that group and keep the others."""

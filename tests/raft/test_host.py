@@ -9,7 +9,7 @@ import trio.testing
 from raft.core import CANDIDATE, FOLLOWER, LEADER, PRE_CANDIDATE, NotLeader, ProposalRejected, RaftConfig
 from raft.host import PeerProgress, ProposalDropped, RaftHost
 from raft.messages import AppendEntries, ConfChange, ConfState, Entry, RequestVote, decode_message, encode
-from raft.storage import OsDisk, Storage
+from raft.storage import OsDisk, Storage, StorageCorruption, segment_name, wal_records, wal_segments
 from tests.raft.cluster import Cluster
 from tests.raft.test_node import ListMachine
 
@@ -43,24 +43,32 @@ class Net:
 class Cell:
     """Three hosts, each running the same groups."""
 
-    def __init__(self, nursery, path, groups=GROUPS, **group_kw) -> None:
+    def __init__(self, nursery, path, groups=GROUPS, segment_bytes=64 << 20, **group_kw) -> None:
         self.nursery = nursery
         self.path = path
         self.net = Net()
         self.groups = groups
         self.group_kw = group_kw
+        self.segment_bytes = segment_bytes
         self.machines: dict[tuple[int, str], ListMachine] = {}
         self.scopes: dict[int, trio.CancelScope] = {}
-        self.disks: list[OsDisk] = []
+        self.disks: dict[int, list[OsDisk]] = {}
         self.changes: dict[tuple[int, str], list] = {}
+        self.repaired: list[tuple[int, str]] = []
 
     async def start(self, node_id: int, voters=VOTERS) -> RaftHost:
         host = RaftHost(self.net.sender(node_id), tick_interval_s=TICK, fsync_in_thread=False)
+        self.disks[node_id] = []
         for name in self.groups:
             disk = OsDisk(str(self.path / f"n{node_id}" / name))
-            self.disks.append(disk)
+            self.disks[node_id].append(disk)
+            try:  # as the broker does: a damaged log rejoins as a quarantined follower
+                storage = Storage.open(disk, ConfState(voters), segment_bytes=self.segment_bytes)
+            except StorageCorruption:
+                self.repaired.append((node_id, name))
+                storage = Storage.open(disk, ConfState(voters), repair=True, segment_bytes=self.segment_bytes)
             sm = self.machines[(node_id, name)] = ListMachine()
-            g = host.add_group(name, RaftConfig(node_id=node_id), Storage.open(disk, ConfState(voters)), sm,
+            g = host.add_group(name, RaftConfig(node_id=node_id), storage, sm,
                                seed=node_id * 7 + len(name), **self.group_kw)
             log = self.changes[(node_id, name)] = []
             g.on_leader_change = lambda is_leader, lead, log=log: log.append((is_leader, lead))
@@ -77,6 +85,8 @@ class Cell:
     def kill(self, node_id: int) -> None:
         self.scopes[node_id].cancel()
         del self.net.hosts[node_id]
+        for disk in self.disks[node_id]:
+            disk.close()
 
     def live(self):
         return {i: h for i, h in self.net.hosts.items() if not self.scopes[i].cancel_called}
@@ -434,3 +444,52 @@ def test_inbound_checks_name_what_would_trip_the_core():
         assert invalid_reason(m, follower) is not None, m
     assert invalid_reason(AppendResponse(t, 2, 1, leader.log.last_index + 5), leader) is not None
     assert invalid_reason(AppendResponse(t, 2, 1, leader.log.last_index), leader) is None
+
+
+async def test_a_host_restarts_from_segments_and_snapshots_and_catches_up(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path, groups=("meta",), segment_bytes=300, snapshot_entries=8)
+        for i in VOTERS:
+            await cell.start(i)
+        leader = await cell.leader("meta")
+        for k in range(30):
+            await leader.propose(b"a%d" % k)
+        victim = next(i for i in VOTERS if i != leader.id)
+        await trio.sleep(0.1)
+        cell.kill(victim)
+        for k in range(30):
+            await leader.propose(b"b%d" % k)
+        segs = wal_segments(OsDisk(str(tmp_path / f"n{leader.id}" / "meta")))
+        assert segs[0] != segment_name(1) and len(segs) < 5  # compaction deleted whole segments
+        host = await cell.start(victim)
+        assert host.groups["meta"].core.log.snapshot.index >= 8  # restored from its own snapshot
+        want = [b"a%d" % k for k in range(30)] + [b"b%d" % k for k in range(30)]
+        while cell.machines[(victim, "meta")].items != want:
+            await trio.sleep(TICK)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_damaged_wal_rejoins_quarantined_and_heals(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path, groups=("meta",), segment_bytes=300)
+        for i in VOTERS:
+            await cell.start(i)
+        leader = await cell.leader("meta")
+        for k in range(20):
+            await leader.propose(b"%d" % k)
+        await trio.sleep(0.1)
+        victim = next(i for i in VOTERS if i != leader.id)
+        cell.kill(victim)
+        path = tmp_path / f"n{victim}" / "meta"
+        name, lo, hi, _ = wal_records(OsDisk(str(path)))[5]
+        data = bytearray((path / name).read_bytes())
+        data[lo + 14] ^= 0x10  # inside record 6's payload: valid records follow
+        (path / name).write_bytes(bytes(data))
+        host = await cell.start(victim)
+        g = host.groups["meta"]
+        assert cell.repaired == [(victim, "meta")] and g.quarantined
+        await leader.propose(b"after")
+        while g.quarantined or cell.machines[(victim, "meta")].items != cell.machines[(leader.id, "meta")].items:
+            await trio.sleep(TICK)
+        assert cell.machines[(victim, "meta")].items[-1] == b"after"
+        nursery.cancel_scope.cancel()
