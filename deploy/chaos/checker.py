@@ -23,6 +23,7 @@ non-zero count fails the run.
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 
 # (key, label) in report order
@@ -39,6 +40,11 @@ ANOMALIES = [
     ("kv_cas_violation", "KV update applied on a stale revision"),
     ("kv_phantom", "KV value never written"),
 ]
+
+
+def natural(ident: str) -> list:
+    """Sort key: "p1-9" before "p1-10"."""
+    return [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", ident)]
 
 
 def check(h: dict) -> dict:
@@ -110,7 +116,8 @@ def check(h: dict) -> dict:
             ids["kv_cas_violation"].append(v)
         prev = rev
 
-    return {"counts": {k: len(ids[k]) for k, _ in ANOMALIES}, "ids": ids}
+    return {"counts": {k: len(ids[k]) for k, _ in ANOMALIES},
+            "ids": {k: sorted(v, key=natural) for k, v in ids.items()}}
 
 
 def stats(h: dict) -> dict:

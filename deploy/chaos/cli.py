@@ -41,7 +41,7 @@ need FUSE (/dev/fuse, fusermount3, pyfuse3); without them they are skipped with 
 """
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     kinds = "\n".join(f"  {k:<22}{desc} [{cap}]" for k, (desc, cap, _) in nemesis.FAULTS.items())
     ap = argparse.ArgumentParser(
         prog="nats-chaos", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=60.0, help="length of the load and fault phase (default 60)")
     ap.add_argument("--kinds", metavar="K[,K...]",
                     help="fault kinds to use (default: all the target supports; 'none' for no faults)")
+    ap.add_argument("--warmup", type=float, default=nemesis.WARMUP_S,
+                    help=f"seconds of load before the first fault (default {nemesis.WARMUP_S:.0f})")
     ap.add_argument("--print-schedule", action="store_true", help="print the schedule for --seed and exit")
     ap.add_argument("--publishers", type=int, default=3, help="queue publishers (default 3)")
     ap.add_argument("--rate", type=float, default=20.0, help="publishes per second per publisher (default 20)")
@@ -87,6 +89,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="conf style only: jetstream { sync_interval: always } (fsync every write)")
     ap.add_argument("--compose-project", metavar="NAME", help="COMPOSE_PROJECT_NAME of the compose cluster")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    return ap
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.seconds <= 0:
         ap.error("--seconds must be positive")
@@ -142,9 +149,9 @@ async def progress(rec, wl, nem, seconds: float, stop: asyncio.Event) -> None:
 
 
 async def run(args, cluster, kinds: list[str], seed: int) -> int:
-    schedule = nemesis.make_schedule(seed, args.seconds, kinds)
+    schedule = nemesis.make_schedule(seed, args.seconds, kinds, warmup=args.warmup)
     meta = {"seed": seed, "seconds": args.seconds, "target": cluster.describe(), "kinds": kinds,
-            "schedule": schedule, "publishers": args.publishers, "rate": args.rate, "kv_writers": args.kv_writers,
+            "warmup": args.warmup, "schedule": schedule, "publishers": args.publishers, "rate": args.rate, "kv_writers": args.kv_writers,
             "kv_rate": args.kv_rate, "replicas": args.replicas, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                         time.gmtime())}
     log(f"target: {cluster.describe()}")
@@ -197,14 +204,23 @@ async def run(args, cluster, kinds: list[str], seed: int) -> int:
             log(f"cluster not healthy {args.drain_timeout:.0f}s after the faults stopped: {why}")
             status = 2
         rec.fault("heal", "note", [], "cluster healthy" if why is None else f"not healthy: {why}")
-        last = (await workload.retry("stream info", lambda: js.stream_info(workload.STREAM),
-                                     max(10.0, deadline - time.monotonic()))).state.last_seq
+        try:
+            last = (await workload.retry("stream info", lambda: js.stream_info(workload.STREAM),
+                                         max(10.0, deadline - time.monotonic()), not_found_s=5)).state.last_seq
+        except RuntimeError as exc:
+            if not workload.is_not_found(exc):
+                raise
+            last = 0
+            rec.fault("stream", "note", [], "stream CHAOS no longer exists")
+            log("stream CHAOS no longer exists after the faults")
         while time.monotonic() < deadline:
             try:
                 if await workload.consumers_done(js, last):
                     break
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as exc:  # noqa: BLE001
+                if workload.is_not_found(exc):
+                    log(f"a durable consumer no longer exists: {exc!r}")
+                    break
             await asyncio.sleep(1)
         else:
             log("consumers did not finish before --drain-timeout")
@@ -212,7 +228,7 @@ async def run(args, cluster, kinds: list[str], seed: int) -> int:
         await asyncio.wait_for(asyncio.gather(*consumers, return_exceptions=True), 30)
         rec.fault("drain", "note", [], "consumers drained")
 
-        # The whole stream and every KV revision.
+        # The whole stream and every KV revision (a stream that no longer exists holds nothing).
         read_s = max(60.0, args.drain_timeout / 2)
         rec.h["stream"] = [[seq, data.decode(errors="replace")] for seq, data in
                            await workload.read_stream(js, workload.STREAM, workload.SUBJECTS, read_s)]
@@ -259,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             ComposeCluster.capabilities if args.compose else UrlCluster.capabilities)
         kinds = [k for k in (args.kinds.split(",") if args.kinds and args.kinds != "none" else
                              ([] if args.kinds == "none" else nemesis.kinds_for(caps))) if k]
-        for f in nemesis.make_schedule(seed, args.seconds, kinds):
+        for f in nemesis.make_schedule(seed, args.seconds, kinds, warmup=args.warmup):
             print(f"t={f['at']:7.2f}s  {f['kind']:<22} {f['duration']:5.2f}s  pick={f['pick']}")
         return 0
 

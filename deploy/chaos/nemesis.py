@@ -40,14 +40,15 @@ def kinds_for(capabilities: set[str]) -> list[str]:
     return [k for k, (_, cap, _) in FAULTS.items() if cap in capabilities]
 
 
-def make_schedule(seed: int, seconds: float, kinds: list[str], cooldown: float | None = None) -> list[dict]:
-    """Faults from WARMUP_S until `cooldown` seconds before the end; every kind is used once
+def make_schedule(seed: int, seconds: float, kinds: list[str], cooldown: float | None = None,
+                  warmup: float = WARMUP_S) -> list[dict]:
+    """Faults from `warmup` seconds until `cooldown` seconds before the end; every kind is used once
     before any repeats (shuffled bags), so a long enough run covers all of them."""
     rng = random.Random(seed)
     if cooldown is None:
         cooldown = max(5.0, seconds * 0.1)
     out: list[dict] = []
-    t = WARMUP_S
+    t = warmup
     bag: list[str] = []
     for _ in range(10_000):
         if not kinds:

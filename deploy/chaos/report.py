@@ -55,23 +55,28 @@ def _when(history: dict, ident: str) -> float | None:
 
 
 def failure_details(report: dict, history: dict) -> str:
+    """Per anomaly kind: the ids (the first SHOW_IDS), when their operations ran, and the
+    fault timeline from TIMELINE_WINDOW_S before the first to as long after the last."""
     out = []
     faults = history.get("faults", [])
     for key, label in ANOMALIES:
         ids = report["ids"][key]
         if not ids:
             continue
+        times = [t for t in (_when(history, i) for i in ids) if t is not None]
+        more = f" (+{len(ids) - SHOW_IDS} more in the JSON report)" if len(ids) > SHOW_IDS else ""
         out.append(f"\n{label}: {len(ids)}")
-        for ident in ids[:SHOW_IDS]:
-            t = _when(history, ident)
-            near = [f for f in faults if t is not None and abs(f["t"] - t) <= TIMELINE_WINDOW_S]
-            where = f" (operation at t={t:.2f}s)" if t is not None else ""
-            out.append(f"  {ident}{where}")
-            for f in near:
-                out.append(f"      t={f['t']:7.2f}s {f['phase']:<5} {f['kind']} {','.join(f.get('targets', []))}"
-                           f" {f.get('detail', '')}".rstrip())
-        if len(ids) > SHOW_IDS:
-            out.append(f"  ... {len(ids) - SHOW_IDS} more in the JSON report")
+        out.append("  ids: " + ", ".join(ids[:SHOW_IDS]) + more)
+        if not times:
+            continue
+        lo, hi = min(times), max(times)
+        out.append(f"  their operations ran at t={lo:.2f}s .. {hi:.2f}s; faults around them:")
+        near = [f for f in faults if lo - TIMELINE_WINDOW_S <= f["t"] <= hi + TIMELINE_WINDOW_S]
+        for f in near:
+            out.append(f"    t={f['t']:7.2f}s {f['phase']:<5} {f['kind']} {','.join(f.get('targets', []))}"
+                       f" {f.get('detail', '')}".rstrip())
+        if not near:
+            out.append("    (none within the window)")
     return "\n".join(out)
 
 

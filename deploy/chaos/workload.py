@@ -101,19 +101,31 @@ async def connect(urls: list[str], name: str, pin: bool = False):
     return nc
 
 
-async def retry(what: str, fn, timeout: float):
-    """fn() until it succeeds or `timeout` passes (then its last error is raised)."""
-    deadline = time.monotonic() + timeout
+def is_not_found(exc: BaseException) -> bool:
+    """A definite "no such stream/consumer" (also when wrapped by retry())."""
+    while exc is not None:
+        if isinstance(exc, nats.js.errors.NotFoundError):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+async def retry(what: str, fn, timeout: float, not_found_s: float | None = None):
+    """fn() until it succeeds or `timeout` passes (then its last error is raised); a "not
+    found" answer is believed after `not_found_s` seconds of it, when given."""
+    start = time.monotonic()
+    deadline = start + timeout
     last: Exception | None = None
     for _ in range(10_000):
         try:
             return await fn()
         except Exception as exc:  # noqa: BLE001 - every error here is "cluster not ready yet"
             last = exc
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline or (not_found_s is not None and is_not_found(last) and now - start > not_found_s):
             break
         await asyncio.sleep(0.5)
-    raise RuntimeError(f"{what}: gave up after {timeout:.0f}s: {last!r}")
+    raise RuntimeError(f"{what}: gave up after {timeout:.0f}s: {last!r}") from last
 
 
 async def setup_streams(js, replicas: int, timeout: float) -> None:
@@ -315,7 +327,12 @@ class Workload:
 async def read_stream(js, stream: str, subject: str, timeout: float) -> list[tuple[int, bytes]]:
     """Every message of `stream` (seq, data), through an ephemeral pull consumer without acks."""
     deadline = time.monotonic() + timeout
-    info = await retry(f"stream info {stream}", lambda: js.stream_info(stream), timeout)
+    try:
+        info = await retry(f"stream info {stream}", lambda: js.stream_info(stream), timeout, not_found_s=5)
+    except RuntimeError as exc:
+        if is_not_found(exc):
+            return []  # the stream is gone: it holds nothing
+        raise
     last = info.state.last_seq
     out: dict[int, bytes] = {}
     if info.state.messages == 0:

