@@ -10,8 +10,8 @@
 How this works: every input (inbound message, proposal, operator call, tick) is queued and
 handled by the one loop task, so a core is only touched between its Ready cycles. After
 handling what is queued, the loop drains a Ready from every group that has one, sends the
-leaders' appends, persists all of them in one worker-thread hop (each group's Storage.save
-fsyncs; inputs keep queuing meanwhile), then for each group sends what waited for the fsync,
+leaders' appends, persists all of them in worker threads (each group's Storage.save fsyncs;
+up to `fsync_threads` groups' fsyncs overlap; inputs keep queuing meanwhile), then for each group sends what waited for the fsync,
 applies committed entries (state_machine.apply is synchronous), fires proposal callbacks and
 calls `advance` (raft/cycle.py holds that contract). One ticker task ticks every group.
 
@@ -264,11 +264,12 @@ class RaftGroup:
 
 class RaftHost:
     def __init__(self, send: Callable[[str, AnyMessage], None], *, tick_interval_s: float = 0.1,
-                 fsync_in_thread: bool = True, inbox_messages_max: int = 65536) -> None:
-        assert tick_interval_s > 0 and inbox_messages_max > 0
+                 fsync_in_thread: bool = True, fsync_threads: int = 4, inbox_messages_max: int = 65536) -> None:
+        assert tick_interval_s > 0 and inbox_messages_max > 0 and fsync_threads > 0
         self.send = send
         self.tick_interval_s = tick_interval_s
         self.fsync_in_thread = fsync_in_thread
+        self.fsync_threads = fsync_threads
         self.inbox_messages_max = inbox_messages_max
         self.groups: dict[str, RaftGroup] = {}
         self.down: set[int] = set()  # peers whose route is down (peer_down, nothing heard since)
@@ -483,7 +484,7 @@ class RaftHost:
         writes = [(g, rd) for g, rd in batch if needs_persist(rd)]
         if writes:
             if self.fsync_in_thread:
-                errors = await trio.to_thread.run_sync(_save_all, writes)
+                errors = await self._in_threads(_save_all, writes)
             else:
                 errors = _save_all(writes)
                 await trio.lowlevel.checkpoint()  # let the rest of the program run between cycles
@@ -513,7 +514,7 @@ class RaftHost:
                     compact.append((g, snap))
         if compact:
             if self.fsync_in_thread:
-                errors = await trio.to_thread.run_sync(_compact_all, compact)
+                errors = await self._in_threads(_compact_all, compact)
             else:
                 errors = _compact_all(compact)
             for g, _ in compact:
@@ -522,6 +523,22 @@ class RaftHost:
                     g.closed.set()
             for g, exc in errors:
                 self._guard(g, _raiser(exc))
+
+    async def _in_threads(self, fn: Callable[[list], list], work: list) -> list:
+        """Run `fn` over `work` in up to `fsync_threads` worker threads at once (each group's
+        files are fsynced by one thread; different groups' fsyncs overlap)."""
+        n = min(len(work), self.fsync_threads)
+        if n == 1:
+            return await trio.to_thread.run_sync(fn, work)
+        errors: list = []
+
+        async def part(chunk: list) -> None:
+            errors.extend(await trio.to_thread.run_sync(fn, chunk))
+
+        async with trio.open_nursery() as nursery:
+            for k in range(n):
+                nursery.start_soon(part, work[k::n])
+        return errors
 
     def _sender(self, g: RaftGroup) -> Callable[[AnyMessage], None]:
         name, send = g.name, self.send
