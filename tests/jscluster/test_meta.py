@@ -1,0 +1,548 @@
+"""Clustered JetStream through any node: the meta group (project issue 9, "How it is shown").
+
+Every test runs against a three-node cluster of nats-server and of ours (`ours` is skipped
+until harness.OURS_READY is flipped). Streams get names unique to their test, so tests share
+one cluster per kind; tests that kill or stop nodes call `restore()` afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+from nats.js.errors import ServiceUnavailableError
+
+from tests.jscluster.harness import (CLUSTER_NAME, JSCluster, api, api_all, api_retry, kind_params, publish,
+                                     stream_config, until_routed, wait_for)
+
+NO_META_LEADER = {"code": 503, "err_code": 10008, "description": "JetStream system temporarily unavailable"}
+NO_PLACEMENT = {"code": 400, "err_code": 10005, "description": "no suitable peers for placement"}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def close_all(conns) -> None:
+    for c in (conns.values() if isinstance(conns, dict) else conns):
+        await c.close()
+
+
+def without(d: dict, *keys: str) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def durable(name: str, **kw) -> dict:
+    cfg = {"durable_name": name, "ack_policy": "explicit"}
+    cfg.update(kw)
+    return cfg
+
+
+# -- any node answers, with the same view -------------------------------------------------------
+
+def test_stream_created_through_n2_has_same_info_through_every_node(jsc: JSCluster):
+    async def main():
+        c = await jsc.connect_all()
+        try:
+            created = await api(c["n2"], "$JS.API.STREAM.CREATE.SAME", stream_config("SAME"))
+            assert created.get("did_create") is True, created
+            js1 = c["n1"].jetstream()
+            for i in range(7):
+                ack = await publish(js1, f"SAME.k{i % 3}", b"v%d" % i)
+                assert (ack.stream, ack.seq) == ("SAME", i + 1)
+            infos = {}
+            for n, nc in c.items():
+                resps = await api_all(nc, "$JS.API.STREAM.INFO.SAME")
+                assert len(resps) == 1, (n, resps)
+                infos[n] = resps[0].json
+            return created, infos
+        finally:
+            await close_all(c)
+
+    created, infos = run(main())
+    views = {n: without(i, "ts") for n, i in infos.items()}
+    assert views["n1"] == views["n2"] == views["n3"]
+    info = infos["n1"]
+    assert info["type"] == "io.nats.jetstream.api.v1.stream_info_response"
+    assert info["config"] == created["config"] and info["created"] == created["created"]
+    assert info["state"]["messages"] == 7 and info["state"]["last_seq"] == 7 and info["state"]["first_seq"] == 1
+    # R1: the cluster block is exactly {name, leader}: no raft_group, no replicas.
+    assert set(info["cluster"]) == {"name", "leader"}
+    assert info["cluster"]["name"] == CLUSTER_NAME and info["cluster"]["leader"] in jsc.names()
+    assert created["cluster"] == info["cluster"]
+    # the named leader is the node that holds the stream (its own /jsz), and no other does
+    holders = [n for n in jsc.names() if "SAME" in jsc.jsz_streams(n)]
+    assert holders == [info["cluster"]["leader"]]
+
+
+def test_100_messages_published_through_n1_fetched_by_pull_consumer_through_n3(jsc: JSCluster):
+    async def main():
+        c = await jsc.connect_all()
+        try:
+            await api(c["n1"], "$JS.API.STREAM.CREATE.PULL", stream_config("PULL"))
+            js1, js3 = c["n1"].jetstream(), c["n3"].jetstream()
+            subjects = [f"PULL.a.{i % 4}" if i % 2 else f"PULL.b.{i % 5}.x" for i in range(100)]
+            for i, subj in enumerate(subjects):
+                ack = await publish(js1, subj, b"m%03d" % i, headers={"N": str(i)} if i % 10 == 0 else None)
+                assert ack.seq == i + 1
+            psub = await js3.pull_subscribe("PULL.>", durable="puller", stream="PULL")
+            got = []
+            deadline = time.monotonic() + 30
+            while len(got) < 100 and time.monotonic() < deadline:
+                try:
+                    batch = await psub.fetch(min(30, 100 - len(got)), timeout=3)
+                except asyncio.TimeoutError:  # nats-py's fetch timeout is a subclass
+                    continue
+                except ServiceUnavailableError:
+                    # nats-server: a 503 no-responders until the new consumer's MSG.NEXT
+                    # interest has crossed the routes to n3
+                    await asyncio.sleep(0.1)
+                    continue
+                for m in batch:
+                    await m.ack_sync()
+                got.extend(batch)
+            info = await api(c["n1"], "$JS.API.CONSUMER.INFO.PULL.puller")
+            return subjects, got, info
+        finally:
+            await close_all(c)
+
+    subjects, got, info = run(main())
+    assert [m.subject for m in got] == subjects
+    assert [m.data for m in got] == [b"m%03d" % i for i in range(100)]
+    assert [m.metadata.sequence.stream for m in got] == list(range(1, 101))
+    assert got[10].headers == {"N": "10"} and got[11].headers is None
+    assert info["name"] == "puller" and info["num_pending"] == 0 and info["num_ack_pending"] == 0
+    assert info["delivered"]["stream_seq"] == 100 and info["ack_floor"]["stream_seq"] == 100
+    assert info["cluster"]["name"] == CLUSTER_NAME and info["cluster"]["leader"] in jsc.names()
+
+
+def test_stream_names_and_account_info_are_cluster_wide_from_every_node(jsc: JSCluster):
+    async def main():
+        c = await jsc.connect_all()
+        try:
+            mine = {"NAMES_A": "n1", "NAMES_B": "n2", "NAMES_C": "n3"}
+            for name, via in mine.items():
+                r = await api(c[via], f"$JS.API.STREAM.CREATE.{name}", stream_config(name))
+                assert r.get("did_create") is True, r
+            await api(c["n2"], "$JS.API.CONSUMER.CREATE.NAMES_A.ca", {"stream_name": "NAMES_A", "config": durable("ca")})
+            await api(c["n3"], "$JS.API.CONSUMER.CREATE.NAMES_C.cc", {"stream_name": "NAMES_C", "config": durable("cc")})
+            names, infos, lists = {}, {}, {}
+            for n, nc in c.items():
+                r = await api_all(nc, "$JS.API.STREAM.NAMES")
+                assert len(r) == 1, (n, r)
+                names[n] = r[0].json
+                r = await api_all(nc, "$JS.API.INFO")
+                assert len(r) == 1, (n, r)
+                infos[n] = r[0].json
+                r = await api_all(nc, "$JS.API.STREAM.LIST")
+                assert len(r) == 1, (n, r)
+                lists[n] = r[0].json
+            return mine, names, infos, lists
+        finally:
+            await close_all(c)
+
+    mine, names, infos, lists = run(main())
+    for n in jsc.names():
+        listed = names[n]["streams"]
+        assert len(listed) == len(set(listed)), f"a stream listed twice through {n}: {listed}"
+        assert set(mine) <= set(listed)
+        assert names[n]["total"] == len(listed)
+        assert sorted(listed) == sorted(names["n1"]["streams"])
+        assert sorted(s["config"]["name"] for s in lists[n]["streams"]) == sorted(listed)
+        assert lists[n].get("missing") in (None, [])
+        total_consumers = sum(s["state"]["consumer_count"] for s in lists[n]["streams"])
+        assert infos[n]["type"] == "io.nats.jetstream.api.v1.account_info_response"
+        assert infos[n]["streams"] == len(listed), (n, infos[n])
+        assert infos[n]["consumers"] == total_consumers >= 2, (n, infos[n])
+    assert infos["n1"]["streams"] == infos["n2"]["streams"] == infos["n3"]["streams"]
+
+
+def test_kv_and_object_store_across_nodes(jsc: JSCluster):
+    blob = bytes(range(256)) * 1200  # 300 KiB: several chunks
+
+    async def main():
+        c = await jsc.connect_all()
+        try:
+            js1, js2, js3 = (c[n].jetstream() for n in ("n1", "n2", "n3"))
+            kv1 = await js1.create_key_value(bucket="CFG", history=3)
+            await until_routed(lambda: kv1.put("alpha", b"1"))
+            await kv1.put("beta.x", b"2")
+            await kv1.put("alpha", b"3")
+            kv2, kv3 = await js2.key_value("CFG"), await js3.key_value("CFG")
+            seen = {}
+            for n, kv in (("n2", kv2), ("n3", kv3)):
+                e = await kv.get("alpha")
+                seen[n] = (e.value, e.revision, sorted(await kv.keys()), (await kv.get("beta.x")).value)
+            watchers = {"n2": await kv2.watchall(include_history=False),
+                        "n3": await kv3.watchall(include_history=False)}
+            initial = {}
+            for n, w in watchers.items():
+                got = []
+                while len(got) < 2:
+                    e = await w.updates(timeout=10)
+                    if e is not None:
+                        got.append((e.key, e.value))
+                initial[n] = sorted(got)
+            await kv1.put("gamma", b"new")
+            await kv1.delete("beta.x")
+            live = {}
+            for n, w in watchers.items():
+                got = []
+                while len(got) < 2:
+                    e = await w.updates(timeout=10)
+                    if e is not None:
+                        got.append((e.key, e.value, e.operation))
+                live[n] = got
+                await w.stop()
+            obs1 = await js1.create_object_store("BLOBS")
+            await until_routed(lambda: obs1.put("big.bin", blob))
+            objs = {}
+            for n, js in (("n2", js2), ("n3", js3)):
+                res = await (await js.object_store("BLOBS")).get("big.bin")
+                objs[n] = (res.info.name, res.info.size, res.data)
+            return seen, initial, live, objs
+        finally:
+            await close_all(c)
+
+    seen, initial, live, objs = run(main())
+    for n in ("n2", "n3"):
+        assert seen[n] == (b"3", 3, ["alpha", "beta.x"], b"2")
+        assert initial[n] == [("alpha", b"3"), ("beta.x", b"2")]
+        assert live[n][0] == ("gamma", b"new", None)
+        assert live[n][1][:2] == ("beta.x", b"") and live[n][1][2] == "DEL"
+        assert objs[n] == ("big.bin", len(blob), blob)
+
+
+# -- exactly one response per request -----------------------------------------------------------
+
+def test_each_request_gets_exactly_one_response_through_every_node(jsc: JSCluster):
+    async def main():
+        c = await jsc.connect_all()
+        try:
+            await api(c["n1"], "$JS.API.STREAM.CREATE.ONE", stream_config("ONE"))
+            await api(c["n1"], "$JS.API.CONSUMER.CREATE.ONE.d", {"stream_name": "ONE", "config": durable("d")})
+            await publish(c["n1"].jetstream(), "ONE.x", b"hello")
+            cases = []
+            for n in jsc.names():
+                cases += [
+                    (n, "info", "$JS.API.STREAM.INFO.ONE", b""),
+                    (n, "names", "$JS.API.STREAM.NAMES", b""),
+                    (n, "cinfo", "$JS.API.CONSUMER.INFO.ONE.d", b""),
+                    (n, "dup", "$JS.API.STREAM.CREATE.ONE", stream_config("ONE", subjects=["other.one"])),
+                    (n, "same", "$JS.API.STREAM.CREATE.ONE", stream_config("ONE")),
+                    (n, "create", f"$JS.API.STREAM.CREATE.ONE_{n}", stream_config(f"ONE_{n}")),
+                    (n, "ccreate", f"$JS.API.CONSUMER.CREATE.ONE.c{n}", {"stream_name": "ONE", "config": durable(f"c{n}")}),
+                    (n, "msgget", "$JS.API.STREAM.MSG.GET.ONE", {"seq": 1}),
+                    (n, "missing", "$JS.API.STREAM.INFO.NOPE", b""),
+                    (n, "cmissing", "$JS.API.CONSUMER.INFO.ONE.nope", b""),
+                    (n, "unknown", "$JS.API.NO.SUCH.THING", b""),
+                ]
+            results = await asyncio.gather(*(api_all(c[n], subj, body, first_timeout=3) for n, _, subj, body in cases))
+            return [(n, what, r) for (n, what, _, _), r in zip(cases, results)]
+        finally:
+            await close_all(c)
+
+    for n, what, resps in run(main()):
+        if what == "unknown":
+            # nats-server does not answer an unknown $JS.API subject in a cluster
+            assert resps == [], (n, resps)
+            continue
+        assert len(resps) == 1, (n, what, resps)
+        r = resps[0]
+        assert r.headers is None, (n, what, r)
+        body = r.json
+        if what == "info":
+            assert body["config"]["name"] == "ONE" and body["state"]["messages"] == 1
+        elif what == "names":
+            assert body["streams"].count("ONE") == 1
+        elif what == "cinfo":
+            assert body["name"] == "d" and body["stream_name"] == "ONE"
+        elif what == "dup":
+            assert body["error"] == {"code": 400, "err_code": 10058,
+                                     "description": "stream name already in use with a different configuration"}
+        elif what == "same":
+            assert "error" not in body and body["config"]["name"] == "ONE"
+        elif what == "create":
+            assert body.get("did_create") is True and body["config"]["name"] == f"ONE_{n}"
+        elif what == "ccreate":
+            assert body["type"] == "io.nats.jetstream.api.v1.consumer_create_response" and body["name"] == f"c{n}"
+        elif what == "msgget":
+            assert body["message"]["subject"] == "ONE.x" and body["message"]["seq"] == 1
+        elif what == "missing":
+            assert body["error"] == {"code": 404, "err_code": 10059, "description": "stream not found"}
+        elif what == "cmissing":
+            assert body["error"] == {"code": 404, "err_code": 10014, "description": "consumer not found"}
+
+
+# -- placement ----------------------------------------------------------------------------------
+
+def test_impossible_placement_is_refused_with_10005(jsc: JSCluster):
+    async def main():
+        c = await jsc.connect_all()
+        try:
+            out = {}
+            for n, nc in c.items():
+                out[n] = await api_all(nc, "$JS.API.STREAM.CREATE.TOO_MANY", stream_config("TOO_MANY", num_replicas=5))
+            names = await api(c["n1"], "$JS.API.STREAM.NAMES")
+            return out, names
+        finally:
+            await close_all(c)
+
+    out, names = run(main())
+    for n, resps in out.items():
+        assert len(resps) == 1, (n, resps)
+        assert resps[0].json == {"type": "io.nats.jetstream.api.v1.stream_create_response", "error": NO_PLACEMENT}
+    assert "TOO_MANY" not in (names["streams"] or [])
+
+
+@pytest.mark.parametrize("jsc", kind_params("nats-server"), indirect=True)
+def test_r3_stream_cluster_block_and_same_state_everywhere(jsc: JSCluster):
+    """num_replicas=3 (nats-server only until our replication lands; ours refuses R>1 for now)."""
+    async def main():
+        c = await jsc.connect_all()
+        try:
+            created = await api(c["n3"], "$JS.API.STREAM.CREATE.REP3", stream_config("REP3", num_replicas=3))
+            assert created.get("did_create") is True, created
+            js = c["n2"].jetstream()
+            for i in range(20):
+                await publish(js, f"REP3.{i}", b"x" * i)
+
+            async def all_current():
+                info = await api(c["n1"], "$JS.API.STREAM.INFO.REP3")
+                reps = info["cluster"].get("replicas") or []
+                return info if len(reps) == 2 and all(r["current"] for r in reps) else None
+
+            deadline = time.monotonic() + 30
+            while not (info := await all_current()):
+                assert time.monotonic() < deadline, "replicas never current"
+                await asyncio.sleep(0.2)
+            views = {}
+            for n, nc in c.items():
+                r = await api_all(nc, "$JS.API.STREAM.INFO.REP3")
+                assert len(r) == 1
+                views[n] = r[0].json
+            await api(c["n1"], "$JS.API.STREAM.DELETE.REP3")
+            return created, info, views
+        finally:
+            await close_all(c)
+
+    created, info, views = run(main())
+    assert created["config"]["num_replicas"] == 3
+    cl = info["cluster"]
+    assert cl["name"] == CLUSTER_NAME
+    assert cl["raft_group"].startswith("S-R3F-")
+    assert cl["leader"] in jsc.names()
+    assert isinstance(cl["leader_since"], str) and cl["leader_since"].endswith("Z")
+    assert sorted(r["name"] for r in cl["replicas"]) == sorted(set(jsc.names()) - {cl["leader"]})
+    for r in cl["replicas"]:
+        # lag and offline are omitted when zero/false
+        assert {"name", "current", "active", "peer"} <= set(r) <= {"name", "current", "active", "lag", "peer", "offline"}
+        assert r["current"] is True and isinstance(r["active"], int) and r["active"] >= 0
+        assert isinstance(r["peer"], str) and len(r["peer"]) == 8
+        assert isinstance(r.get("lag", 0), int)
+    for v in views.values():
+        assert v["state"] == info["state"] and v["state"]["messages"] == 20
+        assert v["cluster"]["leader"] == cl["leader"]
+
+
+# -- meta leader: stepdown, failover, catch-up, no leader -----------------------------------------
+
+STEPDOWN_OK = b'{"type":"io.nats.jetstream.api.v1.meta_leader_stepdown_response","success":true}'
+
+
+async def stepdown_to(cl: JSCluster, target: str, timeout: float = 30.0) -> None:
+    """Ask (as the system account) the meta leader to hand over to `target` until it has."""
+    deadline = time.monotonic() + timeout
+    while cl.meta_leader() != target:
+        assert time.monotonic() < deadline, f"{target} never became meta leader"
+        sc = await cl.connect([n for n in cl.live() if n != target][0], system=True)
+        try:
+            await api_all(sc, "$JS.API.META.LEADER.STEPDOWN", {"placement": {"preferred": target}},
+                          first_timeout=2, linger=0)
+        finally:
+            await sc.close()
+        try:
+            await asyncio.to_thread(cl.wait_meta_leader, None, None, 5)
+        except AssertionError:
+            pass
+
+
+def test_meta_leader_stepdown(jsc_sys: JSCluster):
+    cl = jsc_sys
+    before = cl.wait_ready()
+
+    async def main():
+        anon = await cl.connect(before)
+        sysc = await cl.connect([n for n in cl.names() if n != before][0], system=True)
+        try:
+            # from the global account: dropped, no response, leader unchanged
+            dropped = await api_all(anon, "$JS.API.META.LEADER.STEPDOWN", b"", first_timeout=1.5)
+            still = cl.meta_leader()
+            ok = await api_all(sysc, "$JS.API.META.LEADER.STEPDOWN")
+            after = await asyncio.to_thread(cl.wait_meta_leader, None, before)
+            unknown = await api_all(sysc, "$JS.API.META.LEADER.STEPDOWN", {"placement": {"preferred": "nope"}})
+            target = [n for n in cl.names() if n not in (after,)][0]
+            await stepdown_to(cl, target)
+            return dropped, still, ok, after, unknown, target
+        finally:
+            await anon.close()
+            await sysc.close()
+
+    dropped, still, ok, after, unknown, target = run(main())
+    assert dropped == [] and still == before
+    assert len(ok) == 1 and ok[0].headers is None and ok[0].data == STEPDOWN_OK
+    assert after != before and after in cl.names()
+    assert len(unknown) == 1 and unknown[0].json == {
+        "type": "io.nats.jetstream.api.v1.meta_leader_stepdown_response",
+        "error": {"code": 400, "err_code": 10005, "description": 'preferred server "nope" not known'}}
+    assert cl.wait_meta_leader() == target
+    for n in cl.names():
+        view = cl.meta_view(n)
+        assert view["leader"] == target and view["name"] == CLUSTER_NAME and view["cluster_size"] == 3
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_meta_leader_api_recovers_and_restarted_node_catches_up(jsc_sys: JSCluster):
+    cl = jsc_sys
+    cl.wait_ready()
+
+    async def main():
+        c0 = await cl.connect("n1")
+        await api(c0, "$JS.API.STREAM.CREATE.FO_OLD", stream_config("FO_OLD"))
+        await c0.close()
+        # FO_OLD must live on a survivor (nats-server sends no response to deleting an R1
+        # stream whose node is down): make sure the meta leader is not FO_OLD's node
+        host = await asyncio.to_thread(cl.stream_leader, "FO_OLD")
+        if cl.meta_leader() == host:
+            await stepdown_to(cl, [n for n in cl.names() if n != host][0])
+        victim = cl.meta_leader()
+        survivor = [n for n in cl.names() if n != victim][0]
+        nc = await cl.connect(survivor)
+        try:
+            cl.kill(victim)
+            t0 = time.monotonic()
+            created = await api_retry(nc, "$JS.API.STREAM.CREATE.FO_NEW", stream_config("FO_NEW"),
+                                      until=30, per_request=1.0)
+            took = time.monotonic() - t0
+            deleted = await api_retry(nc, "$JS.API.STREAM.DELETE.FO_OLD", until=30)
+            new_leader = cl.meta_leader()
+            cl.restart(victim)
+            await asyncio.to_thread(cl.wait_ready)
+            await stepdown_to(cl, victim)  # the restarted node now answers STREAM.NAMES itself
+            vc = await cl.connect(victim)
+            names = await api_all(vc, "$JS.API.STREAM.NAMES")
+            info_new = await api_all(vc, "$JS.API.STREAM.INFO.FO_NEW")
+            info_old = await api_all(vc, "$JS.API.STREAM.INFO.FO_OLD")
+            await vc.close()
+            return victim, created, took, deleted, new_leader, names, info_new, info_old
+        finally:
+            await nc.close()
+            cl.restore()
+
+    victim, created, took, deleted, new_leader, names, info_new, info_old = run(main())
+    assert created.get("did_create") is True, created
+    assert took < 30
+    assert deleted == {"type": "io.nats.jetstream.api.v1.stream_delete_response", "success": True}
+    assert new_leader in set(cl.names()) - {victim}
+    assert len(names) == 1 and "FO_NEW" in names[0].json["streams"] and "FO_OLD" not in names[0].json["streams"]
+    assert len(info_new) == 1 and info_new[0].json["config"]["name"] == "FO_NEW"
+    assert len(info_old) == 1 and info_old[0].json["error"]["err_code"] == 10059
+
+
+@pytest.mark.timeout(180)
+def test_stream_deleted_while_its_node_was_down_is_gone_after_restart(jsc_sys: JSCluster):
+    """nats-server applies the delete of an R1 stream whose only node is down but sends no
+    response (the stream's node answers a delete, and it is down); the restarted node removes
+    the stream from its store."""
+    cl = jsc_sys
+    cl.wait_ready()
+
+    async def main():
+        c = await cl.connect_all()
+        try:
+            await api(c["n1"], "$JS.API.STREAM.CREATE.GONE", stream_config("GONE"))
+            await publish(c["n1"].jetstream(), "GONE.a", b"payload")
+            host = await asyncio.to_thread(cl.stream_leader, "GONE")
+            assert "GONE" in cl.jsz_streams(host)
+            store = Path(cl.node(host).proc.store_dir)
+            assert any(p.is_dir() for p in store.rglob("GONE"))
+            other = [n for n in cl.names() if n != host][0]
+            if cl.meta_leader() == host:  # keep the meta leader up: this is about the host only
+                await stepdown_to(cl, other)
+            cl.kill(host)
+            deleted = await api_all(c[other], "$JS.API.STREAM.DELETE.GONE", first_timeout=3)
+            names_down = await api(c[other], "$JS.API.STREAM.NAMES")
+            cl.restart(host)
+            await asyncio.to_thread(cl.wait_ready)
+            await asyncio.to_thread(wait_for, lambda: "GONE" not in cl.jsz_streams(host),
+                                    f"GONE removed from {host}'s own /jsz")
+            hc = await cl.connect(host)
+            info = await api_all(hc, "$JS.API.STREAM.INFO.GONE")
+            names = await api(hc, "$JS.API.STREAM.NAMES")
+            await hc.close()
+            return host, store, deleted, names_down, info, names
+        finally:
+            await close_all(c)
+            cl.restore()
+
+    host, store, deleted, names_down, info, names = run(main())
+    assert deleted == []
+    assert "GONE" not in (names_down["streams"] or [])
+    assert len(info) == 1 and info[0].json["error"] == {"code": 404, "err_code": 10059, "description": "stream not found"}
+    assert "GONE" not in (names["streams"] or [])
+    assert not any(p.is_dir() for p in store.rglob("GONE")), f"GONE's files still in {host}'s store"
+
+
+@pytest.mark.timeout(180)
+def test_no_meta_leader_answers_503_10008_once_and_stream_leader_still_answers(jsc_sys: JSCluster):
+    cl = jsc_sys
+    cl.wait_ready()
+
+    async def main():
+        nc0 = await cl.connect("n1")
+        await api(nc0, "$JS.API.STREAM.CREATE.LONELY", stream_config("LONELY"))
+        await nc0.close()
+        survivor = await asyncio.to_thread(cl.stream_leader, "LONELY")
+        nc = await cl.connect(survivor)
+        try:
+            for n in cl.names():
+                if n != survivor:
+                    cl.kill(n)
+            deadline = time.monotonic() + 40
+            create = []
+            while not create:  # nats-server stays silent until the survivor gives up on the leader
+                assert time.monotonic() < deadline, "no answer to STREAM.CREATE without a meta leader"
+                create = await api_all(nc, "$JS.API.STREAM.CREATE.NEVER", stream_config("NEVER"),
+                                       first_timeout=1.0, linger=1.0)
+            names = await api_all(nc, "$JS.API.STREAM.NAMES")
+            accinfo = await api_all(nc, "$JS.API.INFO")
+            info = await api_all(nc, "$JS.API.STREAM.INFO.LONELY")
+            return survivor, create, names, accinfo, info
+        finally:
+            await nc.close()
+            cl.restore()
+
+    survivor, create, names, accinfo, info = run(main())
+    assert len(create) == 1 and create[0].headers is None
+    assert create[0].data == (b'{"type":"io.nats.jetstream.api.v1.stream_create_response","error":{"code":503,'
+                              b'"err_code":10008,"description":"JetStream system temporarily unavailable"}}')
+    assert len(names) == 1 and names[0].data == (
+        b'{"type":"io.nats.jetstream.api.v1.stream_names_response","error":{"code":503,"err_code":10008,'
+        b'"description":"JetStream system temporarily unavailable"},"total":0,"offset":0,"limit":0,"streams":null}')
+    assert len(accinfo) == 1 and accinfo[0].json == {"type": "io.nats.jetstream.api.v1.account_info_response",
+                                                     "error": NO_META_LEADER}
+    # the stream's own leader is alive: STREAM.INFO still answers, once
+    assert len(info) == 1 and info[0].json["config"]["name"] == "LONELY"
+    assert info[0].json["cluster"] == {"name": CLUSTER_NAME, "leader": survivor}
+
+    async def after():
+        nc = await cl.connect(survivor)
+        try:
+            return await api_retry(nc, "$JS.API.STREAM.CREATE.BACK", stream_config("BACK"))
+        finally:
+            await nc.close()
+
+    assert run(after()).get("did_create") is True
