@@ -177,7 +177,8 @@ class RaftGroup:
 
     def step_down(self, preferred: int | None = None, on_done: OnDone | None = None) -> None:
         """Hand leadership to `preferred`, or to the most caught-up voter that is not down
-        (META.LEADER.STEPDOWN). Errors go to `on_done` (NotLeader, ProposalRejected)."""
+        (META.LEADER.STEPDOWN). `on_done(None, target, None)` once the transfer is under way;
+        errors go to it as `on_done(None, None, NotLeader | ProposalRejected)`."""
         cb = on_done or _ignore
         self.host._submit(lambda: self._step_down(preferred, cb), self)
 

@@ -493,3 +493,48 @@ async def test_a_damaged_wal_rejoins_quarantined_and_heals(tmp_path, clock):
             await trio.sleep(TICK)
         assert cell.machines[(victim, "meta")].items[-1] == b"after"
         nursery.cancel_scope.cancel()
+
+
+class GatedStorage:
+    """A Storage whose save waits (in its worker thread) until the test opens the gate."""
+
+    def __init__(self, storage) -> None:
+        import threading
+
+        self.storage = storage
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.hard_state, self.snapshot = storage.hard_state, storage.snapshot
+
+    def initial_state(self):
+        return self.storage.initial_state()
+
+    def save(self, hard_state, snapshot, entries):
+        self.entered.set()
+        assert self.gate.wait(30)
+        self.storage.save(hard_state, snapshot, entries)
+
+    def compact(self, snap):
+        self.storage.compact(snap)
+
+
+async def test_remove_group_during_an_fsync_sets_closed_only_after_it(tmp_path):
+    # Real clock and threads: checks the `closed` contract, never how fast.
+    async with trio.open_nursery() as nursery:
+        host = RaftHost(lambda name, m: None, tick_interval_s=0.02)
+        gated = GatedStorage(Storage.open(OsDisk(str(tmp_path / "g")), ConfState((1,))))
+        other = host.add_group("other", RaftConfig(node_id=1), Storage.open(OsDisk(str(tmp_path / "o")),
+                               ConfState((1,))), ListMachine(), seed=2)
+        g = host.add_group("g", RaftConfig(node_id=1), gated, ListMachine(), seed=1)
+        await nursery.start(host.run)
+        with trio.fail_after(30):
+            while not gated.entered.is_set():  # its first election's hard state is being saved
+                await trio.sleep(0.01)
+            host.remove_group("g")
+            assert g.stopped and not g.closed.is_set()  # the save is still in flight
+            gated.gate.set()
+            await g.closed.wait()
+            while not other.is_leader:
+                await trio.sleep(0.02)
+            assert (await other.propose(b"x"))[1] == 1
+        nursery.cancel_scope.cancel()
