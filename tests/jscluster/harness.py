@@ -448,6 +448,7 @@ def stream_config(name: str, subjects: list[str] | None = None, **kw) -> dict:
 
 # -- normalizing responses for comparison across servers ---------------------------------------
 
+ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time: kept, it says "never"
 TIME_KEYS = {"created", "ts", "first_ts", "last_ts", "leader_since", "last_active", "time", "now",
              "start", "server_time"}
 ID_KEYS = {"server_id", "id", "peer", "nonce", "raft_group"}
@@ -456,12 +457,13 @@ DURATION_KEYS = {"active", "uptime"}
 
 
 def normalize(obj: Any) -> Any:
-    """Replace what legitimately differs between runs and servers (timestamps, ids, peers,
-    leader names, durations) with placeholders; keep every key and every other value."""
+    """Replace what legitimately differs between runs and servers (timestamps other than the
+    zero time, ids, peers, raft group names, leader names, durations) with placeholders; keep
+    every key and every other value."""
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            if k in TIME_KEYS and v is not None:
+            if k in TIME_KEYS and v is not None and v != ZERO_TIME:
                 out[k] = "<time>"
             elif k in ID_KEYS and v is not None:
                 out[k] = "<id>"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from nats.js.errors import ServiceUnavailableError
 
-from tests.jscluster.harness import (CLUSTER_NAME, JSCluster, api, api_all, api_retry, kind_params, publish,
-                                     stream_config, until_routed, wait_for)
+from tests.jscluster.harness import (CLUSTER_NAME, JSCluster, api, api_all, api_retry, key_paths, kind_params,
+                                     normalize, publish, stream_config, until_routed, wait_for)
 
 NO_META_LEADER = {"code": 503, "err_code": 10008, "description": "JetStream system temporarily unavailable"}
 NO_PLACEMENT = {"code": 400, "err_code": 10005, "description": "no suitable peers for placement"}
@@ -546,3 +546,77 @@ def test_no_meta_leader_answers_503_10008_once_and_stream_leader_still_answers(j
             await nc.close()
 
     assert run(after()).get("did_create") is True
+
+
+# -- response shape parity ------------------------------------------------------------------------
+
+async def shape_scenario(cl: JSCluster) -> dict[str, dict]:
+    """The same API conversation on a fresh cluster, each step through a different node; the
+    responses normalized (ids, timestamps, leader names, durations replaced)."""
+    c = await cl.connect_all()
+    try:
+        out = {}
+        out["stream_create"] = await api(c["n2"], "$JS.API.STREAM.CREATE.SHAPE", stream_config("SHAPE"))
+        js = c["n1"].jetstream()
+        for i in range(3):
+            await publish(js, f"SHAPE.{i}", b"x" * (i + 1), headers={"H": "v"} if i == 1 else None)
+        out["stream_info"] = await api(c["n3"], "$JS.API.STREAM.INFO.SHAPE")
+        out["stream_names"] = await api(c["n1"], "$JS.API.STREAM.NAMES")
+        out["stream_list"] = await api(c["n2"], "$JS.API.STREAM.LIST")
+        out["consumer_create"] = await api(c["n3"], "$JS.API.CONSUMER.CREATE.SHAPE.dur",
+                                           {"stream_name": "SHAPE", "config": durable("dur", filter_subject="SHAPE.1")})
+        out["consumer_info"] = await api(c["n1"], "$JS.API.CONSUMER.INFO.SHAPE.dur")
+        # nats-server's account usage reaches the answering node by periodic updates: wait for
+        # the stored bytes to show; the api counters are per server (which node answers what)
+        deadline = time.monotonic() + 15
+        while True:
+            acc = await api(c["n2"], "$JS.API.INFO")
+            if acc.get("storage") == out["stream_info"]["state"]["bytes"] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        acc["api"]["total"] = acc["api"]["errors"] = "<count>"
+        out["account_info"] = acc
+        out["stream_info_missing"] = await api(c["n2"], "$JS.API.STREAM.INFO.NOPE")
+        out["stream_create_dup"] = await api(c["n3"], "$JS.API.STREAM.CREATE.SHAPE",
+                                             stream_config("SHAPE", subjects=["elsewhere"]))
+        out["stream_create_r5"] = await api(c["n1"], "$JS.API.STREAM.CREATE.R5", stream_config("R5", num_replicas=5))
+        return {k: normalize(v) for k, v in out.items()}
+    finally:
+        await close_all(c)
+
+
+_reference_shapes: list[dict] = []
+
+
+def reference_shapes(tmp_path: Path) -> dict[str, dict]:
+    """nats-server's shapes from its own fresh cluster (once per session)."""
+    if not _reference_shapes:
+        with JSCluster("nats-server", tmp_path / "shape-ref") as ref:
+            _reference_shapes.append(run(shape_scenario(ref)))
+    return _reference_shapes[0]
+
+
+@pytest.mark.parametrize("kind", kind_params())
+def test_response_shapes_match_nats_server(kind: str, tmp_path: Path):
+    """STREAM.CREATE/INFO/NAMES/LIST, CONSUMER.CREATE/INFO, INFO and error answers: the same
+    key paths and the same values apart from ids, timestamps, leader names. For nats-server
+    itself this compares two independent clusters (so the normalization is complete)."""
+    expected = reference_shapes(tmp_path)
+    with JSCluster(kind, tmp_path / f"shape-{kind}") as cl:
+        got = run(shape_scenario(cl))
+    assert set(got) == set(expected)
+    for step in expected:
+        assert sorted(key_paths(got[step])) == sorted(key_paths(expected[step])), step
+        assert got[step] == expected[step], step
+    # what nats-server says, spelled out
+    si = expected["stream_info"]
+    assert si["cluster"] == {"name": CLUSTER_NAME, "leader": "<leader>"}
+    assert si["state"]["messages"] == 3 and si["state"]["last_seq"] == 3
+    assert expected["stream_names"] == {"type": "io.nats.jetstream.api.v1.stream_names_response", "total": 1,
+                                        "offset": 0, "limit": 1024, "streams": ["SHAPE"]}
+    assert expected["stream_list"]["streams"][0]["cluster"] == {"name": CLUSTER_NAME, "leader": "<leader>"}
+    ci = expected["consumer_info"]
+    assert ci["cluster"] == {"name": CLUSTER_NAME, "leader": "<leader>"} and ci["num_pending"] == 1
+    acc = expected["account_info"]
+    assert acc["streams"] == 1 and acc["consumers"] == 1 and acc["storage"] == si["state"]["bytes"] > 0
+    assert expected["stream_create_r5"]["error"] == NO_PLACEMENT
