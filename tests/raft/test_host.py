@@ -538,3 +538,75 @@ async def test_remove_group_during_an_fsync_sets_closed_only_after_it(tmp_path):
                 await trio.sleep(0.02)
             assert (await other.propose(b"x"))[1] == 1
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_random_faults_keep_every_group_consistent(tmp_path, clock, seed):
+    """Hosts with two groups each under random cuts, false and true peer_down reports, kills and
+    restarts from disk, while proposals flow without waiting. After healing, every group's
+    machines agree, and every proposal reported applied is in them at its index."""
+    import random
+
+    rng = random.Random(seed)
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path, segment_bytes=400, snapshot_entries=6)
+        for i in VOTERS:
+            await cell.start(i)
+        acked: dict[tuple[str, int], bytes] = {}
+        outcomes = {"ok": 0, "refused": 0, "dropped": 0}
+
+        def proposer(name, data):
+            def done(index, result, error):
+                if error is None:
+                    assert acked.setdefault((name, index), data) == data
+                    outcomes["ok"] += 1
+                else:
+                    outcomes["dropped" if isinstance(error, ProposalDropped) else "refused"] += 1
+            return done
+
+        n = 0
+        for step in range(300):
+            r = rng.random()
+            live = cell.live()
+            if r < 0.05:
+                a, b = rng.sample(VOTERS, 2)
+                cell.net.cut |= {(a, b), (b, a)}
+            elif r < 0.09:
+                cell.net.cut.clear()
+            elif r < 0.12 and len(live) == 3:
+                victim = rng.choice(VOTERS)
+                cell.kill(victim)
+                for h in cell.live().values():
+                    h.peer_down(victim)
+            elif r < 0.17 and len(live) < 3:
+                back = next(i for i in VOTERS if i not in live)
+                await cell.start(back)
+                for h in cell.live().values():
+                    h.peer_up(back)
+            elif r < 0.20:
+                h = rng.choice(list(live.values()))
+                h.peer_down(rng.choice([i for i in VOTERS if i in cell.net.hosts and cell.net.hosts[i] is not h]))
+            for name in GROUPS:
+                for h in cell.live().values():
+                    g = h.groups[name]
+                    if g.is_leader:
+                        n += 1
+                        data = b"%s-%d" % (name.encode(), n)
+                        g.propose_nowait(data, proposer(name, data))
+            await trio.sleep(TICK * rng.randrange(1, 6))
+        cell.net.cut.clear()
+        for i in VOTERS:
+            if i not in cell.live():
+                await cell.start(i)
+        for name in GROUPS:
+            leader = await cell.leader(name)
+            await leader.propose(b"final")
+        await trio.sleep(1)
+        for name in GROUPS:
+            logs = [cell.machines[(i, name)].items for i in VOTERS]
+            assert logs[0] == logs[1] == logs[2] and logs[0][-1] == b"final"
+        assert outcomes["ok"] > 50, outcomes
+        # every acknowledged proposal is in the agreed history exactly once
+        for (name, index), data in acked.items():
+            assert cell.machines[(VOTERS[0], name)].items.count(data) == 1
+        nursery.cancel_scope.cancel()
