@@ -11,6 +11,7 @@ from raft.host import PeerProgress, ProposalDropped, RaftHost
 from raft.messages import AppendEntries, ConfChange, ConfState, Entry, RequestVote, decode_message, encode
 from raft.storage import OsDisk, Storage, StorageCorruption, segment_name, wal_records, wal_segments
 from tests.raft.cluster import Cluster
+from tests.raft.simdisk import SimDisk
 from tests.raft.test_node import ListMachine
 
 VOTERS = (1, 2, 3)
@@ -43,7 +44,7 @@ class Net:
 class Cell:
     """Three hosts, each running the same groups."""
 
-    def __init__(self, nursery, path, groups=GROUPS, segment_bytes=64 << 20, **group_kw) -> None:
+    def __init__(self, nursery, path, groups=GROUPS, segment_bytes=64 << 20, sim_disks=None, **group_kw) -> None:
         self.nursery = nursery
         self.path = path
         self.net = Net()
@@ -55,13 +56,18 @@ class Cell:
         self.disks: dict[int, list[OsDisk]] = {}
         self.changes: dict[tuple[int, str], list] = {}
         self.repaired: list[tuple[int, str]] = []
+        self.sim_disks = sim_disks  # a random.Random: SimDisks that lose unsynced writes on kill
+        self.sims: dict[tuple[int, str], SimDisk] = {}
 
     async def start(self, node_id: int, voters=VOTERS) -> RaftHost:
         host = RaftHost(self.net.sender(node_id), tick_interval_s=TICK, fsync_in_thread=False)
         self.disks[node_id] = []
         for name in self.groups:
-            disk = OsDisk(str(self.path / f"n{node_id}" / name))
-            self.disks[node_id].append(disk)
+            if self.sim_disks is not None:
+                disk = self.sims.setdefault((node_id, name), SimDisk())
+            else:
+                disk = OsDisk(str(self.path / f"n{node_id}" / name))
+                self.disks[node_id].append(disk)
             try:  # as the broker does: a damaged log rejoins as a quarantined follower
                 storage = Storage.open(disk, ConfState(voters), segment_bytes=self.segment_bytes)
             except StorageCorruption:
@@ -87,6 +93,9 @@ class Cell:
         del self.net.hosts[node_id]
         for disk in self.disks[node_id]:
             disk.close()
+        for (i, _), disk in self.sims.items():
+            if i == node_id:
+                disk.crash(self.sim_disks, torn=True)
 
     def live(self):
         return {i: h for i, h in self.net.hosts.items() if not self.scopes[i].cancel_called}
@@ -540,16 +549,17 @@ async def test_remove_group_during_an_fsync_sets_closed_only_after_it(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(6))
 async def test_random_faults_keep_every_group_consistent(tmp_path, clock, seed):
-    """Hosts with two groups each under random cuts, false and true peer_down reports, kills and
-    restarts from disk, while proposals flow without waiting. After healing, every group's
+    """Hosts with two groups each under random cuts, false and true peer_down reports, kills
+    (losing unsynced writes, tearing some) and restarts from disk, while proposals flow without
+    waiting. After healing, every group's
     machines agree, and every proposal reported applied is in them at its index."""
     import random
 
     rng = random.Random(seed)
     async with trio.open_nursery() as nursery:
-        cell = Cell(nursery, tmp_path, segment_bytes=400, snapshot_entries=6)
+        cell = Cell(nursery, tmp_path, segment_bytes=400, snapshot_entries=6, sim_disks=rng)
         for i in VOTERS:
             await cell.start(i)
         acked: dict[tuple[str, int], bytes] = {}
