@@ -75,9 +75,13 @@ class OsDisk:
     def _p(self, name: str) -> str:
         return os.path.join(self.path, name)
 
+    handles_max = 4  # open files kept; older WAL segments are closed once appends moved on
+
     def _handle(self, name: str):
         f = self._files.get(name)
         if f is None:
+            while len(self._files) >= self.handles_max:
+                self._files.pop(next(iter(self._files))).close()  # the least recently opened
             f = open(self._p(name), "ab", buffering=0)
             self._files[name] = f
         return f

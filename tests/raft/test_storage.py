@@ -424,6 +424,7 @@ def test_a_crash_anywhere_in_a_compaction_loses_nothing(seed):
 def test_segments_on_real_files(tmp_path):
     disk = OsDisk(str(tmp_path))
     s = filled(disk)
+    assert len(disk._files) <= OsDisk.handles_max  # rolled-away segments do not keep files open
     s.compact(Snapshot(20, 1, CONF, b"sm"))
     s.save(HardState(2, 1), None, ents(2, 25, 40))
     disk.close()
