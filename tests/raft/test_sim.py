@@ -56,6 +56,17 @@ else:
         assert all(v > 0 for v in totals.values()), totals
 
 
+# Seeds on which the simulator found a bug in raft/, each kept as a regression test (the bug is
+# named next to it). They pin this version of the simulator; a change to the simulator's choices
+# moves them, so the bug also has a scripted test in test_core.py where one could be written.
+REGRESSION_SEEDS: dict[int, str] = {}
+
+
+@pytest.mark.parametrize("seed", sorted(REGRESSION_SEEDS))
+def test_regression_seed(seed):
+    run_checked(seed)
+
+
 def test_a_seed_replays_exactly():
     a = run_seed(12345)
     b = run_seed(12345)
@@ -121,3 +132,15 @@ def test_simulator_catches_acknowledgements_sent_before_the_fsync(monkeypatch):
 
     monkeypatch.setattr(sim, "send_leader_messages_early", everything_early)
     assert _first_failure(range(1000)) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="mutation run: set RUN_SLOW=1")
+def test_every_mutation_is_caught_by_the_simulator_alone():
+    """The simulator's strength, measured: every classic Raft bug in tests/raft/mutate.py, applied
+    to a copy of raft/, must make the seed sweep fail within the default seed count."""
+    from tests.raft import mutate
+
+    reports = mutate.run_all(mutate.MUTATIONS, seeds=TOTAL, base=BASE, jobs=2, out=print)
+    survivors = [r["name"] for r in reports if not r["caught"]]
+    assert not survivors, f"mutations the simulator did not catch in {TOTAL} seeds: {survivors}"
