@@ -53,9 +53,9 @@ def test_stream_created_through_n2_has_same_info_through_every_node(jsc: JSClust
             for i in range(7):
                 ack = await publish(js1, f"SAME.k{i % 3}", b"v%d" % i)
                 assert (ack.stream, ack.seq) == ("SAME", i + 1)
+            answers = await asyncio.gather(*(api_all(nc, "$JS.API.STREAM.INFO.SAME") for nc in c.values()))
             infos = {}
-            for n, nc in c.items():
-                resps = await api_all(nc, "$JS.API.STREAM.INFO.SAME")
+            for n, resps in zip(c, answers):
                 assert len(resps) == 1, (n, resps)
                 infos[n] = resps[0].json
             return created, infos
@@ -130,16 +130,13 @@ def test_stream_names_and_account_info_are_cluster_wide_from_every_node(jsc: JSC
             await api(c["n2"], "$JS.API.CONSUMER.CREATE.NAMES_A.ca", {"stream_name": "NAMES_A", "config": durable("ca")})
             await api(c["n3"], "$JS.API.CONSUMER.CREATE.NAMES_C.cc", {"stream_name": "NAMES_C", "config": durable("cc")})
             names, infos, lists = {}, {}, {}
-            for n, nc in c.items():
-                r = await api_all(nc, "$JS.API.STREAM.NAMES")
-                assert len(r) == 1, (n, r)
-                names[n] = r[0].json
-                r = await api_all(nc, "$JS.API.INFO")
-                assert len(r) == 1, (n, r)
-                infos[n] = r[0].json
-                r = await api_all(nc, "$JS.API.STREAM.LIST")
-                assert len(r) == 1, (n, r)
-                lists[n] = r[0].json
+            asks = [(n, out, subj) for n in c for out, subj in ((names, "$JS.API.STREAM.NAMES"),
+                                                              (infos, "$JS.API.INFO"),
+                                                              (lists, "$JS.API.STREAM.LIST"))]
+            answers = await asyncio.gather(*(api_all(c[n], subj) for n, _, subj in asks))
+            for (n, out, subj), r in zip(asks, answers):
+                assert len(r) == 1, (n, subj, r)
+                out[n] = r[0].json
             return mine, names, infos, lists
         finally:
             await close_all(c)
@@ -404,20 +401,30 @@ def test_meta_leader_stepdown(jsc_sys: JSCluster):
         assert view["leader"] == target and view["name"] == CLUSTER_NAME and view["cluster_size"] == 3
 
 
+DELETED = {"type": "io.nats.jetstream.api.v1.stream_delete_response", "success": True}
+
+
+async def delete_with_node_maybe_down(nc, stream: str, host_down: bool) -> None:
+    """Delete `stream` once the API answers again. nats-server applies the delete of an R1
+    stream whose node is down but sends no response (the stream's node answers a delete);
+    with its node up the answer is one success."""
+    resps = await api_all(nc, f"$JS.API.STREAM.DELETE.{stream}", first_timeout=3)
+    if host_down:
+        assert resps == [], resps
+    else:
+        assert len(resps) == 1 and resps[0].json == DELETED, resps
+
+
 @pytest.mark.timeout(180)
-def test_sigkill_meta_leader_api_recovers_and_restarted_node_catches_up(jsc_sys: JSCluster):
-    cl = jsc_sys
+def test_sigkill_meta_leader_api_recovers_and_restarted_node_rejoins(jsc: JSCluster):
+    cl = jsc
     cl.wait_ready()
 
     async def main():
         c0 = await cl.connect("n1")
         await api(c0, "$JS.API.STREAM.CREATE.FO_OLD", stream_config("FO_OLD"))
         await c0.close()
-        # FO_OLD must live on a survivor (nats-server sends no response to deleting an R1
-        # stream whose node is down): make sure the meta leader is not FO_OLD's node
-        host = await asyncio.to_thread(cl.stream_leader, "FO_OLD")
-        if cl.meta_leader() == host:
-            await stepdown_to(cl, [n for n in cl.names() if n != host][0])
+        old_host = await asyncio.to_thread(cl.stream_leader, "FO_OLD")
         victim = cl.meta_leader()
         survivor = [n for n in cl.names() if n != victim][0]
         nc = await cl.connect(survivor)
@@ -427,78 +434,123 @@ def test_sigkill_meta_leader_api_recovers_and_restarted_node_catches_up(jsc_sys:
             created = await api_retry(nc, "$JS.API.STREAM.CREATE.FO_NEW", stream_config("FO_NEW"),
                                       until=30, per_request=1.0)
             took = time.monotonic() - t0
-            deleted = await api_retry(nc, "$JS.API.STREAM.DELETE.FO_OLD", until=30)
+            await delete_with_node_maybe_down(nc, "FO_OLD", host_down=old_host == victim)
+            names_down = await api(nc, "$JS.API.STREAM.NAMES")
             new_leader = cl.meta_leader()
             cl.restart(victim)
             await asyncio.to_thread(cl.wait_ready)
-            await stepdown_to(cl, victim)  # the restarted node now answers STREAM.NAMES itself
             vc = await cl.connect(victim)
             names = await api_all(vc, "$JS.API.STREAM.NAMES")
             info_new = await api_all(vc, "$JS.API.STREAM.INFO.FO_NEW")
-            info_old = await api_all(vc, "$JS.API.STREAM.INFO.FO_OLD")
             await vc.close()
-            return victim, created, took, deleted, new_leader, names, info_new, info_old
+            return victim, created, took, names_down, new_leader, names, info_new
         finally:
             await nc.close()
             cl.restore()
 
-    victim, created, took, deleted, new_leader, names, info_new, info_old = run(main())
+    victim, created, took, names_down, new_leader, names, info_new = run(main())
     assert created.get("did_create") is True, created
     assert took < 30
-    assert deleted == {"type": "io.nats.jetstream.api.v1.stream_delete_response", "success": True}
+    assert "FO_NEW" in names_down["streams"] and "FO_OLD" not in names_down["streams"]
     assert new_leader in set(cl.names()) - {victim}
+    # the restarted node follows the new leader, which sees it current (wait_ready), and answers
+    assert cl.meta_view(victim)["leader"] == cl.meta_leader() == new_leader
     assert len(names) == 1 and "FO_NEW" in names[0].json["streams"] and "FO_OLD" not in names[0].json["streams"]
     assert len(info_new) == 1 and info_new[0].json["config"]["name"] == "FO_NEW"
-    assert len(info_old) == 1 and info_old[0].json["error"]["err_code"] == 10059
 
 
 @pytest.mark.timeout(180)
-def test_stream_deleted_while_its_node_was_down_is_gone_after_restart(jsc_sys: JSCluster):
+def test_restarted_meta_leader_catches_up_and_leads_with_the_new_state(jsc_sys: JSCluster):
+    """Kill the meta leader, change the assignments without it, restart it and hand it the
+    meta leadership back (stepdown with a preferred server, system account): it answers
+    STREAM.NAMES / STREAM.INFO with what happened while it was down."""
+    cl = jsc_sys
+    cl.wait_ready()
+
+    async def main():
+        c0 = await cl.connect("n1")
+        await api(c0, "$JS.API.STREAM.CREATE.CU_OLD", stream_config("CU_OLD"))
+        await c0.close()
+        old = "CU_OLD"
+        old_host = await asyncio.to_thread(cl.stream_leader, old)
+        victim = cl.meta_leader()
+        survivor = [n for n in cl.names() if n != victim][0]
+        nc = await cl.connect(survivor)
+        try:
+            cl.kill(victim)
+            created = await api_retry(nc, "$JS.API.STREAM.CREATE.CU_NEW", stream_config("CU_NEW"), until=30)
+            await delete_with_node_maybe_down(nc, old, host_down=old_host == victim)
+            deleted = old not in (await api(nc, "$JS.API.STREAM.NAMES"))["streams"]
+            cl.restart(victim)
+            await asyncio.to_thread(cl.wait_ready)
+            await stepdown_to(cl, victim)
+            vc = await cl.connect(victim)
+            names = await api_all(vc, "$JS.API.STREAM.NAMES")
+            info_new = await api_all(vc, "$JS.API.STREAM.INFO.CU_NEW")
+            info_old = await api_all(vc, f"$JS.API.STREAM.INFO.{old}")
+            await vc.close()
+            return victim, old, created, deleted, names, info_new, info_old
+        finally:
+            await nc.close()
+            cl.restore()
+
+    victim, old, created, deleted, names, info_new, info_old = run(main())
+    assert created.get("did_create") is True and deleted
+    assert cl.meta_leader() == victim
+    assert len(names) == 1 and "CU_NEW" in names[0].json["streams"] and old not in names[0].json["streams"]
+    assert len(info_new) == 1 and info_new[0].json["config"]["name"] == "CU_NEW"
+    assert len(info_old) == 1 and info_old[0].json["error"] == {"code": 404, "err_code": 10059,
+                                                                "description": "stream not found"}
+
+
+@pytest.mark.timeout(180)
+def test_stream_deleted_while_its_node_was_down_is_gone_after_restart(jsc: JSCluster):
     """nats-server applies the delete of an R1 stream whose only node is down but sends no
     response (the stream's node answers a delete, and it is down); the restarted node removes
     the stream from its store."""
-    cl = jsc_sys
+    cl = jsc
     cl.wait_ready()
 
     async def main():
         c = await cl.connect_all()
         try:
+            gone = "GONE"
             await api(c["n1"], "$JS.API.STREAM.CREATE.GONE", stream_config("GONE"))
-            await publish(c["n1"].jetstream(), "GONE.a", b"payload")
-            host = await asyncio.to_thread(cl.stream_leader, "GONE")
-            assert "GONE" in cl.jsz_streams(host)
+            host = await asyncio.to_thread(cl.stream_leader, gone)
+            await publish(c["n1"].jetstream(), f"{gone}.a", b"payload")
+            assert gone in cl.jsz_streams(host)
             store = Path(cl.node(host).proc.store_dir)
-            assert any(p.is_dir() for p in store.rglob("GONE"))
+            assert any(p.is_dir() for p in store.rglob(gone))
             other = [n for n in cl.names() if n != host][0]
-            if cl.meta_leader() == host:  # keep the meta leader up: this is about the host only
-                await stepdown_to(cl, other)
             cl.kill(host)
-            deleted = await api_all(c[other], "$JS.API.STREAM.DELETE.GONE", first_timeout=3)
+            # if the host was the meta leader too: wait until the survivors answer again
+            await api_retry(c[other], "$JS.API.STREAM.NAMES", until=30)
+            deleted = await api_all(c[other], f"$JS.API.STREAM.DELETE.{gone}", first_timeout=3)
             names_down = await api(c[other], "$JS.API.STREAM.NAMES")
             cl.restart(host)
             await asyncio.to_thread(cl.wait_ready)
-            await asyncio.to_thread(wait_for, lambda: "GONE" not in cl.jsz_streams(host),
-                                    f"GONE removed from {host}'s own /jsz")
+            await asyncio.to_thread(wait_for, lambda: gone not in cl.jsz_streams(host),
+                                    f"{gone} removed from {host}'s own /jsz")
             hc = await cl.connect(host)
-            info = await api_all(hc, "$JS.API.STREAM.INFO.GONE")
+            info = await api_all(hc, f"$JS.API.STREAM.INFO.{gone}")
             names = await api(hc, "$JS.API.STREAM.NAMES")
             await hc.close()
-            return host, store, deleted, names_down, info, names
+            return gone, host, store, deleted, names_down, info, names
         finally:
             await close_all(c)
             cl.restore()
 
-    host, store, deleted, names_down, info, names = run(main())
+    gone, host, store, deleted, names_down, info, names = run(main())
     assert deleted == []
-    assert "GONE" not in (names_down["streams"] or [])
+    assert gone not in (names_down["streams"] or [])
     assert len(info) == 1 and info[0].json["error"] == {"code": 404, "err_code": 10059, "description": "stream not found"}
-    assert "GONE" not in (names["streams"] or [])
-    assert not any(p.is_dir() for p in store.rglob("GONE")), f"GONE's files still in {host}'s store"
+    assert gone not in (names["streams"] or [])
+    assert not any(p.is_dir() for p in store.rglob(gone)), f"{gone}'s files still in {host}'s store"
 
 
 @pytest.mark.timeout(180)
-def test_no_meta_leader_answers_503_10008_once_and_stream_leader_still_answers(jsc_sys: JSCluster):
-    cl = jsc_sys
+def test_no_meta_leader_answers_503_10008_once_and_stream_leader_still_answers(jsc: JSCluster):
+    cl = jsc
     cl.wait_ready()
 
     async def main():
