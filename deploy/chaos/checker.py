@@ -33,6 +33,7 @@ ANOMALIES = [
     ("phantom", "stored but never published"),
     ("reordered", "out of publish order within one publisher"),
     ("ack_seq_mismatch", "stored at another seq than its PubAck said"),
+    ("seq_reused", "PubAck seq already acknowledged for another value"),
     ("undelivered", "stored but never delivered (per consumer)"),
     ("redelivered_after_ack", "delivered again after the ack was confirmed"),
     ("kv_lost", "KV update acknowledged but lost"),
@@ -64,6 +65,16 @@ def check(h: dict) -> dict:
     ids["phantom"] = sorted(v for v in copies if v not in attempted)
     ids["ack_seq_mismatch"] = sorted(v for v, p in acked.items()
                                      if v in first_seq and p.get("seq") is not None and p["seq"] != first_seq[v])
+
+    # A stream sequence acknowledged once belongs to that value forever (I3): a later PubAck
+    # with the same seq for another value means the first was lost and its seq reused.
+    owner: dict[int, str] = {}
+    for p in sorted(acked.values(), key=lambda p: (p.get("t1", p["t0"]), p["value"])):
+        if p.get("seq") is None:
+            continue
+        first = owner.setdefault(p["seq"], p["value"])
+        if first != p["value"]:
+            ids["seq_reused"].append(p["value"])
 
     # Per publisher, acknowledged values must be stored in the order they were published.
     by_pub: dict[object, list] = defaultdict(list)

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG.format(kinds=kinds))
     target = ap.add_argument_group("target (exactly one)")
     tg = target.add_mutually_exclusive_group(required=True)
+    tg.add_argument("--check", metavar="HISTORY",
+                    help="no run: check a history written by --history again (table, --out JSON, exit status)")
     tg.add_argument("--server", metavar="CMD",
                     help='start a local three-node cluster of this server command, e.g. "nats-server" or '
                          '"python3 -m broker" (routes through proxies; process, network and power-loss faults)')
@@ -252,23 +254,33 @@ async def run(args, cluster, kinds: list[str], seed: int) -> int:
         await wl.close()
         await ctl.close()
 
-    result = report.build(rec.h)
-    print(report.table(result), flush=True)
-    report.write_json(result, args.out)
-    log(f"report written to {args.out}")
     if args.history:
         with open(args.history, "w") as f:
             json.dump(rec.h, f)
         log(f"history written to {args.history}")
+    return verdict(args, rec.h) or status
+
+
+def verdict(args, history: dict) -> int:
+    """Print the table (and on failure the details), write the JSON report; 1 on failure."""
+    result = report.build(history)
+    print(report.table(result), flush=True)
+    report.write_json(result, args.out)
+    log(f"report written to {args.out}")
     if not result["ok"]:
-        print(report.failure_details(result, rec.h), flush=True)
+        print(report.failure_details(result, history), flush=True)
         return 1
-    return status
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
+
+    if args.check:
+        with open(args.check) as f:
+            history = json.load(f)
+        return verdict(args, history)
 
     if args.print_schedule:
         caps = {"process", "network", "fuse"} if args.server else (

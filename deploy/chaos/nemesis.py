@@ -78,7 +78,7 @@ class Nemesis:
         self.cluster = cluster
         self.schedule = schedule
         self.rec = recorder
-        self.leaders = leaders  # async () -> {"stream": name|None, "consumer": name|None}
+        self.leaders = leaders  # async () -> {"stream", "pull", "push": server name or None}
         self.current = "none"
 
     def log(self, kind: str, phase: str, targets: list[str], detail: str = "") -> None:
@@ -93,8 +93,9 @@ class Nemesis:
             leaders = await self.leaders()
         if kind == "kill-stream-leader" or kind == "partition-leader":
             return [leaders.get("stream") or choose(nodes, pick)]
-        if kind == "kill-consumer-leader":
-            return [leaders.get("consumer") or choose(nodes, pick)]
+        if kind == "kill-consumer-leader":  # the pull or the push consumer's leader, by pick
+            lead = leaders.get("pull" if pick < 0.5 else "push")
+            return [lead or choose(nodes, pick)]
         if kind == "kill-follower":
             followers = [n for n in nodes if n != leaders.get("stream")]
             return [choose(followers, pick)]
@@ -114,7 +115,10 @@ class Nemesis:
                 delay = t0 + f["at"] - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await self.inject(f)
+                try:
+                    await self.inject(f)
+                except Exception as exc:  # noqa: BLE001 - a fault that fails to apply is logged, the run goes on
+                    self.log(f["kind"], "note", [], f"failed: {exc!r}")
         finally:
             self.current = "healing"
             await self.cluster.heal_all()

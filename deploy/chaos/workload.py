@@ -71,6 +71,9 @@ class Stamper:
             self.tick += 1
             if reply:
                 self.by_reply[reply.decode()] = self.tick
+                if len(self.by_reply) > 100_000:
+                    for k in list(self.by_reply)[:50_000]:
+                        del self.by_reply[k]
             self.by_subject[subject.decode()] = self.tick
             if len(self.by_subject) > 100_000:  # unclaimed entries: keep the newest half
                 for k in list(self.by_subject)[:50_000]:
@@ -110,6 +113,20 @@ def is_not_found(exc: BaseException) -> bool:
     return False
 
 
+def is_refusal(exc: BaseException) -> bool:
+    """A JetStream API answer that retrying cannot change (e.g. 10074: replicas > 1 not
+    supported), as opposed to timeouts, 503s and leaderless moments."""
+    desc = str(getattr(exc, "description", "") or "")
+    return isinstance(exc, nats.js.errors.APIError) and (
+        "not supported" in desc or "not available" in desc or exc.err_code == 10074)
+
+
+def describe(exc: BaseException | None) -> str:
+    if isinstance(exc, nats.js.errors.APIError):
+        return f"{type(exc).__name__} {exc.code}/{exc.err_code}: {exc.description}"
+    return repr(exc)
+
+
 async def retry(what: str, fn, timeout: float, not_found_s: float | None = None):
     """fn() until it succeeds or `timeout` passes (then its last error is raised); a "not
     found" answer is believed after `not_found_s` seconds of it, when given."""
@@ -119,13 +136,15 @@ async def retry(what: str, fn, timeout: float, not_found_s: float | None = None)
     for _ in range(10_000):
         try:
             return await fn()
-        except Exception as exc:  # noqa: BLE001 - every error here is "cluster not ready yet"
+        except Exception as exc:  # noqa: BLE001 - every error here is "cluster not ready yet"...
             last = exc
+            if is_refusal(exc):  # ...except a server that cannot do this at all
+                raise RuntimeError(f"{what}: refused: {describe(exc)}") from exc
         now = time.monotonic()
         if now > deadline or (not_found_s is not None and is_not_found(last) and now - start > not_found_s):
             break
         await asyncio.sleep(0.5)
-    raise RuntimeError(f"{what}: gave up after {timeout:.0f}s: {last!r}") from last
+    raise RuntimeError(f"{what}: gave up after {timeout:.0f}s: {describe(last)}") from last
 
 
 async def setup_streams(js, replicas: int, timeout: float) -> None:
@@ -153,18 +172,20 @@ async def setup_streams(js, replicas: int, timeout: float) -> None:
 
 
 async def leaders(js) -> dict:
-    """Current stream and consumer leaders by server name (None when unknown)."""
-    out = {"stream": None, "consumer": None, "kv": None}
+    """Current leaders of the stream and of each durable consumer, by server name (None
+    when unknown)."""
+    out = {"stream": None, "pull": None, "push": None}
     try:
         si = await js.stream_info(STREAM)
         out["stream"] = si.cluster.leader if si.cluster else None
     except Exception:  # noqa: BLE001
         pass
-    try:
-        ci = await js.consumer_info(STREAM, "pull", timeout=REQUEST_TIMEOUT_S)
-        out["consumer"] = ci.cluster.leader if ci.cluster else None
-    except Exception:  # noqa: BLE001
-        pass
+    for c in CONSUMERS:
+        try:
+            ci = await js.consumer_info(STREAM, c, timeout=REQUEST_TIMEOUT_S)
+            out[c] = ci.cluster.leader if ci.cluster else None
+        except Exception:  # noqa: BLE001
+            pass
     return out
 
 

@@ -67,3 +67,30 @@ def test_short_schedule(tmp_path):
     proc, report = chaos(tmp_path, "--seconds", "45", "--seed", "1", "--kinds", SHORT_KINDS, timeout=540)
     assert_clean(proc, report, {f["kind"] for f in report.get("meta", {}).get("schedule", [])})
     assert len({f["kind"] for f in report["faults"] if f["phase"] == "start"}) >= 4
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_urls_mode_against_a_running_cluster(tmp_path):
+    """--urls: a cluster nats-chaos did not start; only network faults, between the test's
+    clients and each server (its proxies stand in front of the client ports)."""
+    import asyncio
+
+    from deploy.chaos.cluster import LocalCluster
+
+    cluster = LocalCluster(nats_server_binary(), tmp_path / "running")
+    try:
+        asyncio.run(cluster.setup())
+        out = tmp_path / "report.json"
+        proc = subprocess.run([sys.executable, "-m", "deploy.chaos", "--urls", ",".join(cluster.urls()),
+                               "--seconds", "30", "--seed", "2", "--kinds", "partition-leader,latency,timeout,kill-all",
+                               "--out", str(out), "--workdir", str(tmp_path / "urls")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=360)
+    finally:
+        cluster.close()
+    report = json.loads(out.read_text())
+    assert "skipping kill-all: this target cannot inject 'process' faults" in proc.stderr
+    assert_clean(proc, report, {f["kind"] for f in report["meta"]["schedule"]})
+    assert {f["kind"] for f in report["meta"]["schedule"]} <= {"partition-leader", "latency", "timeout"}
+    # the targets are the servers' own names, learned from their INFO
+    assert {t for f in report["faults"] if f["phase"] == "start" for t in f["targets"]} <= {"n1", "n2", "n3"}

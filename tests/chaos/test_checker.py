@@ -126,6 +126,15 @@ def test_pub_ack_sequence_mismatch_is_caught(h):
     only(check(h)["counts"], ack_seq_mismatch=1)
 
 
+def test_pub_ack_sequence_reused_is_caught(h):
+    """Two acknowledged values with one PubAck seq: the one acknowledged later reused it."""
+    a, b = sorted(acked_stored(h)[40:42], key=lambda p: p["t1"])
+    b["seq"] = a["seq"]
+    result = check(h)
+    only(result["counts"], seq_reused=1, ack_seq_mismatch=1)
+    assert result["ids"]["seq_reused"] == [b["value"]]
+
+
 def test_redelivery_after_confirmed_ack_is_caught(h):
     ack = next(a for a in h["acks"] if a["ok"] and a["consumer"] == "pull")
     h["deliveries"].append({"consumer": "pull", "value": ack["value"], "seq": ack["seq"], "n": 2,

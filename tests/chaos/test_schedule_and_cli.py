@@ -83,4 +83,23 @@ def test_print_schedule_is_reproducible():
 
 def test_a_target_is_required():
     out = run_cli("--seconds", "5")
-    assert out.returncode == 2 and "one of the arguments --server --compose --urls is required" in out.stderr
+    assert out.returncode == 2 and "one of the arguments --check --server --compose --urls is required" in out.stderr
+
+
+def test_check_rechecks_a_recorded_history(tmp_path):
+    import gzip
+    import json
+
+    history = json.loads(gzip.decompress((ROOT / "tests/chaos/data/history-nats-server.json.gz").read_bytes()))
+    (tmp_path / "clean.json").write_text(json.dumps(history))
+    out = run_cli("--check", str(tmp_path / "clean.json"), "--out", str(tmp_path / "clean-report.json"))
+    assert out.returncode == 0 and "RESULT: PASS" in out.stdout
+    assert json.loads((tmp_path / "clean-report.json").read_text())["ok"] is True
+
+    gone = history["stream"][0][1]
+    history["stream"] = history["stream"][1:]  # the first stored value is gone
+    (tmp_path / "lost.json").write_text(json.dumps(history))
+    out = run_cli("--check", str(tmp_path / "lost.json"), "--out", str(tmp_path / "lost-report.json"))
+    assert out.returncode == 1 and "RESULT: FAIL" in out.stdout
+    lost = json.loads((tmp_path / "lost-report.json").read_text())["ids"]["lost"]
+    assert lost == [gone] and gone in out.stdout
