@@ -63,6 +63,7 @@ class ClusterGlue:
             version=VERSION,
             max_payload=o.max_payload,
             limits=limits,
+            jetstream=o.jetstream,
         )
         self.manager = ClusterManager(self.cfg, server)
 

@@ -548,6 +548,12 @@ def finalize(opts: Options) -> Options:
         raise ConfigError(f"max_payload ({opts.max_payload}) cannot be higher than max_pending ({opts.max_pending})")
     if " " in opts.server_name:
         raise ConfigError("server name cannot contain spaces")
+    if opts.jetstream and opts.cluster_port:
+        # as nats-server: clustered JetStream places streams by server name within one cluster
+        if not opts.server_name:
+            raise ConfigError("jetstream cluster requires `server_name` to be set")
+        if not opts.cluster_name:
+            raise ConfigError("jetstream cluster requires `cluster.name` to be set")
     return opts
 
 

@@ -146,6 +146,7 @@ class Server:
         self.nursery: trio.Nursery | None = None
         self.jetstream = None
         self.cluster = None
+        self.js_cluster_wide = False  # clustered JetStream: its internal subscriptions span the cluster
         self.port = self.opts.port
         self.http_port = self.opts.http_port
         self.start_time = time.time()
@@ -406,10 +407,10 @@ class Server:
 
     def subscribe(self, subject: str, callback, queue: str | None = None, *,
                   cluster_wide: bool = False) -> Subscription:
-        """Internal subscription. By default its interest stays on this node: JetStream here
-        is per node (no meta group yet), so a request must be answered by the node the client
-        is connected to, not by every node of the cluster. cluster_wide=True propagates it."""
-        owner = self.internal if cluster_wide else self.internal_local
+        """Internal subscription. By default its interest stays on this node (a single-node
+        JetStream answers only its own clients); cluster_wide=True propagates it, and so does
+        clustered JetStream for all of its subscriptions (js_cluster_wide)."""
+        owner = self.internal if (cluster_wide or self.js_cluster_wide) else self.internal_local
         sub = Subscription(owner, subject, queue, b"", callback=callback)
         self.add_sub(sub)
         return sub
@@ -687,6 +688,17 @@ class Server:
         self.out_msgs += n
         self.out_bytes += n * size
 
+    def peer_up(self, server_name: str, jetstream: bool) -> None:
+        """A route to `server_name` is up (cluster hook): clustered JetStream counts it online
+        when it runs JetStream too."""
+        if jetstream and self.jetstream is not None and self.jetstream.cluster is not None:
+            self.jetstream.cluster.peer_up(server_name)
+
+    def peer_down(self, server_name: str) -> None:
+        """The route to `server_name` closed: evidence for Raft that the peer is gone."""
+        if self.jetstream is not None and self.jetstream.cluster is not None:
+            self.jetstream.cluster.peer_down(server_name)
+
     def set_cluster_urls(self, urls: list[str]) -> None:
         urls = sorted(set(urls) - set(self.client_urls()))
         if urls != self._cluster_urls:
@@ -745,18 +757,22 @@ def setup_logging(opts: Options) -> None:
 
 def _prepare_store_dir(opts: Options) -> None:
     """nats-server creates <store_dir>/jetstream at startup and refuses to start (FTL, exit 1)
-    when the storage directory is unusable, before any client can connect."""
+    when the storage directory is unusable, before any client can connect; clustered
+    JetStream also needs configured routes (the meta group is formed from them)."""
     base = opts.store_dir or os.path.join(tempfile.gettempdir(), "nats")
+    why = ""
     if os.path.exists(base) and not os.path.isdir(base):
         why = "storage directory is not a directory"
     else:
         try:
             os.makedirs(os.path.join(base, "jetstream"), exist_ok=True)
-            return
         except OSError as e:
             why = f"could not create storage directory - {e}"
-    log.critical("Can't start JetStream: %s", why)
-    raise SystemExit(1)
+    if not why and opts.cluster_port and not opts.routes:
+        why = "JetStream cluster requires configured routes or solicited leafnode for the system account"
+    if why:
+        log.critical("Can't start JetStream: %s", why)
+        raise SystemExit(1)
 
 
 async def run_server(opts: Options) -> None:

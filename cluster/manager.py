@@ -50,6 +50,8 @@ class ClusterHost(Protocol):
     def local_interest(self) -> list[tuple[str, str | None, int]]: ...
     def set_cluster_urls(self, urls: list[str]) -> None: ...
     def client_url(self) -> str: ...
+    def peer_up(self, server_name: str, jetstream: bool) -> None: ...  # a route to that server registered
+    def peer_down(self, server_name: str) -> None: ...  # ...and closed
 
 
 @dataclass
@@ -75,6 +77,7 @@ class ClusterConfig:
     gossip_dial_delay_s: float = 1.0
     housekeeping_interval_s: float = 1.0
     limits: RouteLimits = field(default_factory=RouteLimits)
+    jetstream: bool = False  # announced in INFO: clustered JetStream forms its groups from such peers
 
 
 def route_url_credentials(url: str) -> tuple[str, str] | None:
@@ -151,7 +154,7 @@ class ClusterManager:
             server_id=self.cfg.server_id, server_name=self.cfg.server_name, version=self.cfg.version,
             proto=3, headers=True, host=h, port=p, max_payload=self.cfg.max_payload, cluster=self.cfg.name,
             connect_urls=urls, cluster_dynamic=self.cfg.dynamic_name,
-            auth_required=bool(self.cfg.username), ldm=self._lame_duck,
+            auth_required=bool(self.cfg.username), ldm=self._lame_duck, jetstream=self.cfg.jetstream,
         )
 
     def _name_ok(self, theirs: str, their_dynamic: bool) -> bool:
@@ -361,7 +364,7 @@ class ClusterManager:
                 log.debug("Duplicate route to %s, keeping the established one", rid)
                 return False
             log.debug("Duplicate route to %s, replacing the established one", rid)
-            self._drop(existing, redial=False)
+            self._drop(existing, redial=False, replaced=True)
             existing.close()
         route.remote, route.remote_id, route.name = info, rid, info.server_name or rid
         route.route_url = self._route_url_of(route, info)
@@ -380,6 +383,7 @@ class ClusterManager:
         route.send(bytes(out))
         self._gossip_new(route)
         self._urls_changed()
+        self.host.peer_up(info.server_name or rid, info.jetstream)
         log.info("%r: Route connection created (%s, solicited=%s)", route, rid, route.did_solicit)
         return True
 
@@ -395,7 +399,7 @@ class ClusterManager:
                 other.send(news)
                 route.send(self._gossip_info(other))
 
-    def _drop(self, route: Route, redial: bool = True) -> None:
+    def _drop(self, route: Route, redial: bool = True, replaced: bool = False) -> None:
         route.registered = False
         if self.routes.get(route.remote_id) is not route:
             return
@@ -404,6 +408,8 @@ class ClusterManager:
         route.subs.clear()
         self.membership.route_down(route.remote_id, trio.current_time())
         self._urls_changed()
+        if not replaced:  # a duplicate route giving way to its twin is no sign of a dead peer
+            self.host.peer_down(route.name)
         log.info("%r: Route connection closed", route)
         if redial:
             self._maybe_dial_member(route.remote_id, route.route_url)

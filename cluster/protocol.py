@@ -58,6 +58,7 @@ class RouteInfo(msgspec.Struct, omit_defaults=True):
     compression: str = "off"
     route_pool_size: int = 1
     lnoc: bool = False
+    jetstream: bool = False  # the sender runs JetStream (a member of the meta group)
 
 
 class RouteConnect(msgspec.Struct):

@@ -511,7 +511,7 @@ def test_flags_override_file(tmp_path):
         debug: true
         server_name: fromfile
         jetstream { store_dir: /from/file }
-        cluster { listen: 127.0.0.1:6222, routes: [nats://a:1] }
+        cluster { name: c, listen: 127.0.0.1:6222, routes: [nats://a:1] }
     """)
     o = parse_args(["-c", path, "-p", "5555", "-D=false", "-sd", "/from/flag", "--routes", "nats://b:2"])
     assert (o.port, o.debug, o.server_name, o.store_dir) == (5555, False, "fromfile", "/from/flag")
@@ -704,10 +704,11 @@ def test_nats_server_tuning_keys_are_accepted(tmp_path, certs):
     cert, key = certs
     o = load_config_file(conf(tmp_path, f"""
         no_sys_acc: true
+        server_name: tuned
         server_tags: ["az:1", "ssd"]
         max_closed_clients: 100
         disable_sublist_cache: true
-        cluster {{ port: 6222, pool_size: 3, compression: s2_auto, connect_backoff: true }}
+        cluster {{ name: c, port: 6222, pool_size: 3, compression: s2_auto, connect_backoff: true }}
         jetstream {{ domain: hub, max_buffered_msgs: 1000, limits {{ max_ack_pending: 10 }} }}
         tls {{ cert_file: "{cert}", key_file: "{key}", cipher_suites: ["TLS_AES_128_GCM_SHA256"] }}
     """))

@@ -103,8 +103,23 @@ class StreamSourceInfo(msgspec.Struct, kw_only=True):
     seq: int | UnsetType = UNSET  # sources: last origin sequence copied
 
 
-class ClusterInfo(msgspec.Struct):
-    leader: str
+class PeerInfo(msgspec.Struct, kw_only=True):
+    name: str
+    current: bool
+    offline: bool | UnsetType = UNSET
+    active: int
+    lag: int | UnsetType = UNSET
+    peer: str
+
+
+class ClusterInfo(msgspec.Struct, kw_only=True):
+    """`cluster` in stream/consumer info: only `leader` on a single server; in a cluster its
+    name too, and for replicated assets the Raft group and the other replicas."""
+    name: str | UnsetType = UNSET
+    raft_group: str | UnsetType = UNSET
+    leader: str | UnsetType = UNSET
+    leader_since: str | UnsetType = UNSET
+    replicas: list[PeerInfo] | UnsetType = UNSET
 
 
 class ApiError(msgspec.Struct):
@@ -122,6 +137,7 @@ class StreamCreateResponse(_Resp, tag=PREFIX + "stream_create_response"):
     config: StreamConfig | UnsetType = UNSET
     created: str | UnsetType = UNSET
     state: StreamState | UnsetType = UNSET
+    cluster: ClusterInfo | UnsetType = UNSET
     mirror: StreamSourceInfo | UnsetType = UNSET
     sources: list[StreamSourceInfo] | UnsetType = UNSET
     ts: str | UnsetType = UNSET
@@ -133,6 +149,7 @@ class StreamUpdateResponse(_Resp, tag=PREFIX + "stream_update_response"):
     config: StreamConfig | UnsetType = UNSET
     created: str | UnsetType = UNSET
     state: StreamState | UnsetType = UNSET
+    cluster: ClusterInfo | UnsetType = UNSET
     mirror: StreamSourceInfo | UnsetType = UNSET
     sources: list[StreamSourceInfo] | UnsetType = UNSET
     ts: str | UnsetType = UNSET
@@ -156,6 +173,7 @@ class StreamListItem(msgspec.Struct, kw_only=True):
     config: StreamConfig
     created: str
     state: StreamState
+    cluster: ClusterInfo | UnsetType = UNSET
     mirror: StreamSourceInfo | UnsetType = UNSET
     sources: list[StreamSourceInfo] | UnsetType = UNSET
     ts: str

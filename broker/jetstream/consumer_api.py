@@ -147,6 +147,9 @@ def info(mgr, e, kind: str | None, full_meta: bool = True) -> dict:
     d["num_redelivered"] = c.num_redelivered()
     d["num_waiting"] = len(c.waiting)
     d["num_pending"] = c.npending
+    block = mgr.js.cluster_block()
+    if block is not None:
+        d["cluster"] = msgspec.to_builtins(block)
     if c.push and mgr.server.has_interest(c.cfg.deliver_subject):
         d["push_bound"] = True
     if c.paused_until and c.paused_until > now:

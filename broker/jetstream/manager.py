@@ -157,6 +157,12 @@ class JetStream:
         self._nursery: trio.Nursery | None = None
         self.write_error: str | None = None  # a failed fsync: publishing stops, /healthz reports it
         self.load_errors: list[str] = []  # streams that could not be restored (reported by /healthz)
+        self.cluster = None  # clustered JetStream (cluster/runtime.py) when routes are configured
+        if opts.cluster_port:
+            from broker.jetstream.cluster.runtime import JetStreamCluster
+
+            server.js_cluster_wide = True  # every JetStream subscription is the cluster's
+            self.cluster = JetStreamCluster(self)
         self.consumers = ConsumerManager(self)
         self.sourcing = Sourcing(self)  # mirrors and sources
 
@@ -226,8 +232,11 @@ class JetStream:
                 self._nursery = nursery
                 for stream in self._load_streams():
                     self.attach(stream)
-                for subject in API_SUBJECTS:
+                # a cluster answers nothing, not no-responders, to a subject outside the API
+                for subject in (("$JS.API.>",) if self.cluster is not None else API_SUBJECTS):
                     self._api_subs.append(self.server.subscribe(subject, self._on_api))
+                if self.cluster is not None:
+                    await nursery.start(self.cluster.run)
                 nursery.start_soon(self._api_loop)
                 nursery.start_soon(self._expiry_loop)
                 nursery.start_soon(self.sourcing.run)
@@ -241,6 +250,8 @@ class JetStream:
             self._close_all()
 
     def _close_all(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
         try:
             self.sourcing.close()
             self.consumers.close()
@@ -627,6 +638,8 @@ class JetStream:
     def _on_api(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
         if subject.startswith("$JS.API.DIRECT."):
             return
+        if self.cluster is not None and not self.cluster.on_api(subject, reply, hdr, payload):
+            return  # another node answers, or the cluster layer does
         self._api_inbox.append((subject, reply, hdr, payload))
         self._api_wake.set()
 
@@ -674,6 +687,10 @@ class JetStream:
         if stream.config.retention == "workqueue" or not (self.consumers.needs_msg(stream, seq, msg.subject)
                                                           or self.sourcing.wants(stream, seq, msg.subject)):
             stream.remove_acked(seq)
+
+    def cluster_block(self) -> api.ClusterInfo | None:
+        """The `cluster` block of this node's stream and consumer infos in a cluster."""
+        return self.cluster.stream_block() if self.cluster is not None else None
 
     def count_api(self, error: bool) -> None:
         self.api_total += 1
@@ -739,6 +756,8 @@ class JetStream:
                "server_id": self.server.server_id, "now": api.rfc3339(time.time_ns()),
                "config": self._config_block(), "limits": {"default_max_consumers": 1000},
                "streams": nstreams, "consumers": ncons, "messages": msgs, "bytes": mem + disk}
+        if self.cluster is not None:
+            out["meta_cluster"] = self.cluster.meta_cluster()
         if _truthy(query.get("accounts")) or _truthy(query.get("streams")):
             out["account_details"] = [streamapi.account_detail(self, query)]
         return out

@@ -108,6 +108,19 @@ def _decode_config(payload: bytes) -> api.StreamConfig:
 
 
 async def _create(js, name: str, payload: bytes):
+    cfg = prepare_create(js, name, payload, _lookup(js))
+    existing = js.streams.get(name)
+    if existing is not None:
+        if _same_config(existing.config, cfg):
+            return _info_like(js, existing, api.StreamCreateResponse, did_create=True)
+        raise errors.stream_name_exists()
+    sc.check_overlap(cfg, [s.config for s in js.streams.values()])
+    js.check_reservation(cfg)
+    return create_local(js, cfg, _now())
+
+
+def prepare_create(js, name: str, payload: bytes, lookup, clustered: bool = False) -> api.StreamConfig:
+    """The config a STREAM.CREATE asks for, checked and with defaults, or JSError."""
     cfg = _decode_config(payload)
     if cfg.name != name:
         raise errors.stream_mismatch()
@@ -116,17 +129,14 @@ async def _create(js, name: str, payload: bytes):
     sc.check_create(cfg)
     if cfg.mirror_direct and cfg.mirror is msgspec.UNSET:
         raise errors.stream_invalid_config("stream has no mirror but does have mirror direct")
-    cfg = sc.normalize(cfg, _lookup(js))
+    cfg = sc.normalize(cfg, lookup, clustered)
     sc.check_supported(cfg)
-    existing = js.streams.get(name)
-    if existing is not None:
-        if _same_config(existing.config, cfg):
-            return _info_like(js, existing, api.StreamCreateResponse, did_create=True)
-        raise errors.stream_name_exists()
-    sc.check_overlap(cfg, [s.config for s in js.streams.values()])
-    js.check_reservation(cfg)
-    created = _now()
-    js.remove_files(name)  # leftovers of an interrupted delete must not come back to life
+    return cfg
+
+
+def create_local(js, cfg: api.StreamConfig, created: int):
+    """Make the stream on this node from a checked config (no other stream has its name)."""
+    js.remove_files(cfg.name)  # leftovers of an interrupted delete must not come back to life
     stream = Stream(cfg, js.open_store(cfg), created)
     if cfg.first_seq not in (msgspec.UNSET, 0, 1):
         stream.store.skip_to(cfg.first_seq)
@@ -164,24 +174,39 @@ def _user_meta(cfg: api.StreamConfig) -> dict:
 
 
 def _info_like(js, stream: Stream, resp_cls, **extra):
+    block = js.cluster_block()
+    if block is not None:
+        extra["cluster"] = block
     return resp_cls(config=sc.with_version_metadata(stream.config), created=api.rfc3339(stream.created_ns),
                     state=stream_state(js, stream), ts=api.rfc3339(_now()), **_sourcing_info(js, stream),
                     **extra)
 
 
 async def _update(js, name: str, payload: bytes):
+    stream = js.streams.get(name)
+    cfg = prepare_update(js, name, payload, stream.config if stream is not None else None, _lookup(js),
+                         [s.config for s in js.streams.values()])
+    return await update_local(js, stream, cfg)
+
+
+def prepare_update(js, name: str, payload: bytes, old: api.StreamConfig | None, lookup, others,
+                   clustered: bool = False) -> api.StreamConfig:
+    """The config a STREAM.UPDATE asks for, checked against the current one, or JSError."""
     cfg = _decode_config(payload)
     if cfg.name != name:
         raise errors.stream_mismatch()
-    stream = js.streams.get(name)
-    if stream is None:
+    if old is None:
         raise errors.stream_not_found()
-    cfg = sc.normalize(cfg, _lookup(js))
+    cfg = sc.normalize(cfg, lookup, clustered)
     sc.check_supported(cfg)
-    sc.check_update(stream.config, cfg)
-    sc.check_overlap(cfg, [s.config for s in js.streams.values()])
+    sc.check_update(old, cfg)
+    sc.check_overlap(cfg, others)
     js.check_reservation(cfg)
     sc.apply_seal(cfg)
+    return cfg
+
+
+async def update_local(js, stream: Stream, cfg: api.StreamConfig):
     old = stream.config
     stream.update(cfg, _now())
     js.sourcing.attach(stream)
@@ -208,7 +233,8 @@ async def _info(js, name: str, payload: bytes):
         total, limit = len(state.subjects), SUBJECTS_LIMIT
     return api.StreamInfoResponse(total=total, limit=limit, config=sc.with_version_metadata(stream.config),
                                   created=api.rfc3339(stream.created_ns), state=state,
-                                  cluster=api.ClusterInfo(js.server.server_name), ts=api.rfc3339(_now()),
+                                  cluster=js.cluster_block() or api.ClusterInfo(leader=js.server.server_name),
+                                  ts=api.rfc3339(_now()),
                                   **_sourcing_info(js, stream))
 
 
@@ -216,12 +242,17 @@ async def _delete(js, name: str, payload: bytes):
     stream = js.streams.get(name)
     if stream is None:
         raise errors.stream_not_found()
+    await delete_local(js, stream)
+    return api.StreamDeleteResponse(success=True)
+
+
+async def delete_local(js, stream: Stream) -> None:
+    name = stream.name
     await js.detach(stream)
     js.forget_meta(name)
     js.consumers.stream_deleted(stream)
     stream.store.delete()
     js.remove_files(name)
-    return api.StreamDeleteResponse(success=True)
 
 
 async def _purge(js, name: str, payload: bytes):
@@ -261,10 +292,15 @@ async def _list(js, _name: str, payload: bytes):
     found = _matching_streams(js, req.subject)
     offset = min(max(0, req.offset), len(found))
     page = found[offset:offset + LIST_LIMIT]
-    items = [api.StreamListItem(config=sc.sorted_metadata(s.config), created=api.rfc3339(s.created_ns),
-                                state=stream_state(js, s), ts=api.rfc3339(_now()), **_sourcing_info(js, s))
-             for s in page]
+    items = [list_item(js, s) for s in page]
     return api.StreamListResponse(total=len(found), offset=offset, streams=items)
+
+
+def list_item(js, s: Stream) -> api.StreamListItem:
+    block = js.cluster_block()
+    extra = {"cluster": block} if block is not None else {}
+    return api.StreamListItem(config=sc.sorted_metadata(s.config), created=api.rfc3339(s.created_ns),
+                              state=stream_state(js, s), ts=api.rfc3339(_now()), **_sourcing_info(js, s), **extra)
 
 
 # ---- single messages ----

@@ -118,10 +118,11 @@ def _check_subjects(cfg: StreamConfig) -> None:
                 raise invalid(f'subject "{s}" overlaps with "{other}"')
 
 
-def normalize(cfg: StreamConfig, lookup=None) -> StreamConfig:
+def normalize(cfg: StreamConfig, lookup=None, clustered: bool = False) -> StreamConfig:
     """A copy of `cfg` with nats-server's defaults, or JSError for an invalid config.
     `lookup(name)` gives another stream's config (or None): mirror and source checks
-    look at the streams they copy from, as nats-server does."""
+    look at the streams they copy from, as nats-server does. A cluster checks replicas
+    against its peers itself (`clustered`)."""
     cfg = msgspec.structs.replace(cfg)
     invalid = errors.stream_invalid_config
     if not valid_stream_name(cfg.name):
@@ -134,7 +135,7 @@ def normalize(cfg: StreamConfig, lookup=None) -> StreamConfig:
         raise invalid(f"stream description is too long, maximum allowed is {MAX_DESCRIPTION_LEN}")
     _check_enums(cfg)
     _fill_limits(cfg)
-    if cfg.num_replicas > 1:
+    if cfg.num_replicas > 1 and not clustered:
         raise errors.replicas_not_supported()
     _check_flags(cfg)
     _check_sourcing(cfg, lookup or (lambda name: None))

@@ -32,6 +32,7 @@ class FakeHost:
         self.delivered: list[tuple] = []
         self.urls: list[str] = []
         self.peers: dict[str, object] = {}
+        self.peer_events: list[tuple[str, str]] = []  # ("up" | "down", server name)
 
     @property
     def remote(self) -> dict[tuple[str, str, str | None], int]:
@@ -58,6 +59,13 @@ class FakeHost:
 
     def client_url(self):
         return self.url
+
+    def peer_up(self, server_name, jetstream):
+        assert jetstream is False  # these nodes announce no JetStream
+        self.peer_events.append(("up", server_name))
+
+    def peer_down(self, server_name):
+        self.peer_events.append(("down", server_name))
 
 
 class Node:
@@ -227,6 +235,9 @@ async def test_dead_node_is_dropped_forgotten_and_rejoins():
         c_port = c.mgr.port
         c.stop()
         await wait_until(lambda: len(a.mgr.routes) == 1 and len(b.mgr.routes) == 1, "c dropped")
+        # the broker heard of c's route coming and going, by server name (Raft's evidence)
+        assert a.host.peer_events.count(("up", "c")) == 1 and a.host.peer_events[-1] == ("down", "c")
+        assert ("down", "c") in b.host.peer_events
         assert ("c", "c.sub", None) not in a.host.remote
         assert a.host.urls == ["127.0.0.1:4b00"]
         await wait_until(lambda: c_id not in a.mgr.membership.members

@@ -33,6 +33,8 @@ def test_push_delivery_across_route_keeps_stored_subject(tmp_path):
     try:
         wait_for(lambda: http_json(n1, "/routez")["num_routes"] >= 1 and http_json(n2, "/routez")["num_routes"] >= 1,
                  "route up")
+        # n1 is the only JetStream server of the cluster: it forms the meta group alone
+        wait_for(lambda: http_json(n1, "/jsz")["meta_cluster"].get("leader") == "n1", "meta leader")
 
         async def main():
             a = await nats.connect(n1.url)

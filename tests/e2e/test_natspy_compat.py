@@ -284,3 +284,28 @@ def test_tls_handshake_first_from_config(tmp_path):
             srv.stop()
     assert results["ours"] == results["ref"]
     assert results["ours"] == ((b"encrypted from the start", True), b"INFO ")
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--cluster_name", "c"], (1, "", "nats-server: jetstream cluster requires `server_name` to be set")),
+    (["-n", "a"], (1, "", "nats-server: jetstream cluster requires `cluster.name` to be set")),
+    (["-n", "a", "--cluster_name", "c"],
+     (1, "Can't start JetStream: JetStream cluster requires configured routes or solicited leafnode for the "
+         "system account", "")),
+])
+def test_clustered_jetstream_startup_requirements_match_nats_server(tmp_path, extra, expected):
+    """Clustered JetStream needs a server name, a cluster name and configured routes."""
+    results = {}
+    for name, argv in (("ours", ours_argv()), ("ref", [nats_server_binary()])):
+        proc = start(argv + ["-p", "-1", "-js", "-sd", str(tmp_path / name),
+                             "--cluster", f"nats://127.0.0.1:{free_port()}"] + extra)
+        try:
+            err = proc.communicate(timeout=30)[1].decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        usage = [ln for ln in err.splitlines() if ln.startswith("nats-server: ")]
+        fatal = [] if usage else [m for m in messages(err.splitlines()) if m.startswith("Can't start JetStream")]
+        results[name] = (proc.returncode, fatal[0] if fatal else "", usage[0] if usage else "")
+    assert results["ours"] == results["ref"] == expected

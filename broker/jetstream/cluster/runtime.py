@@ -1,0 +1,681 @@
+"""Clustered JetStream on one node: the meta group, its transport, and who answers the API.
+
+How this works. Every JetStream node runs the `_meta_` Raft group (raft.RaftHost) whose log
+holds the stream assignments (meta.py). Raft messages ride internal subjects over the routes:
+a message for node D of group G is published on `$NRG.<G>.<D>`, which only node D subscribes
+(cluster-wide), so ordinary route interest carries it there and nowhere else.
+
+Every node subscribes `$JS.API.>` cluster-wide, so each request reaches every node, and exactly
+one of them answers it:
+- create, update, delete, names, list, account info and META.LEADER.STEPDOWN: the meta leader.
+  It checks the request against the assignments, picks the peers and proposes; the stream's
+  host answers a create or update once the entry applied there (it has the state to answer
+  with); the leader answers a delete when it committed.
+- everything naming a stream (info, messages, purge, consumers): the node hosting the stream,
+  through the single-node handlers; a stream no node hosts is the meta leader's to refuse.
+- while there is no meta leader, a request that needs one waits up to NO_LEADER_WAIT_S for an
+  election; then the node the requester is connected to (the one holding its reply
+  subscription) answers 503 "JetStream system temporarily unavailable".
+Names and account info cover the whole cluster; LIST and INFO gather each host's view of its
+streams over `$JSC.SI.<node>` requests.
+
+A closed route is evidence that the peer died: it is reported to Raft (`peer_down`), so a
+follower of a dead leader campaigns at once instead of waiting an election timeout.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import time
+
+import msgspec
+import trio
+
+from broker.jetstream import api, errors
+from broker.jetstream import streamapi
+from broker.jetstream import streamconfig as sc
+from broker.jetstream.cluster import meta as m
+from raft import ConfState, OsDisk, RaftConfig, Storage, StorageCorruption
+from raft.core import NotLeader, ProposalRejected
+from raft.messages import ConfChange
+
+log = logging.getLogger("broker.jetstream.cluster")
+
+TICK_S = 0.1  # one Raft tick; elections time out after 10-20 ticks, heartbeats every tick
+ELECTION_TICKS = 10
+BOOTSTRAP_SETTLE_S = 1.0  # a fresh node waits until the set of peers it sees is stable this long
+BOOTSTRAP_ALONE_S = 5.0  # ...but bootstraps with what it has after this long with no peer at all
+NO_LEADER_WAIT_S = 1.0
+BOOTSTRAP_FILE = "bootstrap.json"
+GATHER_TIMEOUT_S = 1.5
+HOUSEKEEPING_S = 0.25
+
+META_OPS = {"STREAM.CREATE", "STREAM.UPDATE", "STREAM.DELETE", "STREAM.NAMES", "STREAM.LIST", "INFO",
+            "META.LEADER.STEPDOWN"}
+
+_gather_decoder = msgspec.json.Decoder()
+
+
+class NodeReport(msgspec.Struct):
+    """One node's answer to a `$JSC.SI` gather: its streams and what they use."""
+    streams: list[api.StreamListItem]
+    consumers: int
+    memory: int
+    storage: int
+    reserved_memory: int
+    reserved_storage: int
+
+
+_report_decoder = msgspec.json.Decoder(NodeReport)
+
+
+def unavailable() -> errors.JSError:
+    return errors.JSError(503, 10008, "JetStream system temporarily unavailable")
+
+
+def no_placement() -> errors.JSError:
+    return errors.JSError(400, 10005, "no suitable peers for placement")
+
+
+def classify(subject: str) -> tuple[str, str]:
+    """(operation, stream name or "") of a `$JS.API.` subject: operation is e.g. 'STREAM.INFO'
+    or 'CONSUMER.MSG.NEXT'; the stream is the one a request is about, if any."""
+    t = subject.split(".")
+    if len(t) < 3:
+        return "", ""
+    if len(t) == 3:
+        return t[2], ""
+    if t[2] == "STREAM":
+        if len(t) >= 5 and t[3] in ("MSG", "LEADER", "PEER"):
+            return f"STREAM.{t[3]}.{t[4]}", (t[5] if len(t) > 5 else "")
+        return f"STREAM.{t[3]}", (t[4] if len(t) > 4 else "")
+    if t[2] == "CONSUMER":
+        if len(t) >= 5 and t[3] in ("DURABLE", "MSG", "LEADER"):
+            return f"CONSUMER.{t[3]}.{t[4]}", (t[5] if len(t) > 5 else "")
+        return f"CONSUMER.{t[3]}", (t[4] if len(t) > 4 else "")
+    if t[2] == "META" and len(t) >= 5:
+        return f"META.{t[3]}.{t[4]}", ""
+    return ".".join(t[2:4]), ""
+
+
+class JetStreamCluster:
+    def __init__(self, js) -> None:
+        from raft.host import RaftHost  # raft/ imports trio; keep it out of single-node startup
+
+        self.js = js
+        self.server = js.server
+        self.me = self.server.server_name
+        self.my_id = m.raft_id(self.me)
+        self.cluster_name = self.server.opts.cluster_name
+        self.meta = m.MetaState(self.me)
+        self.host = RaftHost(self._send, tick_interval_s=TICK_S)
+        self.group = None
+        self.online: dict[str, float] = {}  # route-connected server names -> since (monotonic)
+        self.names: dict[int, str] = {self.my_id: self.me}
+        self.quarantined = False
+        self.caught_up = False
+        self.leader_since_ns = 0
+        self._actions: collections.deque = collections.deque()
+        self._actions_wake = trio.Event()
+        self._waiting: list[tuple[float, str, str, bytes | None, bytes]] = []  # meta requests, no leader
+        self._gathers: dict[str, dict] = {}
+        self._gather_seq = 0
+        self._nursery: trio.Nursery | None = None
+        self._subs: list = []
+        self._rng = random.Random()
+
+    # ---- lifecycle ----
+    @property
+    def meta_dir(self) -> str:
+        return os.path.join(self.js.jetstream_dir, "$SYS", "_js_", m.META_GROUP)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            sub = self.server.subscribe
+            self._subs.append(sub(f"$NRG.*.{self.my_id}", self._on_nrg, cluster_wide=True))
+            self._subs.append(sub(f"$JSC.SI.{self.my_id}", self._on_gather_request, cluster_wide=True))
+            self._subs.append(sub(f"$JSC.R.{self.my_id}.*", self._on_gather_reply, cluster_wide=True))
+            await nursery.start(self.host.run)
+            task_status.started()
+            nursery.start_soon(self._actions_loop)
+            nursery.start_soon(self._housekeeping)  # answers 503 while the group is being formed
+            self._open_group(await self._initial_voters())
+
+    async def _initial_voters(self) -> tuple[int, ...]:
+        """The voters the group was formed with: chosen once, kept beside the log (Raft's
+        storage needs the same initial configuration at every open)."""
+        disk = OsDisk(self.meta_dir)
+        raw = disk.read(BOOTSTRAP_FILE)
+        if raw is not None:
+            try:
+                return tuple(msgspec.json.decode(raw, type=list[int]))
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                log.error("JetStream meta bootstrap file is damaged (%s): forming the group again", e)
+        voters = await self._bootstrap_voters()
+        disk.replace(BOOTSTRAP_FILE, msgspec.json.encode(list(voters)))
+        return voters
+
+    def _open_group(self, voters: tuple[int, ...]) -> None:
+        disk = OsDisk(self.meta_dir)
+        conf = ConfState(tuple(sorted(voters)))
+        try:
+            storage = Storage.open(disk, conf)
+        except StorageCorruption as e:
+            # Reported and quarantined: the node neither votes nor leads until a leader has
+            # brought its log back up to date; its peers are never at risk.
+            log.error("JetStream meta log is damaged, rejoining as a quarantined follower: %s", e)
+            self.js.load_errors.append(f"JetStream meta log damaged: {e}")
+            self.quarantined = True
+            storage = Storage.open(disk, conf, repair=True)
+        cfg = RaftConfig(node_id=self.my_id, election_ticks=ELECTION_TICKS)
+        self.group = self.host.add_group(m.META_GROUP, cfg, storage, self, seed=self.my_id ^ time.time_ns())
+        self.group.on_leader_change = self._leader_changed
+        log.info("JetStream cluster meta group %s started (peer %s, %d voters)", m.META_GROUP,
+                 m.peer_hash(self.me), len(self.group.voters))
+
+    async def _bootstrap_voters(self) -> tuple[int, ...]:
+        """A fresh node forms the group with every server it sees once that set stops
+        changing. A node that comes later sees the group's members too; the leader then adds
+        it (its own list cannot elect it: the members' logs are ahead of its empty one)."""
+        start = trio.current_time()
+        seen: set[str] = set()
+        stable_since = start
+        while True:
+            now = trio.current_time()
+            current = set(self.online)
+            if current != seen:
+                seen, stable_since = current, now
+            if seen and now - stable_since >= BOOTSTRAP_SETTLE_S:
+                break
+            if not seen and now - start >= BOOTSTRAP_ALONE_S:
+                break
+            await trio.sleep(0.05)
+        names = sorted(seen | {self.me})
+        for n in names:
+            self.names[m.raft_id(n)] = n
+        log.info("JetStream cluster bootstrapping the meta group with %s", ", ".join(names))
+        return tuple(m.raft_id(n) for n in names)
+
+    def close(self) -> None:
+        for s in self._subs:
+            self.server.unsubscribe(s)
+        self._subs.clear()
+
+    # ---- transport ----
+    def _send(self, group: str, message) -> None:
+        from raft.messages import encode
+
+        self.server.publish(f"$NRG.{group}.{message.dst}", "", None, encode(message))
+
+    def _on_nrg(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        group = subject.split(".")[1]
+        self.host.deliver_bytes(group, payload)
+
+    # ---- membership ----
+    def peer_up(self, name: str) -> None:
+        if not name or name == self.me:
+            return
+        self.online.setdefault(name, time.monotonic())
+        rid = m.raft_id(name)
+        self.names[rid] = name
+        self.host.peer_up(rid)
+
+    def peer_down(self, name: str) -> None:
+        if self.online.pop(name, None) is not None:
+            self.host.peer_down(m.raft_id(name))
+
+    def name_of(self, rid: int) -> str:
+        return self.names.get(rid) or self.meta.peer_names.get(rid) or str(rid)
+
+    @property
+    def leader_name(self) -> str | None:
+        g = self.group
+        if g is None or g.leader_id is None:
+            return None
+        return self.name_of(g.leader_id)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.group is not None and self.group.is_leader
+
+    def _leader_changed(self, is_leader: bool, leader_id: int | None) -> None:
+        if is_leader:
+            self.leader_since_ns = time.time_ns()
+            log.info("JetStream cluster: this server is the new meta leader")
+        elif leader_id is not None:
+            log.info("JetStream cluster new metadata leader: %s", self.name_of(leader_id))
+        self._actions_wake.set()
+
+    async def _housekeeping(self) -> None:
+        """The leader adds servers it sees that are not members, and records their names;
+        requests that waited for a leader are served or refused."""
+        while True:
+            await trio.sleep(HOUSEKEEPING_S)
+            g = self.group
+            if g is None:
+                self._serve_waiting()
+                continue
+            if g.is_leader and not self._conf_pending:
+                members = set(g.voters) | set(g.learners)
+                for name in sorted(self.online):
+                    rid = m.raft_id(name)
+                    if rid not in members:
+                        self._conf_pending = True
+                        log.info("JetStream cluster adding %s to the meta group", name)
+                        g.propose_conf_change_nowait(ConfChange(ConfChange.ADD, rid), self._conf_done)
+                        break
+                unnamed = [self.names[v] for v in g.voters if v in self.names and v not in self.meta.peer_names]
+                if unnamed and not self._conf_pending:
+                    g.propose_nowait(m.encode_op(m.PeerNames(sorted(unnamed))), _log_failure)
+            self._serve_waiting()
+            if not self.caught_up and g.leader_id is not None and g.commit_index > 0 \
+                    and g.applied_index >= g.commit_index:
+                self.caught_up = True
+                self._actions.append(("reconcile", None))
+                self._actions_wake.set()
+
+    _conf_pending = False
+
+    def _conf_done(self, index, result, error) -> None:
+        self._conf_pending = False
+        if error is not None:
+            log.info("JetStream cluster: meta membership change failed: %s", error)
+
+    # ---- the state machine (called from the Raft loop: never awaits) ----
+    def apply(self, entry) -> object:
+        actions = self.meta.apply(entry.data)
+        for a in actions:
+            self._actions.append(("act", a))
+        if actions:
+            self._actions_wake.set()
+        return None
+
+    def snapshot(self) -> bytes:
+        return self.meta.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        for a in self.meta.restore(data):
+            self._actions.append(("act", a))
+        self._actions.append(("reconcile", None))
+        self._actions_wake.set()
+
+    # ---- carrying out assignments, in log order ----
+    async def _actions_loop(self) -> None:
+        while True:
+            await self._actions_wake.wait()
+            self._actions_wake = trio.Event()
+            self._serve_waiting()
+            while self._actions:
+                kind, a = self._actions.popleft()
+                try:
+                    if kind == "reconcile":
+                        await self._reconcile()
+                    else:
+                        await self._carry_out(a)
+                except Exception:  # our bug: log it, keep the node serving
+                    log.exception("JetStream cluster: carrying out %s failed", a)
+
+    async def _carry_out(self, a: m.Action) -> None:
+        js = self.js
+        sa = a.stream
+        stream = js.streams.get(sa.name)
+        if a.kind == "create":
+            if stream is None:
+                resp = streamapi.create_local(js, sa.config, sa.created)
+                log.info("JetStream cluster created stream '$G > %s'", sa.name)
+            else:
+                resp = streamapi._info_like(js, stream, api.StreamCreateResponse, did_create=True)
+            if a.reply:
+                js.count_api(False)
+                js.reply_json(a.reply, resp)
+        elif a.kind == "update":
+            if stream is None:
+                return
+            try:
+                resp = await streamapi.update_local(js, stream, sa.config)
+            except errors.JSError as e:
+                resp = api.StreamUpdateResponse(error=api.ApiError(e.code, e.err_code, e.description))
+            if a.reply:
+                js.count_api(False)
+                js.reply_json(a.reply, resp)
+        elif a.kind == "conflict":
+            if a.reply:
+                js.count_api(True)
+                js.reply_json(a.reply, error_response("STREAM.CREATE", errors.stream_name_exists()))
+        elif a.kind == "remove":
+            if stream is not None:
+                await streamapi.delete_local(js, stream)
+                log.info("JetStream cluster removed stream '$G > %s'", sa.name)
+
+    async def _reconcile(self) -> None:
+        """Local streams the assignments no longer place here were deleted while this node
+        was away: remove them. Streams placed here that are missing are made."""
+        js = self.js
+        for name, stream in list(js.streams.items()):
+            if not self.meta.hosted_here(name):
+                log.info("JetStream cluster removing stream '$G > %s': deleted while this server was away", name)
+                await streamapi.delete_local(js, stream)
+        for sa in list(self.meta.streams.values()):
+            if self.me in sa.peers and sa.name not in js.streams:
+                streamapi.create_local(js, sa.config, sa.created)
+
+    # ---- who answers ----
+    def on_api(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> bool:
+        """Decide about one API request; True when this node handles it with the single-node
+        handlers (the stream lives here), False when it is dealt with here or elsewhere."""
+        op, stream = classify(subject)
+        if op in META_OPS:
+            if self.is_leader:
+                self._nursery.start_soon(self._meta_request, op, subject, reply, hdr, payload)
+            elif self.leader_name is None:
+                self._waiting.append((time.monotonic() + NO_LEADER_WAIT_S, subject, reply, hdr, payload))
+            return False
+        host = self.meta.host_of(stream) if stream else None
+        if host is not None:
+            return host == self.me
+        if self.is_leader:
+            return True  # nothing hosts it: the single-node handlers answer "not found"
+        if self.leader_name is None and self._requester_here(reply):
+            self._nursery.start_soon(self._answer_unavailable, op, reply)
+        return False
+
+    def _requester_here(self, reply: str) -> bool:
+        """The requester is a client of this node: its reply subscription is here."""
+        if not reply:
+            return False
+        found = self.server.sublist.match(reply.encode())
+        return any(not s.conn.is_route for s in found.plain) or any(
+            not s.conn.is_route for g in found.queues for s in g.members)
+
+    def _serve_waiting(self) -> None:
+        if not self._waiting:
+            return
+        now = time.monotonic()
+        keep = []
+        for item in self._waiting:
+            deadline, subject, reply, hdr, payload = item
+            if self.is_leader:
+                op, _ = classify(subject)
+                self._nursery.start_soon(self._meta_request, op, subject, reply, hdr, payload)
+            elif self.leader_name is not None:
+                continue  # another node leads: it had the request too
+            elif now >= deadline:
+                if self._requester_here(reply):
+                    self._nursery.start_soon(self._answer_unavailable, classify(subject)[0], reply)
+            else:
+                keep.append(item)
+        self._waiting = keep
+
+    async def _answer_unavailable(self, op: str, reply: str) -> None:
+        await self._answer_error(op, reply, unavailable())
+
+    async def _answer_error(self, op: str, reply: str, e: errors.JSError) -> None:
+        self.js.count_api(True)
+        self.js.reply_json(reply, error_response(op, e))
+
+    # ---- requests the meta leader answers ----
+    async def _meta_request(self, op: str, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        js = self.js
+        name = subject.split(".")[-1] if op in ("STREAM.CREATE", "STREAM.UPDATE", "STREAM.DELETE") else ""
+        try:
+            if op == "STREAM.CREATE":
+                self._create(name, reply, payload)
+            elif op == "STREAM.UPDATE":
+                self._update(name, reply, payload)
+            elif op == "STREAM.DELETE":
+                self._delete(name, reply)
+            elif op == "STREAM.NAMES":
+                js.count_api(False)
+                js.reply_json(reply, self._names(payload))
+            elif op == "STREAM.LIST":
+                resp = await self._list(payload)
+                js.count_api(False)
+                js.reply_json(reply, resp)
+            elif op == "INFO":
+                resp = await self._account_info()
+                js.count_api(False)
+                js.reply_json(reply, resp)
+            elif op == "META.LEADER.STEPDOWN":
+                self._stepdown(reply)
+        except errors.JSError as e:
+            js.count_api(e.counts_as_error)
+            js.reply_json(reply, error_response(op, e))
+
+    def _lookup(self, name: str):
+        sa = self.meta.streams.get(name)
+        return sa.config if sa is not None else None
+
+    def _members_online(self) -> list[str]:
+        g = self.group
+        members = set(g.voters) | set(g.learners)
+        return sorted({self.me} | {n for n in self.online if m.raft_id(n) in members})
+
+    def _create(self, name: str, reply: str, payload: bytes) -> None:
+        cfg = streamapi.prepare_create(self.js, name, payload, self._lookup, clustered=True)
+        existing = self.meta.streams.get(name)
+        if existing is not None:
+            if not streamapi._same_config(existing.config, cfg):
+                raise errors.stream_name_exists()
+            # the same config again: the host answers with the stream as it is
+            self._propose(m.AssignStream(existing, reply, self.me), "STREAM.CREATE", reply)
+            return
+        sc.check_overlap(cfg, [sa.config for sa in self.meta.streams.values()])
+        members = len(set(self.group.voters) | set(self.group.learners))
+        if cfg.num_replicas > members:
+            raise no_placement()
+        if cfg.num_replicas > 1:
+            raise errors.stream_invalid_config("replicated streams (replicas > 1) are not available yet")
+        self.js.check_reservation(cfg)
+        peers = m.place(cfg.num_replicas, self._members_online(), self.meta.stream_counts(),
+                        self._rng.randrange(1 << 30))
+        if peers is None:
+            raise no_placement()
+        sa = m.StreamAssignment(name, cfg, peers, time.time_ns())
+        self._propose(m.AssignStream(sa, reply, self.me), "STREAM.CREATE", reply)
+
+    def _update(self, name: str, reply: str, payload: bytes) -> None:
+        existing = self.meta.streams.get(name)
+        old = existing.config if existing is not None else None
+        others = [sa.config for sa in self.meta.streams.values()]
+        cfg = streamapi.prepare_update(self.js, name, payload, old, self._lookup, others, clustered=True)
+        if cfg.num_replicas != old.num_replicas:
+            raise errors.stream_invalid_config("replicated streams (replicas > 1) are not available yet")
+        self._propose(m.UpdateStream(name, cfg, reply), "STREAM.UPDATE", reply)
+
+    def _delete(self, name: str, reply: str) -> None:
+        if name not in self.meta.streams:
+            raise errors.stream_not_found()
+
+        def done(index, result, error) -> None:
+            if error is not None:
+                self.js.count_api(True)
+                self.js.reply_json(reply, error_response("STREAM.DELETE", unavailable()))
+            else:
+                self.js.count_api(False)
+                self.js.reply_json(reply, api.StreamDeleteResponse(success=True))
+
+        self.group.propose_nowait(m.encode_op(m.RemoveStream(name, reply)), done)
+
+    def _propose(self, op: m.MetaOp, api_op: str, reply: str) -> None:
+        """Propose; the host answers when it applies. A proposal that fails is answered here."""
+        def done(index, result, error) -> None:
+            if error is not None:
+                self.js.count_api(True)
+                self.js.reply_json(reply, error_response(api_op, unavailable()))
+
+        self.group.propose_nowait(m.encode_op(op), done)
+
+    def _stepdown(self, reply: str) -> None:
+        def done(index, result, error) -> None:
+            if error is None:
+                self.js.count_api(False)
+                self.js.reply_json(reply, {"type": api.PREFIX + "meta_leader_stepdown_response", "success": True})
+            else:
+                self.js.count_api(True)
+                self.js.reply_json(reply, error_response(
+                    "META.LEADER.STEPDOWN", errors.JSError(400, 10040, "peer not a member")
+                    if isinstance(error, ProposalRejected) else unavailable()))
+
+        self.group.step_down(None, done)
+
+    def _matching(self, subject_filter: str) -> list[m.StreamAssignment]:
+        from broker import subjects as subj
+
+        out = []
+        for name in sorted(self.meta.streams):
+            sa = self.meta.streams[name]
+            if subject_filter and subject_filter != ">":
+                if not any(subj.overlaps(x, subject_filter) for x in sa.config.subject_list()):
+                    continue
+            out.append(sa)
+        return out
+
+    def _names(self, payload: bytes):
+        req = streamapi._decode(api.StreamNamesRequest, payload, api.StreamNamesRequest(), "JSApiStreamNamesRequest")
+        found = self._matching(req.subject)
+        offset = min(max(0, req.offset), len(found))
+        page = found[offset:offset + streamapi.NAMES_LIMIT]
+        return api.StreamNamesResponse(total=len(found), offset=offset, streams=[sa.name for sa in page] or None)
+
+    async def _list(self, payload: bytes):
+        req = streamapi._decode(api.StreamNamesRequest, payload, api.StreamNamesRequest(), "JSApiStreamListRequest")
+        found = self._matching(req.subject)
+        offset = min(max(0, req.offset), len(found))
+        page = found[offset:offset + streamapi.LIST_LIMIT]
+        reports = await self._gather({sa.peers[0] for sa in page})
+        by_name = {item.config.name: item for rep in reports.values() for item in rep.streams}
+        items, missing = [], []
+        for sa in page:
+            item = by_name.get(sa.name)
+            if item is None:
+                missing.append(sa.name)
+            else:
+                items.append(item)
+        resp = api.StreamListResponse(total=len(found), offset=offset, streams=items)
+        if missing:
+            resp.missing = missing
+        return resp
+
+    async def _account_info(self):
+        reports = await self._gather(set(self._members_online()))
+        info = api.AccountInfoResponse(streams=len(self.meta.streams),
+                                       api=api.ApiStats(total=self.js.api_total, errors=self.js.api_errors))
+        for rep in reports.values():
+            info.memory += rep.memory
+            info.storage += rep.storage
+            info.reserved_memory += rep.reserved_memory
+            info.reserved_storage += rep.reserved_storage
+            info.consumers += rep.consumers
+        return info
+
+    # ---- gathering from the hosts ----
+    def local_report(self) -> NodeReport:
+        js = self.js
+        mem, disk, _, cons, _ = js.usage()
+        rmem, rdisk = js.reserved()
+        items = [streamapi.list_item(js, s) for _, s in sorted(js.streams.items())]
+        return NodeReport(items, cons, mem, disk, rmem, rdisk)
+
+    def _on_gather_request(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        if reply:
+            self.server.publish(reply, "", None, msgspec.json.encode(self.local_report()))
+
+    def _on_gather_reply(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        token = subject.rsplit(".", 1)[-1]
+        g = self._gathers.get(token)
+        if g is None:
+            return
+        try:
+            g["reports"][g["who"].get(token, "")] = _report_decoder.decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.warning("JetStream cluster: bad stream report: %s", e)
+        if len(g["reports"]) >= g["want"]:
+            g["done"].set()
+
+    async def _gather(self, servers: set[str]) -> dict[str, NodeReport]:
+        """Each server's report; a server that does not answer in time is left out."""
+        reports: dict[str, NodeReport] = {}
+        if self.me in servers:
+            reports[self.me] = self.local_report()
+        remote = sorted(s for s in servers if s != self.me and s in self.online)
+        if remote:
+            done = trio.Event()
+            who = {}
+            entry = {"reports": reports, "want": len(remote) + len(reports), "done": done, "who": who}
+            for name in remote:
+                self._gather_seq += 1
+                token = str(self._gather_seq)
+                who[token] = name
+                self._gathers[token] = entry
+                self.server.publish(f"$JSC.SI.{m.raft_id(name)}", f"$JSC.R.{self.my_id}.{token}", None, b"")
+            with trio.move_on_after(GATHER_TIMEOUT_S):
+                await done.wait()
+            for token in who:
+                self._gathers.pop(token, None)
+        return reports
+
+    # ---- what the node shows ----
+    def stream_block(self) -> api.ClusterInfo:
+        return api.ClusterInfo(name=self.cluster_name, leader=self.me)
+
+    def meta_cluster(self) -> dict:
+        g = self.group
+        out: dict = {"name": self.cluster_name}
+        leader = self.leader_name
+        if leader is not None:
+            out["leader"] = leader
+            out["peer"] = m.peer_hash(leader)
+        voters = list(g.voters) if g is not None else []
+        progress = g.progress() if g is not None and g.is_leader else {}
+        replicas = []
+        for rid in voters:
+            if g is not None and rid == g.leader_id:
+                continue
+            name = self.name_of(rid)
+            p = progress.get(rid)
+            if p is not None:
+                heard = p.last_heard_s
+                replicas.append({"name": name, "current": p.current, "offline": p.offline or None,
+                                 "active": int((heard or 0) * 1e9), "lag": p.lag or None, "peer": m.peer_hash(name)})
+            else:
+                up = name == self.me or name in self.online
+                replicas.append({"name": name, "current": up and self.caught_up, "offline": (not up) or None,
+                                 "active": 0, "peer": m.peer_hash(name)})
+        if replicas:
+            out["replicas"] = [{k: v for k, v in r.items() if v is not None} for r in replicas]
+        out["cluster_size"] = len(voters)
+        out["quorum_needed"] = len(voters) // 2 + 1
+        out["pending"] = 0
+        return out
+
+
+def _log_failure(index, result, error) -> None:
+    if error is not None:
+        log.debug("JetStream cluster: meta proposal failed: %s", error)
+
+
+def _api_error(e: errors.JSError) -> api.ApiError:
+    return api.ApiError(e.code, e.err_code, e.description)
+
+
+def error_response(op: str, e: errors.JSError):
+    """An error in the response shape of the request's operation, as nats-server answers."""
+    from broker.jetstream import consumer_api
+
+    if op.startswith("STREAM."):
+        entry = streamapi._HANDLERS.get(op[len("STREAM."):])
+        if entry is not None:
+            return entry[1](error=_api_error(e), **entry[3])
+    if op.startswith("CONSUMER."):
+        sub = op[len("CONSUMER."):]
+        if sub in consumer_api.KINDS:
+            return consumer_api.error_body(sub, e)
+    if op == "META.LEADER.STEPDOWN":
+        return {"type": api.PREFIX + "meta_leader_stepdown_response", "error": e.as_dict()}
+    if op == "INFO":
+        return api.AccountInfoResponse(error=_api_error(e))
+    return {"error": e.as_dict()}

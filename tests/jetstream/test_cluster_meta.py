@@ -1,0 +1,106 @@
+"""The meta state machine (pure): assignments applied the same way on every node, the
+actions a node must carry out, snapshots, placement, and which node a request belongs to."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from broker.jetstream.api import StreamConfig
+from broker.jetstream.cluster import meta as m
+from broker.jetstream.cluster.runtime import classify
+
+
+def _sa(name: str, host: str, created: int = 1) -> m.StreamAssignment:
+    return m.StreamAssignment(name, StreamConfig(name=name, subjects=[f"{name.lower()}.>"]), [host], created)
+
+
+def _ops():
+    return [m.encode_op(op) for op in (
+        m.PeerNames(["n1", "n2", "n3"]),
+        m.AssignStream(_sa("A", "n1"), reply="_INBOX.a"),
+        m.AssignStream(_sa("B", "n2")),
+        m.AssignStream(_sa("A", "n1"), reply="_INBOX.s", origin="n3"),  # the same create again
+        m.UpdateStream("A", StreamConfig(name="A", subjects=["a.>", "aa"]), reply="_INBOX.u"),
+        m.AssignStream(_sa("A", "n3", created=9), reply="_INBOX.c", origin="n2"),  # lost a race: first stands
+        m.RemoveStream("B", reply="_INBOX.d"),
+    )]
+
+
+def test_every_node_holds_the_same_assignments_and_acts_only_for_its_own():
+    states = {n: m.MetaState(n) for n in ("n1", "n2", "n3")}
+    actions = {n: [] for n in states}
+    for data in _ops():
+        for n, st in states.items():
+            actions[n] += [(a.kind, a.stream.name, a.reply) for a in st.apply(data)]
+    snaps = {st.snapshot() for st in states.values()}
+    assert len(snaps) == 1
+    st = states["n1"]
+    assert sorted(st.streams) == ["A"]
+    assert st.streams["A"].config.subjects == ["a.>", "aa"] and st.streams["A"].created == 1
+    assert st.host_of("A") == "n1" and st.host_of("B") is None
+    assert st.peer_names[m.raft_id("n2")] == "n2"
+    assert actions["n1"] == [("create", "A", "_INBOX.a"), ("create", "A", "_INBOX.s"), ("update", "A", "_INBOX.u"),
+                             ("removed", "B", "_INBOX.d")]
+    assert actions["n2"] == [("create", "B", ""), ("conflict", "A", "_INBOX.c"), ("remove", "B", "_INBOX.d")]
+    assert actions["n3"] == [("removed", "B", "_INBOX.d")]
+
+
+def test_restore_tells_a_returning_node_what_to_remove_and_what_to_create():
+    leader = m.MetaState("n1")
+    for data in _ops():
+        leader.apply(data)
+    # n2 was away: it still believes in B (its own) and knows nothing of the update
+    behind = m.MetaState("n2")
+    for data in _ops()[:4]:
+        behind.apply(data)
+    acts = behind.restore(leader.snapshot())
+    assert [(a.kind, a.stream.name) for a in acts] == [("remove", "B")]
+    assert behind.snapshot() == leader.snapshot()
+    n1 = m.MetaState("n1")
+    assert [(a.kind, a.stream.name) for a in n1.restore(leader.snapshot())] == [("create", "A")]
+
+
+def test_snapshot_round_trip_keeps_configs_exactly():
+    st = m.MetaState("n1")
+    for data in _ops():
+        st.apply(data)
+    other = m.MetaState("n2")
+    other.restore(st.snapshot())
+    assert other.streams == st.streams and other.peer_names == st.peer_names
+
+
+def test_garbage_entry_is_refused_loudly():
+    with pytest.raises(msgspec.DecodeError):
+        m.MetaState("n1").apply(b"\x00not msgpack")
+
+
+def test_placement_spreads_by_load_and_refuses_what_cannot_fit():
+    online = ["n1", "n2", "n3"]
+    assert m.place(4, online, {}, 0) is None
+    assert m.place(1, online, {"n1": 2, "n2": 1, "n3": 0}, 5) == ["n3"]
+    assert sorted(m.place(3, online, {}, 7)) == online
+    firsts = {m.place(1, online, {}, t)[0] for t in range(3)}
+    assert firsts == set(online)  # equal load: the tiebreak rotates
+
+
+def test_peer_ids_are_stable_and_distinct():
+    assert m.raft_id("n1") == m.raft_id("n1") > 0
+    assert len({m.raft_id(f"n{i}") for i in range(100)}) == 100
+    assert len(m.peer_hash("n1")) == 8 and m.peer_hash("n1") != m.peer_hash("n2")
+
+
+@pytest.mark.parametrize("subject,expected", [
+    ("$JS.API.INFO", ("INFO", "")),
+    ("$JS.API.STREAM.CREATE.S", ("STREAM.CREATE", "S")),
+    ("$JS.API.STREAM.NAMES", ("STREAM.NAMES", "")),
+    ("$JS.API.STREAM.MSG.GET.S", ("STREAM.MSG.GET", "S")),
+    ("$JS.API.STREAM.LEADER.STEPDOWN.S", ("STREAM.LEADER.STEPDOWN", "S")),
+    ("$JS.API.CONSUMER.CREATE.S.C.f.>", ("CONSUMER.CREATE", "S")),
+    ("$JS.API.CONSUMER.DURABLE.CREATE.S.D", ("CONSUMER.DURABLE.CREATE", "S")),
+    ("$JS.API.CONSUMER.MSG.NEXT.S.D", ("CONSUMER.MSG.NEXT", "S")),
+    ("$JS.API.CONSUMER.NAMES.S", ("CONSUMER.NAMES", "S")),
+    ("$JS.API.META.LEADER.STEPDOWN", ("META.LEADER.STEPDOWN", "")),
+])
+def test_requests_are_classified_by_operation_and_stream(subject, expected):
+    assert classify(subject) == expected

@@ -1,0 +1,137 @@
+"""Faults inside our meta group that a nats-server cluster has no equivalent of on the wire:
+Raft traffic nobody asked for, a damaged meta WAL on one node, a node that joins later.
+Our server only (the internals differ); each test runs its own three-node cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+from broker.jetstream.cluster.meta import raft_id
+from raft.storage import wal_segments
+from raft import OsDisk
+from tests.conftest import ServerProc, free_port
+from tests.jscluster.harness import CLUSTER_NAME, JSCluster, api, api_retry, stream_config, wait_for
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_raft_traffic_for_unknown_groups_or_garbage_is_dropped_and_logged(tmp_path):
+    with JSCluster("ours", tmp_path) as jsc:
+        async def main():
+            nc = await jsc.connect("n1")
+            try:
+                for name in jsc.names():
+                    rid = raft_id(name)
+                    await nc.publish(f"$NRG.no_such_group.{rid}", b"\x81\xa1t\xa3app")
+                    await nc.publish(f"$NRG._meta_.{rid}", b"not msgpack at all")
+                    await nc.publish(f"$NRG._meta_.{rid}", b"")
+                await nc.flush()
+                # the meta group still works from every node
+                for i, name in enumerate(jsc.names()):
+                    c = await jsc.connect(name)
+                    try:
+                        resp = await api_retry(c, f"$JS.API.STREAM.CREATE.U{i}", stream_config(f"U{i}"))
+                        assert "error" not in resp, resp
+                    finally:
+                        await c.close()
+            finally:
+                await nc.close()
+
+        run(main())
+        for name in jsc.names():
+            wait_for(lambda: "dropped" in jsc.log(name) or "undecodable" in jsc.log(name), f"{name} logged the drop")
+            assert jsc.node(name).alive
+        assert set(jsc.jsz_streams(jsc.names()[0])) | set(jsc.jsz_streams(jsc.names()[1])) | \
+            set(jsc.jsz_streams(jsc.names()[2])) == {"U0", "U1", "U2"}
+
+
+def _damage_middle_record(meta_dir: str) -> None:
+    """Flip bytes inside an early WAL record so that valid records follow it: corruption, not
+    a torn tail."""
+    disk = OsDisk(meta_dir)
+    seg = wal_segments(disk)[0]
+    path = os.path.join(meta_dir, seg)
+    data = bytearray(open(path, "rb").read())
+    assert len(data) > 200, len(data)
+    for i in range(40, 48):
+        data[i] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_damaged_meta_wal_is_reported_and_the_node_rejoins_quarantined(tmp_path):
+    with JSCluster("ours", tmp_path) as jsc:
+        async def setup():
+            nc = await jsc.connect("n1")
+            try:
+                for i in range(5):
+                    assert "error" not in await api_retry(nc, f"$JS.API.STREAM.CREATE.D{i}", stream_config(f"D{i}"))
+            finally:
+                await nc.close()
+
+        run(setup())
+        victim = next(n for n in jsc.names() if n != jsc.meta_leader())
+        jsc.kill(victim)
+        meta_dir = os.path.join(jsc.workdir, f"{victim}-store", "jetstream", "$SYS", "_js_", "_meta_")
+        _damage_middle_record(meta_dir)
+        jsc.restart(victim)
+        wait_for(lambda: "meta log is damaged" in jsc.log(victim), "the damage reported in the log")
+        health = wait_for(lambda: not jsc.healthy(victim), "/healthz reporting the damage")
+        assert health
+
+        async def after():
+            nc = await jsc.connect(victim)
+            try:
+                # the cluster keeps working, through the damaged node too
+                assert "error" not in await api_retry(nc, "$JS.API.STREAM.CREATE.AFTER", stream_config("AFTER"))
+                names = await api(nc, "$JS.API.STREAM.NAMES")
+                assert sorted(names["streams"]) == ["AFTER", "D0", "D1", "D2", "D3", "D4"]
+            finally:
+                await nc.close()
+
+        run(after())
+        for name in jsc.names():
+            assert jsc.node(name).alive
+        # the damaged node caught up: its own view of the meta group is current
+        wait_for(lambda: jsc.meta_current(victim), f"{victim} current again")
+
+
+def test_a_node_started_later_becomes_a_member(tmp_path):
+    names = ("n1", "n2", "n3")
+    cports = {n: free_port() for n in names}
+    routes = ",".join(f"nats://127.0.0.1:{cp}" for cp in cports.values())
+    procs = {}
+    for n in names:
+        procs[n] = ServerProc([sys.executable, "-m", "broker"],
+                              ["-n", n, "--cluster", f"nats://127.0.0.1:{cports[n]}", "--cluster_name", CLUSTER_NAME,
+                               "--routes", routes], str(tmp_path / f"{n}-store"), tmp_path / f"{n}.log")
+    try:
+        procs["n1"].start()
+        procs["n2"].start()
+
+        def jsz(n):
+            import urllib.request
+            with urllib.request.urlopen(f"http://127.0.0.1:{procs[n].http_port}/jsz", timeout=3) as r:
+                return json.loads(r.read())["meta_cluster"]
+
+        leader = wait_for(lambda: jsz("n1").get("leader"), "a leader of the first two")
+        assert jsz("n1")["cluster_size"] == 2
+        time.sleep(0.5)
+        procs["n3"].start()
+        wait_for(lambda: jsz("n1")["cluster_size"] == 3 and jsz("n3").get("leader") == leader
+                 and jsz("n3")["cluster_size"] == 3, "n3 a member")
+        # with n3 a voter, the group survives losing one of the first two
+        victim = "n1" if leader != "n1" else "n2"
+        procs[victim].kill()
+        survivor = next(n for n in names if n not in (victim,))
+        wait_for(lambda: jsz(survivor).get("leader") in set(names) - {victim}, "a leader without " + victim)
+    finally:
+        for p in procs.values():
+            p.stop()
