@@ -174,7 +174,7 @@ def no_leader_round(cl: JSCluster, keep: str = "follower", interval: float = 0.2
         "survivor": f"{survivor} (was meta {keep})",
         "first_answer_s": round(first[0], 3) if first else None,
         "first_answer_latency_ms": round((t0 + first[0] - sent[first_rid]) * 1000, 1) if first else None,
-        "answered_after_first": sorted(per_request.get(k, 0) for k in sent if first_rid is not None and k > first_rid),
+        "answers_to_later_requests": sorted(per_request.get(k, 0) for k in sent if first_rid is not None and k > first_rid),
         "requests_sent": i,
         "requests_answered": len(per_request),
         "max_answers_per_request": max(per_request.values()) if per_request else 0,
@@ -241,7 +241,7 @@ def main() -> None:
             print(f"\n{kind} no meta leader: survivor {nl['survivor']}, first answer "
                   f"{nl['first_answer_s']}s after killing two nodes, {nl['first_answer_latency_ms']} ms "
                   f"after its request ({nl['requests_answered']} of {nl['requests_sent']} requests answered; "
-                  f"answers to the requests sent after the first answer: {nl['answered_after_first']}; at "
+                  f"answers to each request sent after the first answered one: {nl['answers_to_later_requests']}; at "
                   f"most {nl['max_answers_per_request']} per request); frame: {nl['first_frame']!r}")
 
 

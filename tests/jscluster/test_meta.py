@@ -460,6 +460,42 @@ def test_sigkill_meta_leader_api_recovers_and_restarted_node_rejoins(jsc: JSClus
 
 
 @pytest.mark.timeout(180)
+def test_sigstopped_meta_leader_is_replaced_and_rejoins_as_follower(jsc: JSCluster):
+    """SIGSTOP keeps the leader's sockets open: the others must notice by silence. After
+    SIGCONT the old leader follows, knows what changed, and requests through it get exactly
+    one answer."""
+    cl = jsc
+    paused = cl.wait_ready()
+    survivor = [n for n in cl.names() if n != paused][0]
+
+    async def main():
+        nc = await cl.connect(survivor)
+        try:
+            cl.sigstop(paused)
+            created = await api_retry(nc, "$JS.API.STREAM.CREATE.PAUSED", stream_config("PAUSED"),
+                                      until=30, per_request=1.0)
+            during = await asyncio.to_thread(cl.wait_meta_leader, [n for n in cl.names() if n != paused])
+            cl.cont(paused)
+            after = await asyncio.to_thread(cl.wait_ready)
+            pc = await cl.connect(paused)
+            names, create2 = await asyncio.gather(
+                api_all(pc, "$JS.API.STREAM.NAMES"),
+                api_all(pc, "$JS.API.STREAM.CREATE.RESUMED", stream_config("RESUMED")))
+            await pc.close()
+            return created, during, after, names, create2
+        finally:
+            await nc.close()
+            cl.restore()
+
+    created, during, after, names, create2 = run(main())
+    assert created.get("did_create") is True, created
+    assert during != paused
+    assert all(cl.meta_view(n)["leader"] == after for n in cl.names())
+    assert len(names) == 1 and "PAUSED" in names[0].json["streams"]
+    assert len(create2) == 1 and create2[0].json.get("did_create") is True, create2
+
+
+@pytest.mark.timeout(180)
 def test_restarted_meta_leader_catches_up_and_leads_with_the_new_state(jsc_sys: JSCluster):
     """Kill the meta leader, change the assignments without it, restart it and hand it the
     meta leadership back (stepdown with a preferred server, system account): it answers
@@ -568,7 +604,7 @@ def test_no_meta_leader_answers_503_10008_once_and_stream_leader_still_answers(j
             while not create:  # nats-server stays silent until the survivor gives up on the leader
                 assert time.monotonic() < deadline, "no answer to STREAM.CREATE without a meta leader"
                 create = await api_all(nc, "$JS.API.STREAM.CREATE.NEVER", stream_config("NEVER"),
-                                       first_timeout=1.0, linger=1.0)
+                                       first_timeout=3.0, linger=1.0)
             names = await api_all(nc, "$JS.API.STREAM.NAMES")
             accinfo = await api_all(nc, "$JS.API.INFO")
             info = await api_all(nc, "$JS.API.STREAM.INFO.LONELY")
