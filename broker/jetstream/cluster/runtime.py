@@ -350,6 +350,9 @@ class JetStreamCluster:
             if stream is not None:
                 await streamapi.delete_local(js, stream)
                 log.info("JetStream cluster removed stream '$G > %s'", sa.name)
+            if a.reply:
+                js.count_api(False)
+                js.reply_json(a.reply, api.StreamDeleteResponse(success=True))
 
     async def _reconcile(self) -> None:
         """Local streams the assignments no longer place here were deleted while this node
@@ -489,19 +492,13 @@ class JetStreamCluster:
     def _delete(self, name: str, reply: str) -> None:
         if name not in self.meta.streams:
             raise errors.stream_not_found()
-
-        def done(index, result, error) -> None:
-            if error is not None:
-                self.js.count_api(True)
-                self.js.reply_json(reply, error_response("STREAM.DELETE", unavailable()))
-            else:
-                self.js.count_api(False)
-                self.js.reply_json(reply, api.StreamDeleteResponse(success=True))
-
-        self.group.propose_nowait(m.encode_op(m.RemoveStream(name, reply)), done)
+        # the stream's node answers once it removed its copy; while that node is down the
+        # removal still commits but nobody answers, as with nats-server
+        self._propose(m.RemoveStream(name, reply), "STREAM.DELETE", reply)
 
     def _propose(self, op: m.MetaOp, api_op: str, reply: str) -> None:
-        """Propose; the host answers when it applies. A proposal that fails is answered here."""
+        """Propose; the stream's node answers when it applies. A proposal that fails (this node
+        lost the leadership meanwhile) is answered here."""
         def done(index, result, error) -> None:
             if error is not None:
                 self.js.count_api(True)
@@ -669,7 +666,8 @@ def error_response(op: str, e: errors.JSError):
     if op.startswith("STREAM."):
         entry = streamapi._HANDLERS.get(op[len("STREAM."):])
         if entry is not None:
-            return entry[1](error=_api_error(e), **entry[3])
+            paged = {"limit": 0} if op in ("STREAM.NAMES", "STREAM.LIST") else {}  # zero paging, as sent
+            return entry[1](error=_api_error(e), **entry[3], **paged)
     if op.startswith("CONSUMER."):
         sub = op[len("CONSUMER."):]
         if sub in consumer_api.KINDS:
@@ -677,5 +675,5 @@ def error_response(op: str, e: errors.JSError):
     if op == "META.LEADER.STEPDOWN":
         return {"type": api.PREFIX + "meta_leader_stepdown_response", "error": e.as_dict()}
     if op == "INFO":
-        return api.AccountInfoResponse(error=_api_error(e))
+        return {"type": api.PREFIX + "account_info_response", "error": e.as_dict()}
     return {"error": e.as_dict()}
