@@ -18,8 +18,8 @@ import time
 
 import trio
 
-from broker.protocol import (OP_CONNECT, OP_INFO, OP_PING, OP_PONG, OP_PUB, OP_SUB, OP_UNSUB,
-                             Parser, err_frame)
+from broker.protocol import (OP_CONNECT, OP_INFO, OP_PING, OP_PONG, OP_PUB, OP_RUN, OP_SUB, OP_UNSUB,
+                             Parser, err_frame, expand_run, run_bodies)
 from broker.subjects import valid_literal, valid_subject
 from broker.sublist import Subscription
 
@@ -31,6 +31,16 @@ FIRST_PING_S = 2.0
 _PONG = b"PONG\r\n"
 _PING = b"PING\r\n"
 _OK = b"+OK\r\n"
+
+
+def render_bodies(lines: list, bodies: list) -> bytes:
+    """n messages for one connection: bodies is [b"", payload_1 CRLF, ...], lines the
+    MSG lines of the connection's matching subscriptions in delivery order. One line is
+    one C-level join; several repeat each message under every line in turn, as delivering
+    message by message would."""
+    if len(lines) == 1:
+        return lines[0].join(bodies)
+    return b"".join([x for b in bodies[1:] for line in lines for x in (line, b)])
 
 
 class ClientConn:
@@ -142,22 +152,29 @@ class ClientConn:
     def _trace(self, ops: list[tuple]) -> None:
         """-V: one line per client operation, in nats-server's `<<- [OP args]` shape."""
         for op in ops:
-            code = op[0]
-            if code == OP_PUB:
-                args = [op[1], op[2]] if op[2] else [op[1]]
-                if op[3] is None:
-                    line = b"PUB " + b" ".join(args) + b" %d" % len(op[4])
-                else:
-                    line = b"HPUB " + b" ".join(args) + b" %d %d" % (len(op[3]), len(op[3]) + len(op[4]))
-            elif code == OP_SUB:
-                line = b" ".join(x for x in (b"SUB", op[1], op[2], op[3]) if x)
-            elif code == OP_UNSUB:
-                line = b"UNSUB %b" % op[1] + (b" %d" % op[2] if op[2] else b"")
-            elif code == OP_CONNECT:
-                line = b"CONNECT " + op[1]
+            if op[0] == OP_RUN:
+                for o in expand_run(op):
+                    self._trace_one(o)
             else:
-                line = {OP_PING: b"PING", OP_PONG: b"PONG", OP_INFO: b"INFO"}[code]
-            log.log(5, "%s:%d - cid:%d - <<- [%s]", self.ip, self.port, self.cid, line.decode("utf-8", "replace"))
+                self._trace_one(op)
+
+    def _trace_one(self, op: tuple) -> None:
+        code = op[0]
+        if code == OP_PUB:
+            args = [op[1], op[2]] if op[2] else [op[1]]
+            if op[3] is None:
+                line = b"PUB " + b" ".join(args) + b" %d" % len(op[4])
+            else:
+                line = b"HPUB " + b" ".join(args) + b" %d %d" % (len(op[3]), len(op[3]) + len(op[4]))
+        elif code == OP_SUB:
+            line = b" ".join(x for x in (b"SUB", op[1], op[2], op[3]) if x)
+        elif code == OP_UNSUB:
+            line = b"UNSUB %b" % op[1] + (b" %d" % op[2] if op[2] else b"")
+        elif code == OP_CONNECT:
+            line = b"CONNECT " + op[1]
+        else:
+            line = {OP_PING: b"PING", OP_PONG: b"PONG", OP_INFO: b"INFO"}[code]
+        log.log(5, "%s:%d - cid:%d - <<- [%s]", self.ip, self.port, self.cid, line.decode("utf-8", "replace"))
 
     async def _writer(self) -> None:
         deadline = self.server.opts.write_deadline_s
@@ -279,6 +296,21 @@ class ClientConn:
             return
         self._wake_writer()
 
+    def deliver_bodies(self, lines: list, bodies: list, n: int, nbytes: int) -> None:
+        """Append n messages at once for this connection's matching subscriptions: each
+        of `lines` is one subscription's `MSG subj sid [reply] size` CRLF, bodies is
+        [b"", payload CRLF, ...] (n payloads of `nbytes` bytes together). Never blocks."""
+        if self._closing:
+            return
+        out = self.out
+        out += render_bodies(lines, bodies)
+        self.out_msgs += n * len(lines)
+        self.out_bytes += nbytes * len(lines)
+        if len(out) > self.max_pending:
+            self.cut_slow()
+            return
+        self._wake_writer()
+
     def deliver_ack_run(self, sub: Subscription, msgs: list, prefix: bytes, dseq: int, pending: int) -> int:
         """Server.deliver_ack_run for one subscription: a frame per stored message, reply
         `<prefix><seq>.<dseq + i>.<ts>.<pending - i>`; returns the payload bytes counted.
@@ -338,12 +370,15 @@ class ClientConn:
         """Apply a batch of parsed operations.
 
         Plain PUBs of a connected, non-verbose, non-pedantic client take the short path:
-        for a run of messages on one subject whose subscribers are all plain client
-        subscriptions, the match and each subscriber's `MSG subj sid ` prefix are worked
-        out once, each delivery is two bytearray appends, and counters, slow-consumer
-        checks and writer wake-ups happen once per batch. Everything else (queues, routes,
-        internal subscribers, max_msgs, echo off, no responders, headers) goes through
-        Server.route_msg, and every other op through _process_op.
+        for messages on one subject whose subscribers are all plain client subscriptions,
+        the match and each subscriber's `MSG subj sid ` prefix are worked out once, each
+        delivery is two bytearray appends, and counters, slow-consumer checks and writer
+        wake-ups happen once per batch. A run of PUBs with one header line (OP_RUN) goes
+        further: it is delivered whole, one bytes.replace of the header lines per
+        subscriber (MSG) and per route peer (RMSG), with no per-message Python step.
+        Everything else (queues, internal subscribers, max_msgs, echo off, no responders,
+        headers) goes through Server.route_msg message by message (a run is first
+        expanded into its messages), and every other op through _process_op.
         """
         server = self.server
         route = server.route_msg
@@ -359,9 +394,14 @@ class ClientConn:
         ninternal = 0  # deliveries to internal subscribers on the short path
         subject_s = ""
         touched: dict = {}
+        i = 0
+        n_ops = len(ops)
         try:
-            for op in ops:
-                if fast and op[0] == OP_PUB and op[3] is None:
+            while i < n_ops:
+                op = ops[i]
+                i += 1
+                code = op[0]
+                if fast and code == OP_PUB and op[3] is None:
                     subject = op[1]
                     payload = op[4]
                     size = len(payload)
@@ -406,7 +446,34 @@ class ClientConn:
                             o += tail
                             t[0] += 1
                             t[1] += size
-                elif fast and op[0] == OP_PUB:
+                elif code == OP_RUN:
+                    subject = op[1]
+                    reply = op[2]
+                    if fast and subject != last:
+                        # (no cached match: plan is None and the run is expanded, so its
+                        # first message goes through route_msg as it would on its own)
+                        last = subject
+                        plan = self._plain_targets(cache.get(subject), subject, touched)
+                        if plan is not None:
+                            targets, peers, callbacks = plan
+                            if peers or callbacks:
+                                subject_s = subject.decode("utf-8", "surrogateescape")
+                    if not fast or plan is None or callbacks or \
+                            (reply and self.no_responders and not (targets or peers)):
+                        # message by message, exactly as if the run had not been found
+                        ops[i:i] = expand_run(op)
+                        n_ops = len(ops)
+                        last = None
+                        continue
+                    n = op[5]
+                    size = op[7]
+                    npub += n
+                    nbytes += n * size
+                    nshort += n
+                    bshort += n * size
+                    if targets or peers:
+                        self._deliver_run(op, targets, peers, subject_s)
+                elif fast and code == OP_PUB:
                     hdr = op[3]
                     payload = op[4]
                     if not self.headers:
@@ -433,6 +500,39 @@ class ClientConn:
             server.out_msgs += ninternal
             if touched:
                 self._settle(touched)
+
+    @staticmethod
+    def _deliver_run(op: tuple, targets: list, peers: list, subject_s: str) -> None:
+        """An OP_RUN for plain client subscribers (targets, from _plain_targets) and route
+        peers: the run is split once at its header line (run_bodies), then each
+        subscriber gets `MSG subj sid [reply] n`.join(bodies) and each peer the RMSG
+        version, one C-level join each (a connection with several matching
+        subscriptions gets their frames message by message, see render_bodies)."""
+        _, subject, reply, data, start, n, hlen, size = op
+        bodies = run_bodies(op)
+        if peers:
+            r = reply.decode("utf-8", "surrogateescape") if reply else ""
+            for peer in peers:
+                peer.forward_bodies(subject_s, r, bodies, n, size)
+        if not targets:
+            return
+        tail = b"%b %d\r\n" % (reply, size) if reply else b"%d\r\n" % size
+        total = n * size
+        if len(targets) == 1:
+            c, pre, t = targets[0]
+            o = c.out
+            o += (pre + tail).join(bodies)
+            t[0] += n
+            t[1] += total
+            return
+        lines: dict = {}
+        for c, pre, t in targets:
+            lines.setdefault(c, []).append(pre + tail)
+            t[0] += n
+            t[1] += total
+        for c, ls in lines.items():
+            o = c.out
+            o += render_bodies(ls, bodies)
 
     def _plain_targets(self, m, subject: bytes, touched: dict) -> tuple | None:
         """How to deliver a run of plain PUBs on one subject without route_msg:

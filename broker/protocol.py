@@ -14,6 +14,12 @@ subject and writes them back out unchanged):
   (OP_SUB, subject, queue_or_None, sid)
   (OP_UNSUB, sid, max_msgs)                            max_msgs 0 = none
   (OP_PING,) (OP_PONG,) (OP_CONNECT, json_bytes) (OP_INFO, json_bytes)
+  (OP_RUN, subject, reply, data, start, n, hlen, size)
+      n >= 2 PUB frames with the same header line back to back in data from start:
+      frame i is data[start + i*flen : start + (i+1)*flen], flen = hlen + size + 2, made
+      of the header line (hlen bytes, `PUB subject [reply] size` CRLF), the payload and
+      CRLF. Exactly what n OP_PUBs (subject, reply, None, payload_i) would say; expand_run
+      turns it into those, run_bodies into the pieces that join under a new header line.
 """
 
 from __future__ import annotations
@@ -25,12 +31,11 @@ OP_PING = 4
 OP_PONG = 5
 OP_CONNECT = 6
 OP_INFO = 7
+OP_RUN = 8
 
 ERR_UNKNOWN_OP = "Unknown Protocol Operation"
 ERR_MAX_PAYLOAD = "Maximum Payload Violation"
 ERR_MAX_CONTROL_LINE = "maximum control line exceeded"
-
-FAST_RESTARTS_MAX = 8
 
 _PING = (OP_PING,)
 _PONG = (OP_PONG,)
@@ -45,11 +50,12 @@ class ProtocolError(Exception):
 
 
 class Parser:
-    __slots__ = ("max_control_line", "max_payload", "error", "_pending", "_need")
+    __slots__ = ("max_control_line", "max_payload", "error", "runs", "_pending", "_need")
 
-    def __init__(self, max_control_line: int = 4096, max_payload: int = 1048576):
+    def __init__(self, max_control_line: int = 4096, max_payload: int = 1048576, runs: bool = True):
         self.max_control_line = max_control_line
         self.max_payload = max_payload
+        self.runs = runs  # False: every PUB is its own OP_PUB (the general path, for tests)
         self.error: ProtocolError | None = None
         self._pending: list[bytes] = []  # unconsumed input, oldest first
         self._need = 0  # bytes the pending op needs before parsing is worth retrying
@@ -66,17 +72,7 @@ class Parser:
         self._need = 0
         ops: list[tuple] = []
         try:
-            pos = self._scan_plain(data, ops, 0)
-            restarts = 0
-            while pos < len(data):
-                # one op the short scan could not take, then back to the short scan (bounded,
-                # so an unusual mix of ops cannot make a feed quadratic)
-                nxt = self._parse(data, ops, pos, one=restarts < FAST_RESTARTS_MAX)
-                if nxt == pos or nxt >= len(data) or restarts >= FAST_RESTARTS_MAX:
-                    pos = nxt
-                    break
-                restarts += 1
-                pos = nxt + self._scan_plain(data[nxt:], ops, 0) if self._fast_ok(data, nxt) else nxt
+            pos = self._scan(data, ops)
         except ProtocolError as e:
             self.error = e
             return ops
@@ -84,55 +80,58 @@ class Parser:
             self._pending.append(data[pos:])
         return ops
 
-    @staticmethod
-    def _fast_ok(data: bytes, pos: int) -> bool:
-        return data.startswith(b"PUB ", pos) or data.startswith(b"PING\r\n", pos) or \
-            data.startswith(b"PONG\r\n", pos)
+    def _scan(self, data: bytes, ops: list[tuple]) -> int:
+        """The common frames here, anything else one op at a time by the general parser.
 
-    def _scan_plain(self, data: bytes, ops: list[tuple], pos: int) -> int:
-        """The common case in one C-level split: a leading run of `PUB subj [reply] n`
-        frames and PING/PONG. A payload counts only if its length equals the declared size,
-        so a payload holding CRLF (or anything unusual) stops the scan and the general
-        parser takes over at that frame. Returns the offset of the first byte not taken."""
-        parts = data.split(b"\r\n")
-        n = len(parts) - 1  # the last part has no CRLF after it yet
-        i = 0
+        A `PUB subj [reply] n` frame whose header line is followed, right after its
+        payload, by the very same header line starts a run: the frames that repeat that
+        header back to back are found with a few C-level strided slices (run_length) and
+        become one OP_RUN instead of one op each. Returns the offset of the first byte
+        not taken."""
+        end = len(data)
+        find = data.find
+        startswith = data.startswith
+        append = ops.append
         mcl = self.max_control_line
         max_payload = self.max_payload
-        append = ops.append
-        while i < n:
-            h = parts[i]
-            if h[:4] == b"PUB ":
-                if i + 1 >= n or len(h) > mcl:
-                    break
-                args = h.split()
-                na = len(args)
-                if na == 3:
-                    reply = b""
-                elif na == 4:
-                    reply = args[2]
-                else:
-                    break
-                tok = args[-1]
-                if not tok.isdigit():
-                    break
-                pl = parts[i + 1]
-                size = len(pl)
-                if size != int(tok) or size > max_payload:
-                    break
-                append((OP_PUB, args[1], reply, None, pl))
-                pos += len(h) + size + 4
-                i += 2
-            elif h == b"PING":
+        runs = self.runs
+        pos = 0
+        while pos < end:
+            if startswith(b"PUB ", pos):
+                eol = find(b"\n", pos)
+                if eol > pos and data[eol - 1] == 13 and eol - 1 - pos <= mcl:
+                    args = data[pos:eol - 1].split()
+                    na = len(args)
+                    tok = args[-1]
+                    if (na == 3 or na == 4) and args[0] == b"PUB" and tok.isdigit():
+                        size = int(tok)
+                        stop = eol + 1 + size
+                        if size <= max_payload and stop + 2 <= end and data[stop] == 13 and data[stop + 1] == 10:
+                            reply = args[2] if na == 4 else b""
+                            hlen = eol + 1 - pos
+                            if runs and startswith(data[pos:eol + 1], stop + 2):
+                                n = run_length(data, pos, hlen, size)
+                                if n > 1:
+                                    append((OP_RUN, args[1], reply, data, pos, n, hlen, size))
+                                    pos += n * (hlen + size + 2)
+                                    continue
+                            append((OP_PUB, args[1], reply, None, data[eol + 1:stop]))
+                            pos = stop + 2
+                            continue
+            elif startswith(b"PING\r\n", pos):
                 append(_PING)
                 pos += 6
-                i += 1
-            elif h == b"PONG":
+                continue
+            elif startswith(b"PONG\r\n", pos):
                 append(_PONG)
                 pos += 6
-                i += 1
-            else:
+                continue
+            # anything else (or a PUB that is incomplete or unusual): the general parser,
+            # which also raises the protocol errors
+            nxt = self._parse(data, ops, pos, one=True)
+            if nxt == pos:
                 break
+            pos = nxt
         return pos
 
     def _parse(self, data: bytes, ops: list[tuple], pos: int = 0, one: bool = False) -> int:
@@ -260,6 +259,71 @@ class Parser:
             else:
                 raise ProtocolError(ERR_UNKNOWN_OP)
         return pos
+
+
+RUN_SCAN_MIN = 8  # runs shorter than this are checked frame by frame
+
+
+def run_length(data: bytes, start: int, hlen: int, size: int) -> int:
+    """How many frames, the first one already checked, repeat data[start:start+hlen] (a
+    header line) followed by `size` payload bytes and CRLF back to back from `start`,
+    counting only complete frames. Long runs are checked a column at a time: the byte
+    at offset j of every frame is one strided slice (C-level), compared by lstrip, so
+    the cost is (hlen + 2) slices, not a Python step per frame."""
+    flen = hlen + size + 2
+    n = (len(data) - start) // flen
+    if n < RUN_SCAN_MIN:
+        hdr = data[start:start + hlen]
+        k = 1
+        pos = start + flen
+        while k < n and data.startswith(hdr, pos) and data[pos + flen - 2] == 13 and data[pos + flen - 1] == 10:
+            k += 1
+            pos += flen
+        return k
+    stop = start + n * flen
+    for j in range(hlen):
+        c = data[start + j:start + j + 1]
+        col = data[start + j:stop:flen]
+        k = n - len(col.lstrip(c))
+        if k < n:
+            n = k
+            stop = start + n * flen
+    t = start + hlen + size
+    for j, c in ((t, b"\r"), (t + 1, b"\n")):
+        col = data[j:stop:flen]
+        k = n - len(col.lstrip(c))
+        if k < n:
+            n = k
+            stop = start + n * flen
+    return n
+
+
+def run_bodies(op: tuple) -> list[bytes]:
+    """An OP_RUN as its n frames split at their header line: [b"", payload_1 CRLF, ...,
+    payload_n CRLF], so that line.join(bodies) is the n frames under another header line
+    (a MSG or RMSG line). One C-level split when the header line occurs only where the
+    frames start; when a payload holds that very line too, built from the payloads."""
+    _, _, _, data, start, n, hlen, size = op
+    flen = hlen + size + 2
+    bodies = data[start:start + n * flen].split(data[start:start + hlen])
+    if len(bodies) == n + 1:  # the line cannot overlap itself (only its last byte is LF),
+        return bodies         # so the split found exactly the n header lines
+    first = start + hlen
+    return [b""] + [data[p:p + size + 2] for p in range(first, first + n * flen, flen)]
+
+
+def run_payloads(op: tuple) -> list[bytes]:
+    """The payloads of an OP_RUN, in order."""
+    _, _, _, data, start, n, hlen, size = op
+    flen = hlen + size + 2
+    first = start + hlen
+    return [data[p:p + size] for p in range(first, first + n * flen, flen)]
+
+
+def expand_run(op: tuple) -> list[tuple]:
+    """The OP_PUBs an OP_RUN stands for."""
+    subject, reply = op[1], op[2]
+    return [(OP_PUB, subject, reply, None, p) for p in run_payloads(op)]
 
 
 def _size(tok: bytes) -> int:

@@ -659,6 +659,37 @@ class Server:
         for sub in self._route_subs.pop(peer, {}).values():
             self.sublist.remove(sub)
 
+    def deliver_routed_run(self, subject: str, reply: str, bodies: list, n: int, size: int) -> None:
+        """n routed messages on one subject (cluster hook): bodies is [b"", payload CRLF,
+        ...] with n payloads of `size` bytes. When the interest is only client
+        subscriptions without a message limit, each subscriber gets `MSG subj sid [reply]
+        size`.join(bodies), one C-level join; otherwise (internal subscribers, limits, a
+        JetStream `reply@subject`) it is deliver_routed message by message."""
+        m = self.sublist.match(subject.encode())
+        plain = m.plain
+        if ("@" in reply and reply.startswith(JS_ACK_PREFIX)) or \
+                not all(not sub.max_msgs and isinstance(sub.conn, ClientConn) for sub in plain):
+            deliver = self.deliver_routed
+            for i in range(1, n + 1):
+                deliver(subject, reply, None, bodies[i][:-2], None)
+            return
+        total = n * size
+        self.in_msgs += n
+        self.in_bytes += total
+        self.routed_in_msgs += n
+        self.routed_in_bytes += total
+        if not plain:
+            return
+        tail = b"%b %d\r\n" % (reply.encode(), size) if reply else b"%d\r\n" % size
+        subject_b = subject.encode()
+        lines: dict = {}  # a connection's subscriptions get each message in turn
+        for sub in plain:
+            lines.setdefault(sub.conn, []).append(b"MSG %b %b " % (subject_b, sub.sid) + tail)
+        for conn, ls in lines.items():
+            conn.deliver_bodies(ls, bodies, n, total)
+        self.out_msgs += n * len(plain)
+        self.out_bytes += total * len(plain)
+
     def deliver_routed(self, subject: str, reply: str, hdr: bytes | None, payload: bytes,
                        queues: list[str] | None) -> None:
         m = self.sublist.match(subject.encode())

@@ -4,9 +4,10 @@ How this works: subscriptions are stored in a tree keyed by subject token; `*` a
 `>` are ordinary keys of a level's dict, visited alongside the literal token while
 matching. `match(subject)` returns a Match: the plain subscribers, the distinct
 remote peers with plain interest, and the queue groups (name, members, weights).
-Results are cached by the raw subject bytes the router sees on the wire; an insert
-or removal drops exactly the cached subjects it could change, so the hot path is one
-dict lookup per published message.
+Results are cached by the raw subject bytes the router sees on the wire, "no interest"
+(an empty Match) included; an insert or removal drops exactly the cached subjects it
+could change (an insert matching a subject cached as having no interest drops that
+entry like any other), so the hot path is one dict lookup per published message.
 
 A subscriber's `conn` says what kind it is: anything with `is_route = True` is a
 remote peer (cluster route) whose subscriptions stand for another node's interest.
@@ -221,7 +222,12 @@ class Sublist:
             pcache[key] = m
             if k not in self._pdepths:
                 self._pdepths.append(k)
-            return m
+            if not m.empty:
+                return m
+            # "no interest" is also cached under the subject itself, where the router looks
+            # first (a subject published to with nobody listening then costs one dict
+            # lookup); unique subjects under the same dead prefix still resolve through the
+            # prefix entry above without being added here
         cache = self._cache
         if len(cache) >= CACHE_MAX:
             for k in list(cache)[: CACHE_MAX // 4]:
@@ -248,9 +254,16 @@ def _collect(level: _Level, tokens: list[str], i: int, psubs: list, qsubs: dict,
     if fwc is not None:
         _add(fwc, psubs, qsubs)
     tok = tokens[i]
-    # nats-server's visiting order (fwc, then pwc, then literal) fixes the order of
-    # deliveries when several subscriptions of one connection match.
-    for key in (("*", tok) if tok != "*" and tok != ">" else ("*",)):
+    # nats-server's visiting order fixes the order of deliveries when several
+    # subscriptions of one connection match: at each level fwc first, then the pwc
+    # subtree before the literal one; at the last token the literal node before pwc.
+    if tok == "*" or tok == ">":
+        keys = ("*",)
+    elif last:
+        keys = (tok, "*")
+    else:
+        keys = ("*", tok)
+    for key in keys:
         node = nodes.get(key)
         if node is None:
             continue

@@ -105,6 +105,28 @@ class Route:
             self._wake_set = True
             self._wake.set()
 
+    def forward_bodies(self, subject: str, reply: str, bodies: list, n: int, size: int) -> None:
+        """Router hook: queue n routed messages on one subject at once. bodies is [b"",
+        payload CRLF, ...] (n payloads of `size` bytes), so one join under the RMSG line
+        makes the frames. Never blocks."""
+        if self._closing:
+            return
+        key = (subject, reply) if reply else subject
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            prefix = self._prefix(subject, reply)
+        out = self._out
+        out += (b"%s%d\r\n" % (prefix, size)).join(bodies)
+        self.out_bytes += n * size
+        self.out_msgs += n
+        if len(out) > self._pending_max:
+            log.warning("%r: Slow Consumer Detected: MaxPending of %d Exceeded", self, self._pending_max)
+            self.abort()
+            return
+        if not self._wake_set:
+            self._wake_set = True
+            self._wake.set()
+
     def _prefix(self, subject: str, reply: str) -> bytes:
         if len(self._prefixes) >= 4096:
             self._prefixes.clear()

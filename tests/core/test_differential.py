@@ -55,6 +55,34 @@ CASES = {
     "utf8_subject": CONNECT + "SUB ünï.* 1\r\nPUB ünï.cödé 1\r\nx\r\n".encode(),
     "pedantic_verbose_wildcard": b'CONNECT {"headers":true}\r\nSUB foo.* 1\r\nPUB foo.* 1\r\nx\r\n',
     "no_echo": b'CONNECT {"echo":false,"headers":true}\r\nSUB foo 1\r\nPUB foo 1\r\nx\r\n',
+    # one connection, a literal and a `*` subscription on the last token: literal first
+    "literal_before_pwc": CONNECT + b"SUB foo.* 1\r\nSUB foo.bar 2\r\nSUB *.bar 3\r\nPUB foo.bar 1\r\nx\r\n",
+    # runs: PUBs repeating one header line, which our server takes as one unit
+    # (several subscriptions of one connection sit on different trie nodes: nats-server
+    # keeps the subscriptions of one node in a map, so their order among themselves varies)
+    "run": CONNECT + b"SUB foo 1\r\nSUB f* 2\r\nSUB * 3\r\nSUB > 4\r\n" + b"PUB foo 5\r\nhello\r\n" * 20,
+    "run_reply_two_subjects": CONNECT + b"SUB foo 1\r\nSUB > 2\r\n"
+    + b"PUB foo r.1 3\r\nabc\r\n" * 9 + b"PUB bar 3\r\nxyz\r\n" * 9 + b"PUB foo r.1 3\r\nabc\r\n" * 3,
+    "run_payloads_hold_crlf_and_header": CONNECT + b"SUB foo 1\r\n"
+    + b"PUB foo 14\r\nPUB foo 14\r\nab\r\n" * 12 + b"PUB foo 14\r\n\r\n\r\nPUB foo 14\r\n" * 3,
+    "run_cut_by_ping_sub_unsub": CONNECT + b"SUB foo 1\r\n" + b"PUB foo 1\r\na\r\n" * 10 + b"PING\r\n"
+    + b"PUB foo 1\r\nb\r\n" * 10 + b"SUB foo.> 2\r\nSUB *.bar 3\r\nSUB foo.bar 4\r\n"
+    + b"PUB foo.bar 1\r\nc\r\n" * 10 + b"SUB foo 2\r\n" + b"PUB foo 1\r\nc\r\n" * 10 + b"UNSUB 1\r\n"
+    + b"PUB foo 1\r\nd\r\n" * 10,
+    "run_unsub_max": CONNECT + b"SUB foo 1\r\nSUB * 2\r\nUNSUB 1 7\r\n" + b"PUB foo 1\r\na\r\n" * 20,
+    "run_queue_and_plain": CONNECT + b"SUB foo q 1\r\nSUB foo 2\r\n" + b"PUB foo 2\r\nhi\r\n" * 16,
+    "run_no_interest": CONNECT + b"SUB other 1\r\n" + b"PUB nobody 2\r\nhi\r\n" * 30 + b"PUB other 1\r\nx\r\n",
+    "run_no_responders": CONNECT + b"SUB _INBOX.x 1\r\n" + b"PUB nobody _INBOX.x 2\r\nhi\r\n" * 10,
+    "run_no_echo": b'CONNECT {"echo":false,"verbose":false,"pedantic":false}\r\nSUB foo 1\r\n'
+    + b"PUB foo 1\r\nx\r\n" * 12,
+    "run_verbose": VERBOSE + b"SUB foo 1\r\n" + b"PUB foo 2\r\nhi\r\n" * 10,
+    "run_pedantic_wildcard": PEDANTIC + b"SUB foo.* 1\r\n" + b"PUB foo.* 1\r\nx\r\n" * 10,
+    "run_then_bad_frame": CONNECT + b"SUB foo 1\r\n" + b"PUB foo 5\r\nhello\r\n" * 10
+    + b"PUB foo 5\r\nhelloX\r\n" + b"PUB foo 5\r\nhello\r\n" * 3,
+    "run_then_max_payload": CONNECT + b"SUB foo 1\r\n" + b"PUB foo 1\r\nz\r\n" * 10 + b"PUB foo 2000000\r\n",
+    "run_then_hpub": CONNECT + b"SUB foo 1\r\n" + b"PUB foo 1\r\nz\r\n" * 10
+    + b"HPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n" * 10 + b"PUB foo 1\r\nz\r\n" * 10,
+    "run_empty_payloads": CONNECT + b"SUB e 1\r\n" + b"PUB e 0\r\n\r\n" * 25,
 }
 
 
