@@ -166,3 +166,36 @@ def test_interleaved_changes_and_matches_agree_with_reference(ops):
             got = {id(x) for x in sl.match(subject.encode()).plain}
             want = {id(x) for x in live if subject_match(x.subject, subject)}
             assert got == want, (subject, [x.subject for x in live])
+
+
+def test_no_interest_is_cached_under_the_subject_and_dropped_by_a_matching_insert():
+    sl = Sublist()
+    sl.insert(sub("other.x"))
+    for subject in (b"telemetry.a.b", b"solo"):
+        assert sl.match(subject).empty
+        assert sl.cache[subject].empty  # the router's one dict lookup answers next time
+    hits = sl.cache_hits
+    assert sl.match(b"telemetry.a.b").empty and sl.cache_hits == hits + 1
+    unrelated = sub("other.y")
+    sl.insert(unrelated)  # matches neither: the cached answers stay
+    assert b"telemetry.a.b" in sl.cache and b"solo" in sl.cache
+    local = sub("telemetry.*.b")
+    sl.insert(local)
+    assert b"telemetry.a.b" not in sl.cache and b"solo" in sl.cache
+    assert subjects(sl.match(b"telemetry.a.b")) == ["telemetry.*.b"]
+    peer = Peer()
+    sl.insert(sub(">", conn=peer))  # interest that arrived over a route
+    assert b"solo" not in sl.cache
+    m = sl.match(b"solo")
+    assert not m.empty and m.peers == [peer] and m.plain == []
+    sl.remove(local)
+    assert sl.match(b"telemetry.a.b").peers == [peer]
+
+
+def test_last_token_literal_comes_before_star_as_in_nats_server():
+    sl = Sublist()
+    for s in ("foo.*", "foo.bar", ">", "*.bar", "foo.>", "*.*"):
+        sl.insert(sub(s))
+    # nats-server's matchLevel: at each level fwc, then the '*' subtree, then the literal
+    # one; after the last token the literal node, then '*'
+    assert [s.subject for s in sl.match(b"foo.bar").plain] == [">", "*.bar", "*.*", "foo.>", "foo.bar", "foo.*"]
