@@ -1,3 +1,3 @@
 """Fixtures of tests/jscluster live in harness.py (shared with bench/meta_failover.py)."""
 
-from tests.jscluster.harness import jsc, jsc_sys, own_cluster  # noqa: F401  (pytest fixtures)
+from tests.jscluster.harness import jsc, jsc_sys  # noqa: F401  (pytest fixtures)

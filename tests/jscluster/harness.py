@@ -12,6 +12,17 @@ response it gets.
 `OURS_READY` is the one switch for the `ours` parameter of every test in tests/jscluster:
 while it is False those tests are skipped ("clustered JetStream not built yet").
 
+Fixtures (session scope, one cluster per kind, shared by the tests; a test that kills or
+stops nodes calls `restore()` in its finally block):
+  jsc      plain cluster, flags only
+  jsc_sys  the same plus `-c accounts.conf` with a system account (SYS, user sys/sys):
+           `$JS.API.META.LEADER.STEPDOWN` is only served to the system account
+Helpers: JSCluster.{start, stop, restore, wait_ready, wait_meta_leader, meta_leader,
+meta_view, stream_leader, consumer_leader, jsz, jsz_streams, kill, sigstop, cont, restart,
+connect, connect_all}; api (first answer), api_all (every answer to one request), api_retry
+(until no 10008 / timeout), until_routed / publish (retry no-responders right after a
+create), normalize / key_paths (compare answers across servers), kind_params.
+
 nats-py is asyncio while pytest here runs trio mode: tests are sync functions that call
 asyncio.run, and the helpers below that touch the network over HTTP are sync.
 """
@@ -493,23 +504,7 @@ def key_paths(obj: Any, prefix: str = "") -> set[str]:
     return out
 
 
-def drop_keys(obj: Any, keys: set[str]) -> Any:
-    if isinstance(obj, dict):
-        return {k: drop_keys(v, keys) for k, v in obj.items() if k not in keys}
-    if isinstance(obj, list):
-        return [drop_keys(v, keys) for v in obj]
-    return obj
-
-
 # -- fixtures -----------------------------------------------------------------------------------
-
-_live: dict[str, JSCluster] = {}
-
-
-def live_cluster(kind: str) -> JSCluster | None:
-    """The session's shared cluster of `kind` if it is running now."""
-    return _live.get(kind)
-
 
 @pytest.fixture(scope="session", params=kind_params())
 def jsc(request, tmp_path_factory) -> Iterator[JSCluster]:
@@ -518,11 +513,9 @@ def jsc(request, tmp_path_factory) -> Iterator[JSCluster]:
     kind = request.param
     cl = JSCluster(kind, tmp_path_factory.mktemp(f"jsc-{kind}"))
     cl.start()
-    _live[kind] = cl
     try:
         yield cl
     finally:
-        _live.pop(kind, None)
         cl.stop()
 
 
@@ -537,20 +530,3 @@ def jsc_sys(request, tmp_path_factory) -> Iterator[JSCluster]:
         yield cl
     finally:
         cl.stop()
-
-
-@pytest.fixture
-def own_cluster(request, tmp_path) -> Iterator[Callable[[str], JSCluster]]:
-    """Factory for a private cluster (for tests that leave the cluster broken); stopped after."""
-    made: list[JSCluster] = []
-
-    def make(kind: str) -> JSCluster:
-        cl = JSCluster(kind, tmp_path / f"own-{kind}-{len(made)}")
-        made.append(cl)
-        return cl.start()
-
-    try:
-        yield make
-    finally:
-        for cl in made:
-            cl.stop()

@@ -8,7 +8,6 @@ one cluster per kind; tests that kill or stop nodes call `restore()` afterwards.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
