@@ -12,8 +12,8 @@ response it gets.
 `OURS_READY` is the one switch for the `ours` parameter of every test in tests/jscluster:
 while it is False those tests are skipped ("clustered JetStream not built yet").
 
-Fixtures (session scope, one cluster per kind, shared by the tests; a test that kills or
-stops nodes calls `restore()` in its finally block):
+Fixtures (module scope: one cluster per kind shared by the tests of a module; a test that
+kills or stops nodes calls `restore()` in its finally block):
   jsc      plain cluster, flags only
   jsc_sys  the same plus `-c accounts.conf` with a system account (SYS, user sys/sys):
            `$JS.API.META.LEADER.STEPDOWN` is only served to the system account
@@ -506,7 +506,7 @@ def key_paths(obj: Any, prefix: str = "") -> set[str]:
 
 # -- fixtures -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session", params=kind_params())
+@pytest.fixture(scope="module", params=kind_params())
 def jsc(request, tmp_path_factory) -> Iterator[JSCluster]:
     """A shared three-node cluster per server kind. Tests that kill or stop nodes call
     `jsc.restore()` in a finally block so the next test gets all three nodes back."""
@@ -519,7 +519,7 @@ def jsc(request, tmp_path_factory) -> Iterator[JSCluster]:
         cl.stop()
 
 
-@pytest.fixture(scope="session", params=kind_params())
+@pytest.fixture(scope="module", params=kind_params())
 def jsc_sys(request, tmp_path_factory) -> Iterator[JSCluster]:
     """A shared three-node cluster per server kind with a system account (for meta leader
     stepdown, which only the system account may ask for). Same restore() contract as jsc."""
