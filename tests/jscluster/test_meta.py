@@ -218,9 +218,13 @@ def test_each_request_gets_exactly_one_response_through_every_node(jsc: JSCluste
     async def main():
         c = await jsc.connect_all()
         try:
-            await api(c["n1"], "$JS.API.STREAM.CREATE.ONE", stream_config("ONE"))
+            await api(c["n1"], "$JS.API.STREAM.CREATE.ONE", stream_config("ONE", allow_direct=True))
             await api(c["n1"], "$JS.API.CONSUMER.CREATE.ONE.d", {"stream_name": "ONE", "config": durable("d")})
             await publish(c["n1"].jetstream(), "ONE.x", b"hello")
+            for n in jsc.names():
+                await api(c["n1"], f"$JS.API.STREAM.CREATE.PURGE_{n}", stream_config(f"PURGE_{n}"))
+                for i in range(2):
+                    await publish(c["n1"].jetstream(), f"PURGE_{n}.{i}", b"p")
             cases = []
             for n in jsc.names():
                 cases += [
@@ -228,16 +232,29 @@ def test_each_request_gets_exactly_one_response_through_every_node(jsc: JSCluste
                     (n, "names", "$JS.API.STREAM.NAMES", b""),
                     (n, "cinfo", "$JS.API.CONSUMER.INFO.ONE.d", b""),
                     (n, "dup", "$JS.API.STREAM.CREATE.ONE", stream_config("ONE", subjects=["other.one"])),
-                    (n, "same", "$JS.API.STREAM.CREATE.ONE", stream_config("ONE")),
+                    (n, "same", "$JS.API.STREAM.CREATE.ONE", stream_config("ONE", allow_direct=True)),
                     (n, "create", f"$JS.API.STREAM.CREATE.ONE_{n}", stream_config(f"ONE_{n}")),
                     (n, "ccreate", f"$JS.API.CONSUMER.CREATE.ONE.c{n}", {"stream_name": "ONE", "config": durable(f"c{n}")}),
                     (n, "msgget", "$JS.API.STREAM.MSG.GET.ONE", {"seq": 1}),
                     (n, "missing", "$JS.API.STREAM.INFO.NOPE", b""),
                     (n, "cmissing", "$JS.API.CONSUMER.INFO.ONE.nope", b""),
                     (n, "unknown", "$JS.API.NO.SUCH.THING", b""),
+                    (n, "direct", "$JS.API.DIRECT.GET.ONE", {"seq": 1}),
+                    (n, "purge", f"$JS.API.STREAM.PURGE.PURGE_{n}", b""),
                 ]
             results = await asyncio.gather(*(api_all(c[n], subj, body, first_timeout=3) for n, _, subj, body in cases))
-            return [(n, what, r) for (n, what, _, _), r in zip(cases, results)]
+            out = [(n, what, r) for (n, what, _, _), r in zip(cases, results)]
+            # then through each node: update what it created, delete its consumer, delete its stream
+            for phase in ("update", "cdelete", "delete"):
+                cases = [(n, phase) + {
+                    "update": (f"$JS.API.STREAM.UPDATE.ONE_{n}", stream_config(f"ONE_{n}", max_msgs=10)),
+                    "cdelete": (f"$JS.API.CONSUMER.DELETE.ONE.c{n}", b""),
+                    "delete": (f"$JS.API.STREAM.DELETE.ONE_{n}", b""),
+                }[phase] for n in jsc.names()]
+                results = await asyncio.gather(*(api_all(c[n], subj, body, first_timeout=3)
+                                                 for n, _, subj, body in cases))
+                out += [(n, what, r) for (n, what, _, _), r in zip(cases, results)]
+            return out
         finally:
             await close_all(c)
 
@@ -248,6 +265,11 @@ def test_each_request_gets_exactly_one_response_through_every_node(jsc: JSCluste
             continue
         assert len(resps) == 1, (n, what, resps)
         r = resps[0]
+        if what == "direct":  # the stored message itself, described by headers
+            assert r.data == b"hello", (n, r)
+            assert {k: r.headers.get(k) for k in ("Nats-Stream", "Nats-Subject", "Nats-Sequence")} == {
+                "Nats-Stream": "ONE", "Nats-Subject": "ONE.x", "Nats-Sequence": "1"}, (n, r)
+            continue
         assert r.headers is None, (n, what, r)
         body = r.json
         if what == "info":
@@ -271,6 +293,17 @@ def test_each_request_gets_exactly_one_response_through_every_node(jsc: JSCluste
             assert body["error"] == {"code": 404, "err_code": 10059, "description": "stream not found"}
         elif what == "cmissing":
             assert body["error"] == {"code": 404, "err_code": 10014, "description": "consumer not found"}
+        elif what == "purge":
+            assert body == {"type": "io.nats.jetstream.api.v1.stream_purge_response", "success": True, "purged": 2}
+        elif what == "update":
+            assert body["type"] == "io.nats.jetstream.api.v1.stream_update_response"
+            assert body["config"]["max_msgs"] == 10 and body["config"]["name"] == f"ONE_{n}"
+        elif what == "cdelete":
+            assert body == {"type": "io.nats.jetstream.api.v1.consumer_delete_response", "success": True}
+        elif what == "delete":
+            assert body == {"type": "io.nats.jetstream.api.v1.stream_delete_response", "success": True}
+        else:
+            raise AssertionError(f"unchecked case {what}")
 
 
 # -- placement ----------------------------------------------------------------------------------
