@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import json
 import signal
 import sys
@@ -74,6 +75,15 @@ def kind_params(*kinds: str) -> list:
         marks = [pytest.mark.skipif(not OURS_READY, reason=OURS_SKIP_REASON)] if kind == "ours" else []
         out.append(pytest.param(kind, id=kind, marks=marks))
     return out
+
+
+_HASH_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def peer_id(server_name: str) -> str:
+    """nats-server's Raft peer id of a server: its getHash (sha256 of the name, first 8 bytes
+    each mapped onto 62 digits)."""
+    return "".join(_HASH_DIGITS[b % 62] for b in hashlib.sha256(server_name.encode()).digest()[:8])
 
 
 def http_json(port: int, path: str, timeout: float = 3.0) -> dict:

@@ -15,7 +15,7 @@ import pytest
 from nats.js.errors import ServiceUnavailableError
 
 from tests.jscluster.harness import (CLUSTER_NAME, JSCluster, api, api_all, api_retry, key_paths, kind_params,
-                                     normalize, publish, stream_config, until_routed, wait_for)
+                                     normalize, peer_id, publish, stream_config, until_routed, wait_for)
 
 NO_META_LEADER = {"code": 503, "err_code": 10008, "description": "JetStream system temporarily unavailable"}
 NO_PLACEMENT = {"code": 400, "err_code": 10005, "description": "no suitable peers for placement"}
@@ -306,6 +306,35 @@ def test_each_request_gets_exactly_one_response_through_every_node(jsc: JSCluste
             raise AssertionError(f"unchecked case {what}")
 
 
+# -- /jsz meta_cluster ------------------------------------------------------------------------------
+
+# nats-server 2.15.1's /jsz meta_cluster key paths (lag/offline are omitted when zero/false)
+META_CLUSTER_KEYS = {"name", "leader", "peer", "replicas", "replicas[].name", "replicas[].current",
+                     "replicas[].active", "replicas[].peer", "cluster_size", "quorum_needed", "pending",
+                     "pending_requests", "pending_infos", "snapshot", "snapshot.pending_entries",
+                     "snapshot.pending_size", "snapshot.last_time"}
+
+
+def test_jsz_meta_cluster_on_every_node(jsc: JSCluster):
+    leader = jsc.wait_ready()
+    views = {n: jsc.meta_view(n) for n in jsc.names()}
+    for n, mc in views.items():
+        assert mc["name"] == CLUSTER_NAME and mc["leader"] == leader
+        assert mc["cluster_size"] == 3 and mc["quorum_needed"] == 2 and mc["pending"] == 0
+        # the peer shown is the leader's Raft peer id (nats-server: a hash of the server name)
+        assert mc["peer"] == peer_id(leader), (n, mc)
+        assert sorted(r["name"] for r in mc["replicas"]) == sorted(set(jsc.names()) - {n}), (n, mc)
+        for r in mc["replicas"]:
+            assert r["peer"] == peer_id(r["name"]) and isinstance(r["active"], int) and r["active"] >= 0
+            assert isinstance(r.get("lag", 0), int) and r.get("offline", False) is False
+        assert key_paths(mc) - {"replicas[].lag", "replicas[].offline"} == META_CLUSTER_KEYS, (n, mc)
+    # the leader sees every follower current; a follower sees the leader current
+    assert all(r["current"] for r in views[leader]["replicas"])
+    for n in jsc.names():
+        if n != leader:
+            assert next(r for r in views[n]["replicas"] if r["name"] == leader)["current"] is True
+
+
 # -- placement ----------------------------------------------------------------------------------
 
 def test_impossible_placement_is_refused_with_10005(jsc: JSCluster):
@@ -370,7 +399,7 @@ def test_r3_stream_cluster_block_and_same_state_everywhere(jsc: JSCluster):
         # lag and offline are omitted when zero/false
         assert {"name", "current", "active", "peer"} <= set(r) <= {"name", "current", "active", "lag", "peer", "offline"}
         assert r["current"] is True and isinstance(r["active"], int) and r["active"] >= 0
-        assert isinstance(r["peer"], str) and len(r["peer"]) == 8
+        assert r["peer"] == peer_id(r["name"])
         assert isinstance(r.get("lag", 0), int)
     for v in views.values():
         assert v["state"] == info["state"] and v["state"]["messages"] == 20
