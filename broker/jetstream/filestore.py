@@ -924,6 +924,100 @@ class FileStore(_IndexedStore):
             return  # already there
         self._restart(seq - 1, seq)
 
+    def truncate_after(self, seq: int, last_ts: int) -> None:
+        """Forget every message above `seq`: afterwards last_seq == seq, last_ts == last_ts and
+        the messages at or below seq are as they were. Durable when it returns.
+
+        Blocks holding only later messages are unlinked (directory fsynced) first; the block
+        holding the cut is truncated at its first record above it (records below it keep their
+        checksums; tombstones of older messages that sat past the cut are written again), then
+        a new block's META records last_seq. A crash midway leaves no message above the cut
+        that a META contradicts; the caller repeats the truncation after restarting."""
+        if self._closed:
+            raise ValueError("store is closed")
+        if seq > self._last:
+            raise ValueError(f"truncate_after({seq}): sequence above last_seq {self._last}")
+        if seq == self._last and last_ts == self._last_ts:
+            return
+        self.sync()  # every buffered record is in its file; compactions are written
+        if self._compacted:
+            self._apply_compactions()
+        self._rcache = self._rnext = None
+        next_num = self._blocks[-1].num + 1 if self._blocks else 1
+        idx = self._idx
+        keep: list[_Block] = []
+        gone: list[_Block] = []
+        for b in self._blocks:
+            seqs = b.seqs
+            j0 = bisect_right(seqs, seq)
+            if j0 == len(seqs) and (seqs or b.base <= seq + 1):
+                keep.append(b)  # nothing above the cut (a bare META records last_seq <= seq)
+                continue
+            live, subs, msz, lens = b.live, b.subs, b.msz, b.lens
+            for j in range(j0, len(seqs)):
+                if live[j]:
+                    idx.remove(subs[j], seqs[j])
+                    self._n -= 1
+                    self._bytes -= msz[j]
+                    b.live_bytes -= lens[j]
+                    b.nlive -= 1
+            if j0 == 0:
+                gone.append(b)
+                continue
+            self._cut_block(b, j0)
+            keep.append(b)
+        with self._lock:
+            for b in gone:
+                self._pending.pop(b.num, None)
+                fd = self._fds.pop(b.num, None)
+                if fd is not None:
+                    os.close(fd)
+                self._unsynced.discard(b.path)
+        for b in gone:
+            try:
+                os.unlink(b.path)
+            except FileNotFoundError:
+                pass
+        if gone:
+            self._fsync_dir()
+        self._blocks = keep
+        self._bases = [b.base for b in keep]
+        self._last = seq
+        self._last_ts = last_ts
+        with self._lock:
+            self._new_block(next_num, seq, last_ts, 0)
+        self._recompute_first(0)
+        self.sync()
+
+    def _cut_block(self, b: _Block, j0: int) -> None:
+        """Truncate block b's file before its record j0 (whose seq is above the cut) and write
+        again the tombstones of its removed messages below it, which may have sat past it."""
+        off = b.offs[j0]
+        with self._lock:
+            fd = self._fd(b)
+            os.ftruncate(fd, off)
+            self._unsynced.add(b.path)
+            crc = 0
+            done = 0
+            while done < off:
+                chunk = os.pread(fd, min(1 << 20, off - done), done)
+                if not chunk:
+                    raise CorruptStoreError(b.path, done, "file shorter than its index")
+                crc = zlib.crc32(chunk, crc)
+                done += len(chunk)
+            b.fcrc = crc
+            b.size = b.pend_off = off
+            b.pend.clear()
+        for name in ("seqs", "offs", "lens", "tss", "msz"):
+            del getattr(b, name)[j0:]
+        del b.subs[j0:]
+        del b.live[j0:]
+        seqs = b.seqs
+        b.dense = seqs[-1] - seqs[0] + 1 == len(seqs)
+        dels = [_del_record(seqs[j]) for j in range(j0) if not b.live[j]]
+        if dels:
+            self._buffer(b, b"".join(dels))
+
     def flush(self) -> None:
         """Hand buffered appends to the OS (no fsync). The publish path calls it on the event
         loop right before sync() runs in a thread, which then only waits on the disk."""

@@ -460,6 +460,17 @@ class MemoryStore(_IndexedStore):
         self._last = seq - 1
         self._first = seq
 
+    def truncate_after(self, seq: int, last_ts: int) -> None:
+        """Forget every message above `seq`; last_seq becomes seq and last_ts last_ts."""
+        if seq > self._last:
+            raise ValueError(f"truncate_after({seq}): sequence above last_seq {self._last}")
+        above = [q for q in self._msgs if q > seq]
+        self._remove_seqs(sorted(above))
+        self._last = seq
+        self._last_ts = last_ts
+        if self._n == 0:
+            self._first = seq + 1
+
     def sync(self) -> None:
         """Nothing to make durable in memory."""
 

@@ -64,6 +64,13 @@ class Store(Protocol):
         """Move an empty or drained store's next sequence to `seq` (purge seq=, first_seq)."""
         ...
 
+    def truncate_after(self, seq: int, last_ts: int) -> None:
+        """Forget every message above `seq` (seq <= last_seq): afterwards last_seq == seq,
+        last_ts == last_ts and messages at or below seq are as they were. A replicated
+        stream restarting from a snapshot cuts what it applied after it (the Raft log
+        replays that). Durable when it returns."""
+        ...
+
     def sync(self) -> None:
         """Make every append so far durable (fsync). Blocking: call from a thread.
         One call covers all appends made before it started (group commit)."""
