@@ -330,6 +330,8 @@ class Server:
             self._listen_scope.cancel()
         if self.cluster is not None:
             self.cluster.lame_duck()
+        if self.jetstream is not None and self.jetstream.cluster is not None:
+            self.jetstream.cluster.lame_duck()
         self.send_async_info()
         await trio.sleep(self.opts.lame_duck_grace_period_s)
         clients = list(self.clients.values())
@@ -722,8 +724,8 @@ class Server:
     def peer_up(self, server_name: str, jetstream: bool) -> None:
         """A route to `server_name` is up (cluster hook): clustered JetStream counts it online
         when it runs JetStream too."""
-        if jetstream and self.jetstream is not None and self.jetstream.cluster is not None:
-            self.jetstream.cluster.peer_up(server_name)
+        if self.jetstream is not None and self.jetstream.cluster is not None:
+            self.jetstream.cluster.peer_up(server_name, jetstream)
 
     def peer_down(self, server_name: str) -> None:
         """The route to `server_name` closed: evidence for Raft that the peer is gone."""

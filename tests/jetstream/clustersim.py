@@ -201,7 +201,7 @@ class MetaMachine:
         for name in [n for n in local if n not in self.hosted()]:
             del local[name]  # local streams not placed here go
         for name in sorted(self.hosted()):
-            local.setdefault(name, self.state.streams[name])  # missing ones are made
+            local[name] = self.state.streams[name]  # made, made anew or updated as assigned
 
     def _check(self, acts: list, before: dict, op, index: int | None) -> None:
         me, st, where = self.node.name, self.state, f"{self.node.name}/meta@{index if index else 'restore'}"
@@ -216,11 +216,12 @@ class MetaMachine:
                 self.told.add(name)
                 local = self.node.local_streams  # as runtime.py carries it out:
                 if a.kind == "create":
-                    local.setdefault(name, a.stream)  # an existing local stream is kept as it is
+                    local[name] = a.stream  # made, or an older stream of the name made anew, or updated
                 elif name in local:
                     local[name] = msgspec.structs.replace(local[name], config=a.stream.config)
             elif a.kind in ("remove", "removed"):
-                if name in st.streams and (a.kind == "removed" or me in st.streams[name].peers):
+                now = st.streams.get(name)
+                if now is not None and (a.kind == "removed" or (me in now.peers and now.created == a.stream.created)):
                     self.sim.violation(f"{where}: {a.kind} {name} but it is still assigned")
                 if (a.kind == "remove") != (me in a.stream.peers):
                     self.sim.violation(f"{where}: {a.kind} {name} with peers {a.stream.peers}")

@@ -104,3 +104,21 @@ def test_peer_ids_are_stable_and_distinct():
 ])
 def test_requests_are_classified_by_operation_and_stream(subject, expected):
     assert classify(subject) == expected
+
+
+def test_restore_after_streams_moved_remade_or_updated_while_away():
+    away = m.MetaState("n1")
+    for op in (m.AssignStream(_sa("MOVED", "n1")), m.AssignStream(_sa("REMADE", "n1", created=1)),
+               m.AssignStream(_sa("UPDATED", "n1")), m.AssignStream(_sa("SAME", "n1"))):
+        away.apply(m.encode_op(op))
+    leader = m.MetaState("n2")
+    for data in [m.encode_op(op) for op in (
+            m.AssignStream(_sa("MOVED", "n1")), m.AssignStream(_sa("REMADE", "n1", created=1)),
+            m.AssignStream(_sa("UPDATED", "n1")), m.AssignStream(_sa("SAME", "n1")),
+            m.RemoveStream("MOVED"), m.AssignStream(_sa("MOVED", "n3", created=5)),
+            m.RemoveStream("REMADE"), m.AssignStream(_sa("REMADE", "n1", created=6)),
+            m.UpdateStream("UPDATED", StreamConfig(name="UPDATED", subjects=["u.>"], max_msgs=5)))]:
+        leader.apply(data)
+    acts = [(a.kind, a.stream.name, a.stream.created) for a in away.restore(leader.snapshot())]
+    assert acts == [("remove", "MOVED", 1), ("remove", "REMADE", 1), ("create", "REMADE", 6),
+                    ("update", "UPDATED", 1)]

@@ -24,21 +24,15 @@ DEFAULT_SEEDS = range(0, 100)
 SLOW_SEEDS = range(1000, 2000)
 SLOW_CHUNK = 50
 
-# Reported bugs the simulation finds, not fixed yet, by the text of their violation:
-KNOWN_ISSUES = {
-    # MetaState.restore reports "remove" only for stream names the snapshot no longer has: a
-    # stream hosted here that was deleted and re-created on other peers while this node was away
-    # keeps its name, so no action. (runtime.py's reconcile after a restore hides it in the broker.)
-    "hosted here before, now placed on": "restore: no remove for a stream re-placed elsewhere",
-    # MetaState.restore answers "create" for every stream placed here, also one updated (or
-    # deleted and re-created) while this node was away; runtime.py's create keeps an existing
-    # local stream as it is and its reconcile only looks at names: the node keeps serving the
-    # old config (or the old stream's messages).
-    "keep an older assignment's config or creation": "restore: a hosted stream changed while away keeps its old copy",
-}
-# Default seeds that fail today only for the known issues above: left out of the default run
-# (test_known_failing_seeds_fail_only_for_known_issues checks they find nothing else).
-KNOWN_FAILING = (1, 7, 12, 19, 21, 23, 38, 39, 40, 41, 46, 48, 55, 67, 69, 95, 96)
+# Reported bugs the simulation finds, not fixed yet, by the text of their violation (none
+# now: the restore of a node that was away while its streams were moved, made anew or
+# updated was fixed, and the seeds that found it run again).
+KNOWN_ISSUES: dict[str, str] = {}
+# Default seeds that fail today only for known issues: left out of the default run.
+KNOWN_FAILING: tuple[int, ...] = ()
+# Seeds that found the restore bugs (a stream moved elsewhere got no remove; a hosted stream
+# updated or made anew while away kept its old local copy): kept as regressions.
+RESTORE_REGRESSIONS = (1, 7, 12, 19, 21, 23, 38, 39, 40, 41, 46, 48, 55, 67, 69, 95, 96)
 
 
 def _failure(sim: cs.Sim) -> str:
@@ -57,10 +51,11 @@ def test_cluster_sim_seed(seed):
     assert sim.acked, f"seed {seed}: nothing was acknowledged, the run checked nothing"
 
 
-def test_known_failing_seeds_fail_only_for_known_issues():
-    for seed in KNOWN_FAILING:
-        sim = cs.run(seed)
-        assert not _unknown(sim.violations), _failure(sim)
+@pytest.mark.parametrize("seed", RESTORE_REGRESSIONS)
+def test_restore_regression_seeds_pass(seed):
+    assert seed in DEFAULT_SEEDS  # also in test_cluster_sim_seed: named here as the bug's finders
+    sim = cs.run(seed)
+    assert not sim.violations, _failure(sim)
 
 
 @pytest.mark.slow

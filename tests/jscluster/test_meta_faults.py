@@ -135,3 +135,17 @@ def test_a_node_started_later_becomes_a_member(tmp_path):
     finally:
         for p in procs.values():
             p.stop()
+
+
+def test_lame_duck_meta_leader_hands_leadership_over_before_leaving(tmp_path):
+    import signal
+
+    with JSCluster("ours", tmp_path) as jsc:
+        leader = jsc.meta_leader()
+        jsc.node(leader).proc.signal(signal.SIGUSR2)
+        others = [n for n in jsc.names() if n != leader]
+        new = wait_for(lambda: (lambda x: x if x in others else None)(jsc.meta_leader(among=others)),
+                       "leadership moved off the lame duck")
+        assert jsc.node(leader).alive  # still in its grace period: it handed over, it did not die
+        assert "lame duck, handing the meta leadership over" in jsc.log(leader)
+        assert new in others

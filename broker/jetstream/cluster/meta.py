@@ -149,22 +149,31 @@ class MetaState:
                                          sorted(self.peer_names.values())))
 
     def restore(self, data: bytes) -> list[Action]:
-        """Replace the state by a snapshot; returns what this node must now create or remove
-        so its local streams match (a node that was down while streams were deleted)."""
+        """Replace the state by a snapshot; returns what this node must now do so its local
+        streams match (a node that was away while streams were deleted, moved, re-created or
+        updated): removes first, then creates and updates."""
         snap = _snap_decoder.decode(data)
         before = self.streams
         self.streams = {sa.name: sa for sa in snap.streams}
         self.peer_names = {raft_id(n): n for n in snap.peers}
-        actions = []
+        removes, makes = [], []
         for name, old in before.items():
-            if name not in self.streams:
-                actions.append(Action("remove" if self.me in old.peers else "removed", old))
-        for sa in self.streams.values():
-            if self.me in sa.peers:
-                actions.append(Action("create", sa))
-        return actions
-
-
+            new = self.streams.get(name)
+            mine_before = self.me in old.peers
+            if new is None:
+                removes.append(Action("remove" if mine_before else "removed", old))
+            elif mine_before and (self.me not in new.peers or new.created != old.created):
+                removes.append(Action("remove", old))  # moved away, or deleted and made anew
+        for name, sa in self.streams.items():
+            if self.me not in sa.peers:
+                continue
+            old = before.get(name)
+            if old is not None and self.me in old.peers and old.created == sa.created:
+                if old.config != sa.config:
+                    makes.append(Action("update", sa))
+            else:
+                makes.append(Action("create", sa))
+        return removes + makes
 def place(replicas: int, online: list[str], counts: dict[str, int], tiebreak: int) -> list[str] | None:
     """Distinct online servers for a new stream, least loaded first; None when there are not
     enough. `tiebreak` rotates servers with equal load so placement spreads evenly."""

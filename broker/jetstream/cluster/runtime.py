@@ -47,7 +47,7 @@ log = logging.getLogger("broker.jetstream.cluster")
 TICK_S = 0.1  # one Raft tick; elections time out after 10-20 ticks, heartbeats every tick
 ELECTION_TICKS = 10
 BOOTSTRAP_SETTLE_S = 1.0  # a fresh node waits until the set of peers it sees is stable this long
-BOOTSTRAP_ALONE_S = 5.0  # ...but bootstraps with what it has after this long with no peer at all
+BOOTSTRAP_ALONE_S = 5.0  # routes up but no JetStream peer this long: the group is this node alone
 NO_LEADER_WAIT_S = 1.0
 BOOTSTRAP_FILE = "bootstrap.json"
 GATHER_TIMEOUT_S = 1.5
@@ -113,7 +113,8 @@ class JetStreamCluster:
         self.meta = m.MetaState(self.me)
         self.host = RaftHost(self._send, tick_interval_s=TICK_S)
         self.group = None
-        self.online: dict[str, float] = {}  # route-connected server names -> since (monotonic)
+        self.online: dict[str, float] = {}  # route-connected JetStream servers -> since (monotonic)
+        self.routed: set[str] = set()  # every route-connected server
         self.names: dict[int, str] = {self.my_id: self.me}
         self.quarantined = False
         self.caught_up = False
@@ -178,20 +179,24 @@ class JetStreamCluster:
                  m.peer_hash(self.me), len(self.group.voters))
 
     async def _bootstrap_voters(self) -> tuple[int, ...]:
-        """A fresh node forms the group with every server it sees once that set stops
-        changing. A node that comes later sees the group's members too; the leader then adds
-        it (its own list cannot elect it: the members' logs are ahead of its empty one)."""
+        """A fresh node forms the group with every JetStream server it sees once that set
+        stops changing (at once when every configured route answered). A node that comes
+        later sees the group's members too; the leader then adds it (its own list cannot
+        elect it: the members' logs are ahead of its empty one). A node forms a group alone
+        only when routes are up and none of its peers runs JetStream: alone while nobody is
+        reachable it could form a second majority beside the one its peers form."""
         start = trio.current_time()
         seen: set[str] = set()
         stable_since = start
+        expected = len(set(self.server.opts.routes))  # the list may name this server too
         while True:
             now = trio.current_time()
             current = set(self.online)
             if current != seen:
                 seen, stable_since = current, now
-            if seen and now - stable_since >= BOOTSTRAP_SETTLE_S:
+            if seen and (now - stable_since >= BOOTSTRAP_SETTLE_S or len(seen) + 1 >= expected > 1):
                 break
-            if not seen and now - start >= BOOTSTRAP_ALONE_S:
+            if not seen and self.routed and now - start >= BOOTSTRAP_ALONE_S:
                 break
             await trio.sleep(0.05)
         names = sorted(seen | {self.me})
@@ -199,6 +204,12 @@ class JetStreamCluster:
             self.names[m.raft_id(n)] = n
         log.info("JetStream cluster bootstrapping the meta group with %s", ", ".join(names))
         return tuple(m.raft_id(n) for n in names)
+
+    def lame_duck(self) -> None:
+        """Entering lame duck mode: hand the meta leadership to a peer before leaving."""
+        if self.is_leader:
+            log.info("JetStream cluster: lame duck, handing the meta leadership over")
+            self.group.step_down(None, _log_failure)
 
     def close(self) -> None:
         for s in self._subs:
@@ -216,8 +227,11 @@ class JetStreamCluster:
         self.host.deliver_bytes(group, payload)
 
     # ---- membership ----
-    def peer_up(self, name: str) -> None:
+    def peer_up(self, name: str, jetstream: bool = True) -> None:
         if not name or name == self.me:
+            return
+        self.routed.add(name)
+        if not jetstream:
             return
         self.online.setdefault(name, time.monotonic())
         rid = m.raft_id(name)
@@ -225,6 +239,7 @@ class JetStreamCluster:
         self.host.peer_up(rid)
 
     def peer_down(self, name: str) -> None:
+        self.routed.discard(name)
         if self.online.pop(name, None) is not None:
             self.host.peer_down(m.raft_id(name))
 
@@ -324,11 +339,8 @@ class JetStreamCluster:
         sa = a.stream
         stream = js.streams.get(sa.name)
         if a.kind == "create":
-            if stream is None:
-                resp = streamapi.create_local(js, sa.config, sa.created)
-                log.info("JetStream cluster created stream '$G > %s'", sa.name)
-            else:
-                resp = streamapi._info_like(js, stream, api.StreamCreateResponse, did_create=True)
+            stream = await self._make_current(sa)
+            resp = streamapi._info_like(js, stream, api.StreamCreateResponse, did_create=True)
             if a.reply:
                 js.count_api(False)
                 js.reply_json(a.reply, resp)
@@ -354,17 +366,35 @@ class JetStreamCluster:
                 js.count_api(False)
                 js.reply_json(a.reply, api.StreamDeleteResponse(success=True))
 
+    async def _make_current(self, sa: m.StreamAssignment):
+        """This node's copy of an assigned stream, as assigned: made if missing, made anew if
+        the local one is an older stream of the same name, its config brought up to date."""
+        js = self.js
+        stream = js.streams.get(sa.name)
+        if stream is not None and stream.created_ns != sa.created:
+            log.info("JetStream cluster replacing stream '$G > %s': it was deleted and made anew", sa.name)
+            await streamapi.delete_local(js, stream)
+            stream = None
+        if stream is None:
+            streamapi.create_local(js, sa.config, sa.created)
+            log.info("JetStream cluster created stream '$G > %s'", sa.name)
+            return js.streams[sa.name]
+        if not streamapi._same_config(stream.config, sa.config):
+            await streamapi.update_local(js, stream, sa.config)
+        return stream
+
     async def _reconcile(self) -> None:
-        """Local streams the assignments no longer place here were deleted while this node
-        was away: remove them. Streams placed here that are missing are made."""
+        """Make the local streams match the assignments: streams no longer placed here were
+        deleted (or moved) while this node was away and are removed; streams placed here are
+        made, replaced or updated as assigned."""
         js = self.js
         for name, stream in list(js.streams.items()):
             if not self.meta.hosted_here(name):
                 log.info("JetStream cluster removing stream '$G > %s': deleted while this server was away", name)
                 await streamapi.delete_local(js, stream)
         for sa in list(self.meta.streams.values()):
-            if self.me in sa.peers and sa.name not in js.streams:
-                streamapi.create_local(js, sa.config, sa.created)
+            if self.me in sa.peers:
+                await self._make_current(sa)
 
     # ---- who answers ----
     def on_api(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> bool:
