@@ -95,6 +95,7 @@ class Parser:
         mcl = self.max_control_line
         max_payload = self.max_payload
         runs = self.runs
+        splits = 0
         pos = 0
         while pos < end:
             if startswith(b"PUB ", pos):
@@ -117,6 +118,12 @@ class Parser:
                                     continue
                             append((OP_PUB, args[1], reply, None, data[eol + 1:stop]))
                             pos = stop + 2
+                            if splits < SPLIT_SCANS_MAX and pos < end:
+                                # frames that differ from one another: one C-level split for
+                                # the stretch of them that follows (bounded per feed, as each
+                                # split covers the rest of the input)
+                                splits += 1
+                                pos = self._scan_plain(data, ops, pos)
                             continue
             elif startswith(b"PING\r\n", pos):
                 append(_PING)
@@ -132,6 +139,54 @@ class Parser:
             if nxt == pos:
                 break
             pos = nxt
+        return pos
+
+    def _scan_plain(self, data: bytes, ops: list[tuple], pos: int) -> int:
+        """From pos, plain `PUB subj [reply] n` frames and PING/PONG with one C-level split
+        of the rest of the input. A payload counts only if its length equals the declared
+        size, so a payload holding CRLF (or anything unusual) stops the scan and _scan
+        takes over at that frame; so does a frame whose header line the next frame
+        repeats (the start of a run). Returns the offset of the first byte not taken."""
+        parts = data[pos:].split(b"\r\n")
+        n = len(parts) - 1  # the last part has no CRLF after it yet
+        i = 0
+        mcl = self.max_control_line
+        max_payload = self.max_payload
+        runs = self.runs
+        append = ops.append
+        while i < n:
+            h = parts[i]
+            if h[:4] == b"PUB ":
+                if i + 1 >= n or len(h) > mcl or (runs and i + 2 < n and parts[i + 2] == h):
+                    break
+                args = h.split()
+                na = len(args)
+                if na == 3:
+                    reply = b""
+                elif na == 4:
+                    reply = args[2]
+                else:
+                    break
+                tok = args[-1]
+                if not tok.isdigit():
+                    break
+                pl = parts[i + 1]
+                size = len(pl)
+                if size != int(tok) or size > max_payload:
+                    break
+                append((OP_PUB, args[1], reply, None, pl))
+                pos += len(h) + size + 4
+                i += 2
+            elif h == b"PING":
+                append(_PING)
+                pos += 6
+                i += 1
+            elif h == b"PONG":
+                append(_PONG)
+                pos += 6
+                i += 1
+            else:
+                break
         return pos
 
     def _parse(self, data: bytes, ops: list[tuple], pos: int = 0, one: bool = False) -> int:
@@ -262,6 +317,7 @@ class Parser:
 
 
 RUN_SCAN_MIN = 8  # runs shorter than this are checked frame by frame
+SPLIT_SCANS_MAX = 8  # _scan_plain calls per feed (each splits the rest of the input)
 
 
 def run_length(data: bytes, start: int, hlen: int, size: int) -> int:

@@ -181,12 +181,20 @@ def test_run_path_matches_general_path(frames, connect_opts, seed, max_pending):
     assert a.state() == b.state()
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(frame_st, min_size=1, max_size=14), st.integers(0, 2**32))
-def test_parser_runs_expand_to_the_general_ops(frames, seed):
+class GeneralParser(Parser):
+    """Only the general parser: one op at a time, no split scan, no runs."""
+    __slots__ = ()
+
+    def _scan(self, data: bytes, ops: list) -> int:
+        return self._parse(data, ops, 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frame_st, min_size=1, max_size=14), st.integers(0, 2**32), st.booleans())
+def test_parser_runs_expand_to_the_general_ops(frames, seed, runs):
     data = render(frames)
     chunks = cut(data, seed)
-    pa, pb = Parser(runs=True), Parser(runs=False)
+    pa, pb = Parser(runs=runs), GeneralParser()
     got, want = [], []
     for c in chunks:
         for op in pa.feed(c):
