@@ -39,7 +39,7 @@ def invalid_reason(m: AnyMessage, core: RaftCore) -> str | None:
                     decode_conf(e.data)
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     return f"undecodable configuration at {e.index}"
-            if e.index <= core.log.commit:
+            if e.index <= core.log.commit and m.term >= core.term:  # older terms: stale, the core refuses them
                 t = core.log.term(e.index)
                 if t is not None and t != e.term:
                     return f"entry {e.index} contradicts a committed entry"

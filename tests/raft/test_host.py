@@ -455,6 +455,31 @@ def test_inbound_checks_name_what_would_trip_the_core():
     assert invalid_reason(AppendResponse(t, 2, 1, leader.log.last_index), leader) is None
 
 
+def test_a_deposed_leaders_late_append_is_stale_not_damage():
+    """An append from an older term that disagrees with what a later leader committed is
+    refused by the core on its term (which tells the sender), not dropped as damage."""
+    from raft.inbound import invalid_reason
+
+    c = Cluster(3, seed=7)
+    c.elect(1).transfer_leadership(3)  # a later term, led by 3
+    c.deliver_all()
+    leader = c.nodes[3]
+    assert leader.state == LEADER and leader.term > 1
+    for k in range(3):
+        leader.propose(b"%d" % k)
+    c.deliver_all()
+    c.tick(1)
+    follower = c.nodes[2]
+    old_term = leader.term - 1
+    index = next(i for i in range(1, follower.log.commit + 1) if follower.log.term(i) == leader.term)
+    assert follower.log.term(index - 1) <= old_term  # the first entry the later leader committed
+    stale = AppendEntries(old_term, 1, 2, index - 1, follower.log.term(index - 1), 0, (Entry(old_term, index),))
+    assert invalid_reason(stale, follower) is None
+    follower.step(stale)
+    reply = [msg for msg in follower.ready().messages if msg.dst == 1]
+    assert reply and reply[-1].term == leader.term  # the deposed leader learns the newer term
+
+
 async def test_a_host_restarts_from_segments_and_snapshots_and_catches_up(tmp_path, clock):
     async with trio.open_nursery() as nursery:
         cell = Cell(nursery, tmp_path, groups=("meta",), segment_bytes=300, snapshot_entries=8)
