@@ -18,7 +18,8 @@ A history is a dict with these lists (every `t` is seconds since the run started
   faults      {"t", "kind", "phase": "start"|"end"|"note", "targets": [...], "detail"}
 
 check() returns {"counts": {...}, "ids": {...}} with one entry per anomaly kind; any
-non-zero count fails the run.
+non-zero count fails the run. `stream` or `kv_history` is None when it could not be read
+after the run (e.g. no leader): the checks that need it count None (no verdict).
 """
 
 from __future__ import annotations
@@ -48,10 +49,18 @@ def natural(ident: str) -> list:
     return [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", ident)]
 
 
+# Checks that need the final read of the stream / of the KV history: when that read
+# failed (recorded as None), they have no verdict (count None), the others still run.
+NEEDS_STREAM = ("lost", "duplicated", "phantom", "reordered", "ack_seq_mismatch", "undelivered")
+NEEDS_KV = ("kv_lost", "kv_duplicated", "kv_cas_violation", "kv_phantom")
+
+
 def check(h: dict) -> dict:
     ids: dict[str, list] = {k: [] for k, _ in ANOMALIES}
     pubs = h.get("publishes", [])
     stream = h.get("stream", [])
+    unreadable = [k for k in NEEDS_STREAM if stream is None] + [k for k in NEEDS_KV if h.get("kv_history", []) is None]
+    stream = stream or []
     attempted = {p["value"] for p in pubs}
     acked = {p["value"]: p for p in pubs if p["outcome"] == "ok"}
 
@@ -109,7 +118,7 @@ def check(h: dict) -> dict:
     ids["redelivered_after_ack"] = sorted(set(ids["redelivered_after_ack"]))
 
     # KV register: the history is the chain of accepted compare-and-set updates.
-    kv_hist = h.get("kv_history", [])
+    kv_hist = h.get("kv_history") or []
     kv_attempted = {o["value"] for o in h.get("kv_ops", [])}
     rev_of: dict[str, list[int]] = defaultdict(list)
     for rev, v, _ in kv_hist:
@@ -127,8 +136,8 @@ def check(h: dict) -> dict:
             ids["kv_cas_violation"].append(v)
         prev = rev
 
-    return {"counts": {k: len(ids[k]) for k, _ in ANOMALIES},
-            "ids": {k: sorted(v, key=natural) for k, v in ids.items()}}
+    return {"counts": {k: None if k in unreadable else len(ids[k]) for k, _ in ANOMALIES},
+            "ids": {k: sorted(v, key=natural) for k, v in ids.items() if k not in unreadable}}
 
 
 def stats(h: dict) -> dict:
@@ -137,16 +146,16 @@ def stats(h: dict) -> dict:
     outcomes = Counter(p["outcome"] for p in pubs)
     kv = Counter(o["outcome"] for o in h.get("kv_ops", []))
     per_consumer = Counter(d["consumer"] for d in h.get("deliveries", []))
-    acked_stored = {v for _, v in h.get("stream", [])}
+    acked_stored = {v for _, v in h.get("stream") or []}
     return {
         "published_ok": outcomes.get("ok", 0), "published_fail": outcomes.get("fail", 0),
         "published_unknown": outcomes.get("info", 0),
         "unknown_but_stored": sum(1 for p in pubs if p["outcome"] != "ok" and p["value"] in acked_stored),
-        "stored": len(h.get("stream", [])),
+        "stored": None if h.get("stream", []) is None else len(h["stream"]),
         "deliveries": dict(per_consumer),
         "redeliveries": sum(1 for d in h.get("deliveries", []) if d.get("n", 1) > 1),
         "acks_confirmed": sum(1 for a in h.get("acks", []) if a.get("ok")),
         "kv_ok": kv.get("ok", 0), "kv_fail": kv.get("fail", 0), "kv_unknown": kv.get("info", 0),
-        "kv_revisions": len(h.get("kv_history", [])),
+        "kv_revisions": None if h.get("kv_history", []) is None else len(h["kv_history"]),
         "faults": sum(1 for f in h.get("faults", []) if f.get("phase") == "start"),
     }

@@ -206,22 +206,24 @@ async def run(args, cluster, kinds: list[str], seed: int) -> int:
             log(f"cluster not healthy {args.drain_timeout:.0f}s after the faults stopped: {why}")
             status = 2
         rec.fault("heal", "note", [], "cluster healthy" if why is None else f"not healthy: {why}")
+        last: int | None = None
         try:
             last = (await workload.retry("stream info", lambda: js.stream_info(workload.STREAM),
                                          max(10.0, deadline - time.monotonic()), not_found_s=5)).state.last_seq
         except RuntimeError as exc:
-            if not workload.is_not_found(exc):
-                raise
-            last = 0
-            rec.fault("stream", "note", [], "stream CHAOS no longer exists")
-            log("stream CHAOS no longer exists after the faults")
-        while time.monotonic() < deadline:
+            if workload.is_not_found(exc):
+                last = 0
+                rec.fault("stream", "note", [], "stream CHAOS no longer exists")
+                log("stream CHAOS no longer exists after the faults")
+            else:
+                log(f"stream CHAOS unavailable: {exc}")
+        while last is not None and time.monotonic() < deadline:
             try:
                 if await workload.consumers_done(js, last):
                     break
             except Exception as exc:  # noqa: BLE001
                 if workload.is_not_found(exc):
-                    log(f"a durable consumer no longer exists: {exc!r}")
+                    log(f"a durable consumer no longer exists: {workload.describe(exc)}")
                     break
             await asyncio.sleep(1)
         else:
@@ -230,13 +232,14 @@ async def run(args, cluster, kinds: list[str], seed: int) -> int:
         await asyncio.wait_for(asyncio.gather(*consumers, return_exceptions=True), 30)
         rec.fault("drain", "note", [], "consumers drained")
 
-        # The whole stream and every KV revision (a stream that no longer exists holds nothing).
+        # The whole stream and every KV revision (a stream that no longer exists holds
+        # nothing; one that cannot be read is recorded as None: no verdict on its checks).
         read_s = max(60.0, args.drain_timeout / 2)
-        rec.h["stream"] = [[seq, data.decode(errors="replace")] for seq, data in
-                           await workload.read_stream(js, workload.STREAM, workload.SUBJECTS, read_s)]
-        kv_hist = []
-        for seq, data in await workload.read_stream(js, workload.KV_STREAM,
-                                                    f"$KV.{workload.KV_BUCKET}.{workload.KV_KEY}", read_s):
+        rows = await read_or_none(rec, js, workload.STREAM, workload.SUBJECTS, read_s)
+        rec.h["stream"] = None if rows is None else [[seq, data.decode(errors="replace")] for seq, data in rows]
+        rows = await read_or_none(rec, js, workload.KV_STREAM, f"$KV.{workload.KV_BUCKET}.{workload.KV_KEY}", read_s)
+        kv_hist = None if rows is None else []
+        for seq, data in rows or []:
             try:
                 body = json.loads(data)
                 kv_hist.append([seq, body["v"], body.get("e")])
@@ -254,11 +257,20 @@ async def run(args, cluster, kinds: list[str], seed: int) -> int:
         await wl.close()
         await ctl.close()
 
-    if args.history:
-        with open(args.history, "w") as f:
-            json.dump(rec.h, f)
-        log(f"history written to {args.history}")
+        if args.history:  # also after an error: the history so far can be re-checked
+            with open(args.history, "w") as f:
+                json.dump(rec.h, f)
+            log(f"history written to {args.history}")
     return verdict(args, rec.h) or status
+
+
+async def read_or_none(rec, js, stream: str, subject: str, timeout: float):
+    try:
+        return await workload.read_stream(js, stream, subject, timeout)
+    except Exception as exc:  # noqa: BLE001 - no leader, timeouts: unreadable, not empty
+        log(f"could not read stream {stream}: {exc}")
+        rec.fault("read", "note", [], f"{stream} unreadable: {exc}")
+        return None
 
 
 def verdict(args, history: dict) -> int:
@@ -270,7 +282,7 @@ def verdict(args, history: dict) -> int:
     if not result["ok"]:
         print(report.failure_details(result, history), flush=True)
         return 1
-    return 0
+    return 0 if result["complete"] else 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -376,10 +376,8 @@ async def read_stream(js, stream: str, subject: str, timeout: float) -> list[tup
                     out[m.metadata.sequence.stream] = m.data
             if out and max(out) >= last:
                 break
-            if not msgs:
-                pending = (await sub.consumer_info()).num_pending
-                if pending == 0 and (not out or max(out) >= last - info.state.num_deleted):
-                    break
+            if not msgs and (await sub.consumer_info()).num_pending == 0:
+                break  # the consumer has nothing more: the stream is read
     finally:
         try:
             await sub.unsubscribe()

@@ -10,8 +10,11 @@ nats-server survives these faults in its default mode, so every count must be ze
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -94,3 +97,63 @@ def test_urls_mode_against_a_running_cluster(tmp_path):
     assert {f["kind"] for f in report["meta"]["schedule"]} <= {"partition-leader", "latency", "timeout"}
     # the targets are the servers' own names, learned from their INFO
     assert {t for f in report["faults"] if f["phase"] == "start" for t in f["targets"]} <= {"n1", "n2", "n3"}
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+def children_of(ppid: int) -> list[int]:
+    kids = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == ppid:
+            kids.append(int(pid))
+    return kids
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_leaves_nothing_behind(tmp_path, sig):
+    """Ctrl-C (or SIGTERM) mid-run: every node, lazyfs mount and proxy server it started is gone."""
+    workdir = tmp_path / "cluster"
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.chaos", "--server", nats_server_binary(),
+                             "--seconds", "120", "--seed", "1", "--kinds", "pause,powerloss-one",
+                             "--out", str(tmp_path / "r.json"), "--workdir", str(workdir)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len([p for p in processes_mentioning(str(workdir)) if "node.conf" in p]) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, "nats-chaos exited or the nodes never started"
+            time.sleep(0.2)
+        time.sleep(3)  # the workload is running
+        children = children_of(proc.pid)
+        assert len(children) >= 7  # 3 nodes, 3 lazyfs mounts, the proxy server
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted; cleaning up" in err
+    assert processes_mentioning(str(workdir)) == []
+    assert [pid for pid in children if os.path.exists(f"/proc/{pid}")] == []
+    with open("/proc/mounts") as f:
+        assert str(workdir) not in f.read()
+    assert not (tmp_path / "r.json").exists()  # no verdict from an interrupted run

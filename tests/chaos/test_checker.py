@@ -219,3 +219,26 @@ def test_failure_details_show_the_fault_timeline_around_an_id(h):
     details = report.failure_details(r, h)
     assert near["value"] in details
     assert start["kind"] in details
+
+
+def test_unreadable_kv_gives_no_verdict_on_kv_only(h):
+    h["kv_history"] = None  # the KV stream had no leader when it was read back
+    result = check(h)
+    assert {k for k, n in result["counts"].items() if n is None} == {"kv_lost", "kv_duplicated",
+                                                                      "kv_cas_violation", "kv_phantom"}
+    assert not any(result["counts"].values())
+    r = report.build(h)
+    assert r["ok"] and not r["complete"]
+    assert "n/a" in report.table(r) and "NO VERDICT" in report.table(r)
+
+
+def test_unreadable_stream_still_checks_what_needs_no_read(h):
+    ack = next(a for a in h["acks"] if a["ok"])
+    h["deliveries"].append({"consumer": ack["consumer"], "value": ack["value"], "seq": ack["seq"], "n": 2,
+                            "tick": ack["tick"] + 1, "t": ack["t"] + 1})
+    h["stream"] = None
+    result = check(h)
+    assert result["counts"]["lost"] is None and result["counts"]["undelivered"] is None
+    assert result["counts"]["redelivered_after_ack"] == 1
+    r = report.build(h)
+    assert not r["ok"] and "RESULT: FAIL" in report.table(r)
