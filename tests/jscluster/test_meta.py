@@ -390,6 +390,10 @@ def test_r3_stream_cluster_block_and_same_state_everywhere(jsc: JSCluster):
     created, info, views = run(main())
     assert created["config"]["num_replicas"] == 3
     cl = info["cluster"]
+    assert set(cl) == {"name", "raft_group", "leader", "leader_since", "system_account", "traffic_account",
+                       "replicas"}
+    # the group's Raft traffic runs in the system account
+    assert cl["system_account"] is True and cl["traffic_account"] == "$SYS"
     assert cl["name"] == CLUSTER_NAME
     assert cl["raft_group"].startswith("S-R3F-")
     assert cl["leader"] in jsc.names()
