@@ -76,7 +76,7 @@ fault_phase_ms = 2000
 heal_phase_ms = 4000  # after the faults stop, the cluster must converge within this
 segment_bytes = 2048  # small WAL segments, so runs roll, compact and truncate across them
 FAULT_KINDS = ("partition", "links", "heal", "crash", "crash_leader", "power_loss", "corrupt", "pause",
-               "membership", "transfer", "minority", "fragile", "campaign", "delay_storm")
+               "membership", "transfer", "minority", "fragile", "campaign", "delay_storm", "vote_crash")
 
 
 FATES = ("cut", "crash", "commit_cut", "none")  # of a leader elected while leaders are fragile
@@ -124,11 +124,13 @@ class SimNode:
         self.led_term = 0
         self.fragile_commit = False  # cut it off at its first commit as leader (see Simulation.process)
         self.commit_at_win = 0
+        self.fragile_commit_hold = False
         self.leader_ticks = 0  # ticks since it became leader of led_term
         self.heard: dict[int, int] = {}  # voter -> leader_ticks when its last AppendResponse came in
         self.voters_seen: tuple[int, ...] = ()
         self.voters_tick = 0  # leader_ticks when the voters last changed
         self.tick_ms = tick_ms  # this node's clock: skewed a little per node
+        self.restart_ms = 0  # armed to die in its next fsync: restart this long after
         self.paused_until = 0  # a frozen process (SIGSTOP, GC, VM pause): no ticks, inbox waits
         self.initial_conf = ConfState(())  # the bootstrap configuration, used while the disk is empty
 
@@ -139,7 +141,7 @@ class Simulation:
         self.rng = random.Random(seed)
         self.trace_on = trace
         r = self.rng
-        self.n_initial = r.choice((1, 3, 3, 5))
+        self.n_initial = r.choice((1, 3, 3, 5, 5))
         self.drop_p = r.choice((0.0, 0.02, 0.1, 0.2))
         self.dup_p = r.choice((0.0, 0.02, 0.1))
         self.delay_max_ms = r.choice((2, 10, 40))
@@ -168,6 +170,9 @@ class Simulation:
         self.blocked: set[tuple[int, int]] = set()  # directed links down by partition faults
         self.cuts: collections.Counter = collections.Counter()  # links down by a scenario, until uncut
         self.scenario_until = 0  # a scenario runs undisturbed by other faults until then
+        self.drop_votes = (0, 0, 0)  # (candidate, the one voter its vote requests reach, until)
+        self.vote_crash = (0, 0, 0, False, 0)  # (candidate, next candidate, voter, in fsync?, until)
+        self.held: dict[int, tuple] = {}  # nodes a scenario keeps down and cut off -> their cut links
         self.events: list = []
         self.seq = 0
         self.now = 0
@@ -253,6 +258,7 @@ class Simulation:
         node.crash_term = core.persisted_hard_state.term
         node.crash_vote = core.persisted_hard_state.vote
         node.disk.crash(self.rng, torn=torn)
+        node.restart_ms = 0
         node.on_disk = {e.index: e.term for _, _, _, e in wal_records(node.disk)}
         node.on_disk_snap = node.storage.snapshot.index
         node.up = False
@@ -264,10 +270,21 @@ class Simulation:
         if not node.up:
             return
         if self.rng.random() < 0.5:
-            node.disk.arm_crash()  # dies inside its next fsync
+            self.arm_crash(node, restart_ms)
         else:
             self._crash(node, torn=self.rng.random() < 0.3)
-        self._schedule(restart_ms, "restart", node.id)
+            self._schedule(restart_ms, "restart", node.id)
+
+    def arm_crash(self, node: SimNode, restart_ms: int) -> None:
+        """The node dies inside its next fsync, and restarts `restart_ms` after that."""
+        node.disk.arm_crash()
+        node.restart_ms = restart_ms
+
+    def _crash_in_fsync(self, node: SimNode, torn: bool) -> None:
+        restart_ms = node.restart_ms
+        self._crash(node, torn=torn)
+        if restart_ms:
+            self._schedule(restart_ms, "restart", node.id)
 
     # -- the cycle ---------------------------------------------------------------------------------
     def process(self, node: SimNode) -> None:
@@ -292,7 +309,7 @@ class Simulation:
             try:
                 node.storage.save(rd.hard_state, rd.snapshot, rd.entries)
             except SimCrash:
-                self._crash(node, torn=True)
+                self._crash_in_fsync(node, torn=True)
                 return
             deliver_ready(core, rd, lambda m: self.send(m), node.sm, lambda e, r: self._on_apply(node, e))
             if rd.snapshot is not None:
@@ -316,7 +333,7 @@ class Simulation:
                 try:
                     node.storage.compact(snap)
                 except SimCrash:
-                    self._crash(node, torn=False)
+                    self._crash_in_fsync(node, torn=False)
                     return
         if node.up and core.state == LEADER:
             if self.leaders.setdefault(core.term, node.id) != node.id:
@@ -327,7 +344,22 @@ class Simulation:
                 # Figure 8: cut off right after its first commit, while that commit's follow-up
                 # appends (its own no-op) are still on the wire.
                 node.fragile_commit = False
-                self._cut_now(node, 100, 600)
+                if node.fragile_commit_hold:
+                    self._hold(node)
+                else:
+                    self._cut_now(node, 100, 600)
+
+    def _hold(self, node: SimNode) -> None:
+        """Scenario step: revive the nodes held down by the previous step, then cut `node` off
+        (its messages in flight are lost) and take it down until the next step revives it."""
+        for nid in self.held:
+            self._schedule(self.rng.randrange(5, 60), "revive", nid)
+        cut = tuple((node.id, p) for p in NODE_IDS if p != node.id)
+        self.cuts.update(cut)
+        self.held[node.id] = cut
+        self._crash(node, torn=False)
+        self._schedule(1500, "revive", node.id)  # in case the scenario stalls
+        self.trace(f"n{node.id} held down")
 
     def _cut_now(self, node: SimNode, lo_ms: int, hi_ms: int) -> None:
         """Every link out of `node` fails now (what it has in flight is lost too) for a while,
@@ -372,10 +404,13 @@ class Simulation:
             self.trace(f"n{node.id} fate: {fate}")
             if fate == "cut":
                 self._cut_now(node, 50, 300)
+            elif fate == "hold":
+                self._hold(node)
             elif fate == "crash":
                 self._schedule(self.rng.randrange(0, 25), "crash", (node.id, 20, 300))
-            elif fate == "commit_cut":
+            elif fate in ("commit_cut", "commit_hold"):
                 node.fragile_commit = True
+                node.fragile_commit_hold = fate == "commit_hold"
 
     def _on_apply(self, node: SimNode, e: Entry) -> None:
         if e.index != node.applied + 1:
@@ -398,6 +433,9 @@ class Simulation:
         for n in self.nodes.values():
             if n is node:
                 continue
+            if n is self.lossy and (not n.up or n.core.quarantined):
+                holders.add(n.id)  # it may have held the entry before its repair cut it
+                continue
             if n.up:
                 log = n.core.log
                 if e.index <= log.snapshot.index or (e.index <= log.stable and log.term(e.index) == e.term):
@@ -414,6 +452,7 @@ class Simulation:
     def send(self, m: AnyMessage) -> None:
         self.stats["messages"] += 1
         if type(m) is VoteResponse and m.granted and not m.pre_vote:
+            self.trace(f"n{m.src} votes for n{m.dst} in term {m.term}")
             if self.votes.setdefault((m.term, m.src), m.dst) != m.dst:
                 self.fail(f"node {m.src} voted for {self.votes[(m.term, m.src)]} and {m.dst} in term {m.term}")
         elif type(m) is TimeoutNow:
@@ -421,6 +460,9 @@ class Simulation:
         elif type(m).__name__ == "InstallSnapshot":
             self.stats["snapshots_sent"] += 1
         if not self.linked(m.src, m.dst):
+            return
+        if type(m) is RequestVote and not m.pre_vote and m.src == self.drop_votes[0] and \
+                m.dst != self.drop_votes[1] and self.now < self.drop_votes[2]:
             return
         if self.net_lossy and self.rng.random() < self.drop_p:
             return
@@ -444,6 +486,22 @@ class Simulation:
                       f"{log.last_index} (target log ends at {tlog.last_index})")
 
     def deliver(self, node: SimNode, m: AnyMessage) -> None:
+        c1, c2, voter, in_fsync, until = self.vote_crash
+        if m.src == c1 and m.dst == voter and type(m) is RequestVote and not m.pre_vote and self.now < until:
+            self.vote_crash = (0, 0, 0, False, 0)
+            restart_ms = self.rng.randrange(3, 40)
+            self._schedule(restart_ms + self.rng.randrange(5, 40), "campaign", c2)
+            if in_fsync:
+                self.arm_crash(node, restart_ms)  # dies inside the fsync of its vote
+            else:
+                self._deliver(node, m)
+                if node.up:
+                    self._crash(node, torn=False)  # dies right after its vote went out
+                    self._schedule(restart_ms, "restart", node.id)
+                return
+        self._deliver(node, m)
+
+    def _deliver(self, node: SimNode, m: AnyMessage) -> None:
         core = node.core
         old_term, old_state, old_conf = core.term, core.state, core.log.conf_index
         core.step(m)
@@ -603,18 +661,23 @@ class Simulation:
         cut = tuple((leader.id, p) for p in NODE_IDS if p != leader.id and p not in keep)
         self.cuts.update(cut)
         self.trace(f"n{leader.id} reaches only {sorted(keep)}")
-        for _ in range(r.randrange(1, 6)):
+        for _ in range(r.randrange(1, 10)):
             self.propose()
-        self._schedule(r.randrange(1, 40), "crash", (leader.id, 150, 500))
         self._schedule(r.randrange(60, 300), "uncut", cut)
-        if r.random() < 0.7:
-            # Then Figure 8: the next leader's no-op stays on it alone; the one after that is
-            # cut off when it first commits (an older-term entry, if it counts replicas).
-            self.fragile_until = self.now + r.randrange(600, 1500)
-            self.fragile_plan = [r.choice(("cut", "cut", "crash")), "commit_cut"]
-            if r.random() < 0.5:
-                self.scenario_until = self.fragile_until  # no other fault gets in its way
-                self.blocked = set()
+        if r.random() < 0.3:
+            self._schedule(r.randrange(1, 40), "crash", (leader.id, 150, 500))
+            return
+        # Figure 8, step by step: this leader (A) goes down holding its minority-only entries.
+        # The next leader (B) is cut off as it wins, so its no-op stays on it alone, and goes
+        # down while A comes back. The leader after that (A, if it wins) is cut off and taken
+        # down at its first commit while B comes back: if that commit counted replicas of A's
+        # older-term entries, B can now win and overwrite a committed entry.
+        self._schedule(r.randrange(1, 40), "hold", leader.id)
+        self.fragile_until = self.now + r.randrange(600, 1500)
+        self.fragile_plan = ["hold", "commit_hold"]
+        if r.random() < 0.5:
+            self.scenario_until = self.fragile_until  # no other fault gets in its way
+            self.blocked = set()
 
     def fault_fragile(self) -> None:
         self.fragile_until = self.now + self.rng.randrange(200, 1000)
@@ -629,6 +692,32 @@ class Simulation:
         for node in ups:
             if node.up:
                 self.process(node)
+
+    def fault_vote_crash(self) -> None:
+        """A voter dies inside the fsync of the vote it just granted and restarts at once, then a
+        second candidate of the same term asks it: a vote that left before its fsync, or was
+        never persisted, is given twice."""
+        r = self.rng
+        ups = [n for n in self.up_nodes() if n.core.state != LEADER and n.id in n.core.voters]
+        if len(ups) < 3:
+            return
+        # The candidates hold the longest logs, so their (pre-)votes can succeed.
+        ups.sort(key=lambda n: (n.core.log.last_term, n.core.log.last_index, r.random()), reverse=True)
+        c1, c2 = ups[0], ups[1]
+        voter = r.choice(ups[2:])
+        leader = self.leader()
+        if leader is not None:
+            self.crash_and_restart(leader, r.randrange(200, 500))
+        wait = r.randrange(110, 160)  # until the followers' leader lease has run out
+        until = self.now + wait + 300
+        self.scenario_until = max(self.scenario_until, until)
+        self.blocked = set()
+        # The first candidate's vote requests (not its pre-votes) reach the voter only, so the
+        # second candidate still campaigns in the same term.
+        self.drop_votes = (c1.id, voter.id, until)
+        self.vote_crash = (c1.id, c2.id, voter.id, r.random() < 0.5, until)
+        self._schedule(wait, "campaign", c1.id)
+        self.trace(f"vote crash: n{voter.id} between candidates n{c1.id} and n{c2.id}")
 
     def fault_delay_storm(self) -> None:
         self.storm_until = self.now + self.rng.randrange(50, 400)
@@ -716,6 +805,25 @@ class Simulation:
             node = self.nodes[payload[0]]
             if self.faults_on and node.up:
                 self.crash_and_restart(node, self.rng.randrange(payload[1], payload[2]))
+        elif kind == "campaign":
+            node = self.nodes[payload]
+            if self.faults_on and node.up:
+                node.core.campaign()
+                self.process(node)
+        elif kind == "hold":
+            if self.faults_on and self.nodes[payload].up:
+                self._hold(self.nodes[payload])
+        elif kind == "revive":
+            cut = self.held.pop(payload, None)
+            if cut is not None:
+                for link in cut:
+                    if self.cuts[link] > 0:
+                        self.cuts[link] -= 1
+                node = self.nodes[payload]
+                if not node.up:
+                    self._start(node)
+                    self.trace(f"n{node.id} revived term {node.core.term} log {node.core.log.last_index}")
+                    self.process(node)
         elif kind == "uncut":
             for link in payload:
                 if self.cuts[link] > 0:  # (the heal phase cleared every cut already)
@@ -742,6 +850,7 @@ class Simulation:
         self.cuts.clear()
         for node in self.nodes.values():
             node.disk.armed = False
+            node.restart_ms = 0
             node.paused_until = min(node.paused_until, self.now)
             if not node.up:
                 self._schedule(0, "restart", node.id)
