@@ -6,10 +6,18 @@ import logging
 import os
 import sys
 
-import trio
+from broker.lazy import lazy_module
 
-from broker.config import ConfigError, parse_args, report_and_exit
-from broker.server import run_server, setup_logging
+# loaded on first use (TLS configured, a DTLS cookie), not because trio imports them: keeps
+# OpenSSL (libssl, libcrypto) out of a server that never uses it
+lazy_module("ssl")
+lazy_module("hmac")
+lazy_module("idna")
+
+import trio  # noqa: E402
+
+from broker.config import ConfigError, parse_args, report_and_exit  # noqa: E402
+from broker.server import run_server, setup_logging  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,6 @@ import os
 import re
 import sys
 import urllib.parse
-from decimal import Decimal
 from dataclasses import dataclass, field
 
 VERSION = "2.15.1"
@@ -97,6 +96,7 @@ def _go_duration(text: str) -> float:
             raise ValueError(f"time: missing unit in duration {quoted}")
         if unit not in _DUR_UNITS:
             raise ValueError(f'time: unknown unit "{unit}" in duration {quoted}')
+        from decimal import Decimal  # only for durations in a config file or flag
         total += int(Decimal((whole or "0") + "." + (frac or "0")) * _DUR_UNITS[unit])
         s = s[m.end():]
     if total > 2**63 - 1:

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import platform
-import secrets
+import random
 import signal
 import socket
 import ssl
@@ -105,7 +105,8 @@ def _local_ips() -> list[str]:
 
 
 def new_server_id() -> str:
-    return "N" + "".join(secrets.choice(_B32) for _ in range(55))
+    rnd = random.SystemRandom()  # os.urandom, as the secrets module (not imported: it loads OpenSSL)
+    return "N" + "".join(rnd.choice(_B32) for _ in range(55))
 
 
 def _only_plain_clients(m: Match) -> bool:
@@ -297,11 +298,12 @@ class Server:
         return [f"{ip}:{self.port}" for ip in ips] or [f"127.0.0.1:{self.port}"]
 
     def check_auth(self, c: dict) -> bool:
+        from secrets import compare_digest
         o = self.opts
         if o.token:
-            return secrets.compare_digest(str(c.get("auth_token", "")), o.token)
-        return (secrets.compare_digest(str(c.get("user", "")), o.username)
-                and secrets.compare_digest(str(c.get("pass", "")), o.password))
+            return compare_digest(str(c.get("auth_token", "")), o.token)
+        return (compare_digest(str(c.get("user", "")), o.username)
+                and compare_digest(str(c.get("pass", "")), o.password))
 
     def client_closed(self, conn: ClientConn) -> None:
         self.clients.pop(conn.cid, None)
@@ -808,6 +810,17 @@ def _prepare_store_dir(opts: Options) -> None:
         raise SystemExit(1)
 
 
+def _trim_heap() -> None:
+    """Started: hand the heap pages that startup (imports, parsing) freed back to the
+    system (glibc's malloc_trim), so a fresh server's resident memory is what it uses."""
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 async def run_server(opts: Options) -> None:
     server = Server(opts)
     log.info("Starting nats-server")  # the banner nats-server prints before it listens
@@ -822,6 +835,7 @@ async def run_server(opts: Options) -> None:
     async with trio.open_nursery() as n:
         await n.start(server.handle_signals)
         await n.start(server.serve)
+        _trim_heap()
         await server.stopped.wait()
         n.cancel_scope.cancel()
     log.info("Server Exiting..")
