@@ -926,7 +926,8 @@ class FileStore(_IndexedStore):
 
     def truncate_after(self, seq: int, last_ts: int) -> None:
         """Forget every message above `seq`: afterwards last_seq == seq, last_ts == last_ts and
-        the messages at or below seq are as they were. Durable when it returns.
+        the messages at or below seq are as they were (a seq above last_seq only moves last_seq
+        forward over sequences that hold nothing). Durable when it returns.
 
         Blocks holding only later messages are unlinked (directory fsynced) first; the block
         holding the cut is truncated at its first record above it (records below it keep their
@@ -935,11 +936,9 @@ class FileStore(_IndexedStore):
         that a META contradicts; the caller repeats the truncation after restarting."""
         if self._closed:
             raise ValueError("store is closed")
-        if seq > self._last:
-            raise ValueError(f"truncate_after({seq}): sequence above last_seq {self._last}")
+        self.sync()  # every buffered record is in its file; compactions are written
         if seq == self._last and last_ts == self._last_ts:
             return
-        self.sync()  # every buffered record is in its file; compactions are written
         if self._compacted:
             self._apply_compactions()
         self._rcache = self._rnext = None

@@ -461,9 +461,8 @@ class MemoryStore(_IndexedStore):
         self._first = seq
 
     def truncate_after(self, seq: int, last_ts: int) -> None:
-        """Forget every message above `seq`; last_seq becomes seq and last_ts last_ts."""
-        if seq > self._last:
-            raise ValueError(f"truncate_after({seq}): sequence above last_seq {self._last}")
+        """Forget every message above `seq`; last_seq becomes seq and last_ts last_ts (a seq
+        above last_seq moves it forward over sequences that hold nothing)."""
         above = [q for q in self._msgs if q > seq]
         self._remove_seqs(sorted(above))
         self._last = seq

@@ -65,10 +65,11 @@ class Store(Protocol):
         ...
 
     def truncate_after(self, seq: int, last_ts: int) -> None:
-        """Forget every message above `seq` (seq <= last_seq): afterwards last_seq == seq,
-        last_ts == last_ts and messages at or below seq are as they were. A replicated
-        stream restarting from a snapshot cuts what it applied after it (the Raft log
-        replays that). Durable when it returns."""
+        """Forget every message above `seq`: afterwards last_seq == seq, last_ts == last_ts
+        and messages at or below seq are as they were (a seq above last_seq moves it forward
+        over sequences that hold nothing). A replicated stream restarting from a snapshot cuts
+        what it applied after it (the Raft log replays that); a catching-up one records that
+        the newest messages were removed. Durable when it returns."""
         ...
 
     def sync(self) -> None:

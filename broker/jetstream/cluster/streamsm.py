@@ -1,0 +1,428 @@
+"""A replicated stream (R3) as a Raft state machine over the pure `Stream`.
+
+How this works
+- Replicate inputs, not outputs. The stream leader proposes what it was asked to do: raw
+  publishes (`PubBatch`, many per entry), `Expire(ts)` from its timer, `Purge`, `DeleteMsg`,
+  `RemoveAcked` (interest/workqueue removals it decided), `UpdateConfig`. Every replica runs
+  the deterministic `Stream` on apply with the timestamp carried in the entry, so dedupe,
+  expected-sequence checks, limits and discard policies are judged against the same state in
+  log order everywhere and hold across leader changes. `apply` returns the outcome (per
+  message `(seq, duplicate)` or a `MsgError`); the leader acks or refuses each publisher.
+- One batch in flight. The leader proposes a `PubBatch` only when everything before it has
+  applied on the leader (Raft applied == last index), stamping `base_seq` = its last_seq. Apply
+  asserts the stream's last_seq equals it and raises `StreamDiverged` otherwise (a replica that
+  drifts must stop loudly; RaftHost then stops the group with the error set).
+- Idempotent by index. The state machine knows the Raft index its state reflects
+  (`applied_index`); an entry at or below it is a replay of something already in the state and
+  is skipped. Undecodable entry data raises `CorruptEntry`, never skipped.
+- Snapshots are state summaries: `snapshot()` fsyncs the store first (so RaftHost compacts
+  the log only below what the store has made durable) and returns first/last seq, last ts,
+  counts, the deleted ranges, config, created, the duplicate window (msg ids with seq and ts,
+  in order) and the last msg id. TTL timers are rebuilt from stored headers.
+- Restore reconciles the local store with a summary: messages above its last_seq are cut
+  (`store.truncate_after`), messages it says are gone are removed. If the store then holds
+  every message the summary says is live, the summary's in-memory state is installed and the
+  log replays from the summary's index. Otherwise the replica is catching up (`need` says from
+  which sequence): the wiring fetches `catchup_chunk(from_seq, max_msgs)` from an up-to-date
+  replica (the leader) and hands each to `apply_catchup(chunk)` until `need` is None. Each chunk
+  carries the server's *current* summary, so the replica converges to the server's state at
+  the server's index (not the older snapshot's: messages the server removed since then could
+  not be streamed) and skips log entries up to that index. Entries Raft hands over meanwhile
+  are kept and applied after it (RaftHost calls restore and apply in one synchronous pass, so
+  the wiring cannot hold them back); apply returns None for them.
+- Restart: open the store, build `StreamSM` with the stream's config; RaftHost's add_group calls
+  `restore(snapshot)` when the group has one, then replays the log after it. With no snapshot
+  the first apply (or `ensure_started()`) empties the store, since the log replays from its
+  start. Either way everything the store persisted beyond the snapshot (appends of later
+  entries, maybe only part of one) is cut before replay, so replay re-applies exactly. A crash
+  can also have persisted *removals* from entries after the snapshot; the reconciliation then
+  finds messages missing and catches up from a peer rather than replay from a wrong state.
+
+The first entry of a stream's log must be `UpdateConfig` with the config the stream was
+created with, so a replica replaying from the start (no snapshot) applies the early entries
+under the config they were proposed under.
+
+Pure: no trio, no sockets; disk only through the Store.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Union
+
+import msgspec
+
+from broker.jetstream import errors
+from broker.jetstream.api import StreamConfig
+from broker.jetstream.stream import Stream
+from broker.jetstream.storetypes import Store, StoredMsg
+
+__all__ = [
+    "PubBatch", "Expire", "Purge", "DeleteMsg", "RemoveAcked", "UpdateConfig", "StreamOp",
+    "MsgError", "Summary", "CatchupNeed", "CatchupChunk", "StreamSM", "StreamDiverged",
+    "CorruptEntry", "encode_op", "decode_op",
+]
+
+
+# ---- entries --------------------------------------------------------------------------------
+class PubBatch(msgspec.Struct, tag="pub", array_like=True):
+    base_seq: int  # the stream's last_seq when the leader proposed it
+    ts: int  # the leader's clock, ns
+    msgs: list[tuple[str, bytes | None, bytes]]  # (subject, header block or None, payload)
+
+
+class Expire(msgspec.Struct, tag="exp", array_like=True):
+    ts: int
+
+
+class Purge(msgspec.Struct, tag="purge", array_like=True):
+    filter: str = ""
+    seq: int = 0
+    keep: int = 0
+
+
+class DeleteMsg(msgspec.Struct, tag="del", array_like=True):
+    seq: int
+    no_erase: bool = True
+
+
+class RemoveAcked(msgspec.Struct, tag="ack", array_like=True):
+    seqs: list[int]
+
+
+class UpdateConfig(msgspec.Struct, tag="cfg", array_like=True):
+    config: StreamConfig
+    ts: int
+
+
+StreamOp = Union[PubBatch, Expire, Purge, DeleteMsg, RemoveAcked, UpdateConfig]
+
+_encoder = msgspec.msgpack.Encoder()
+_op_decoder = msgspec.msgpack.Decoder(StreamOp)
+
+
+def encode_op(op: StreamOp) -> bytes:
+    return _encoder.encode(op)
+
+
+def decode_op(data: bytes) -> StreamOp:
+    try:
+        return _op_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise CorruptEntry(f"undecodable stream entry ({len(data)} bytes): {exc}") from None
+
+
+class MsgError(msgspec.Struct, frozen=True, array_like=True):
+    """A refused publish or operation, as the JSError the leader answers with."""
+    code: int
+    err_code: int
+    description: str
+
+    @classmethod
+    def of(cls, e: errors.JSError) -> "MsgError":
+        return cls(e.code, e.err_code, e.description)
+
+    def error(self) -> errors.JSError:
+        return errors.JSError(self.code, self.err_code, self.description)
+
+
+class StreamDiverged(AssertionError):
+    """An entry's precondition does not hold on this replica: its state drifted."""
+
+
+class CorruptEntry(ValueError):
+    """Entry data that is no stream operation."""
+
+
+# ---- snapshots and catch-up -----------------------------------------------------------------
+class Summary(msgspec.Struct):
+    index: int  # the Raft index this state reflects
+    config: StreamConfig
+    created: int
+    first_seq: int
+    last_seq: int
+    last_ts: int
+    msgs: int
+    msg_bytes: int
+    deleted: list[tuple[int, int]]  # interior gaps, inclusive ranges, ascending
+    dedupe: list[tuple[str, int, int]]  # msg id, seq, ts (the duplicate window)
+    dedupe_order: list[tuple[int, str]]  # (ts, msg id) in the order the window prunes them
+    last_msg_id: str
+    pending: list[tuple[int, bytes]] = []  # entries (index, data) a catching-up replica holds
+
+
+_summary_decoder = msgspec.msgpack.Decoder(Summary)
+
+
+class CatchupNeed(msgspec.Struct, frozen=True):
+    from_seq: int  # the first sequence the replica lacks
+    to_seq: int  # the last sequence of the state it converges to (grows with each chunk)
+
+
+class CatchupChunk(msgspec.Struct):
+    summary: Summary  # the serving replica's state when it built the chunk
+    records: list[StoredMsg]  # its live messages from from_seq on, ascending
+    done: bool  # no live message follows the last record
+
+
+def _live_count(s: Summary, upto: int) -> int:
+    """How many sequences <= upto the summary says are live."""
+    hi = min(upto, s.last_seq)
+    if s.msgs == 0 or hi < s.first_seq:
+        return 0
+    n = hi - s.first_seq + 1
+    for lo, top in s.deleted:
+        if lo > hi:
+            break
+        n -= min(top, hi) - lo + 1
+    return n
+
+
+# ---- the state machine ----------------------------------------------------------------------
+class StreamSM:
+    def __init__(self, config: StreamConfig, store: Store, created_ns: int) -> None:
+        self.store = store
+        self.stream = Stream(config, store, created_ns)
+        self.applied_index = 0
+        self.need: CatchupNeed | None = None
+        self._target: Summary | None = None  # what a catch-up converges to
+        self._deferred: list[tuple[int, bytes]] = []  # entries handed over while catching up
+        self._started = False
+
+    @property
+    def catching_up(self) -> bool:
+        """While True this replica must not lead nor serve catch-ups (the wiring steps down)."""
+        return self.need is not None
+
+    # -- the leader's side ---------------------------------------------------------------------
+    def pub_batch(self, msgs: list[tuple[str, bytes | None, bytes]], now_ns: int) -> PubBatch:
+        """The next batch, for a leader whose log is fully applied (one batch in flight)."""
+        assert self.need is None, "a catching-up replica cannot propose"
+        st = self.store.state()
+        return PubBatch(st.last_seq, max(now_ns, st.last_ts), msgs)
+
+    # -- Raft's StateMachine protocol ----------------------------------------------------------
+    def apply(self, entry: Any) -> Any:
+        """Apply one committed entry (raft Entry: .index, .data). Returns the outcome for the
+        proposer: PubBatch -> list of (seq, duplicate) | MsgError; Purge -> purged count;
+        DeleteMsg -> True; RemoveAcked / Expire -> removed count; UpdateConfig -> None; any
+        refused operation -> MsgError. None when skipped (replay) or held (catching up)."""
+        self.ensure_started()
+        index = entry.index
+        if index <= self.applied_index:
+            return None
+        if self.need is not None:
+            if not self._deferred or index > self._deferred[-1][0]:
+                self._deferred.append((index, entry.data))
+            return None
+        result = self._apply_op(decode_op(entry.data))
+        self.applied_index = index
+        return result
+
+    def _apply_op(self, op: StreamOp) -> Any:
+        stream = self.stream
+        if type(op) is PubBatch:
+            last = self.store.state().last_seq
+            if last != op.base_seq:
+                raise StreamDiverged(f"stream {stream.name}: batch proposed at last_seq {op.base_seq}, "
+                                     f"this replica is at {last} (applied index {self.applied_index})")
+            out: list = []
+            for subject, hdr, data in op.msgs:
+                try:
+                    out.append(stream.process(subject, hdr, data, op.ts))
+                except errors.JSError as e:
+                    out.append(MsgError.of(e))
+            return out
+        try:
+            if type(op) is Expire:
+                return stream.expire(op.ts)
+            if type(op) is Purge:
+                return stream.purge(op.filter, op.seq, op.keep)
+            if type(op) is DeleteMsg:
+                stream.delete_msg(op.seq)
+                return True
+            if type(op) is RemoveAcked:
+                return sum(1 for seq in op.seqs if stream.remove_acked(seq))
+            assert type(op) is UpdateConfig, op
+            stream.update(op.config, op.ts)
+            return None
+        except errors.JSError as e:
+            return MsgError.of(e)
+
+    def snapshot(self) -> bytes:
+        """The state summary at applied_index, once the store has made it durable."""
+        self.ensure_started()
+        self.store.sync()
+        if self._target is not None:
+            # Catching up: the state is the target plus the entries held back.
+            s = msgspec.structs.replace(self._target, pending=[p for p in self._deferred
+                                                                 if p[0] > self._target.index])
+            return _encoder.encode(s)
+        return _encoder.encode(self.summary())
+
+    def restore(self, data: bytes) -> CatchupNeed | None:
+        """Make this replica's state the summary's (Raft calls it at start and when a leader
+        sends a snapshot). Returns what must be fetched, if anything (also in `need`)."""
+        try:
+            s = _summary_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise CorruptEntry(f"undecodable stream snapshot: {exc}") from None
+        if self._started and s.index <= self.applied_index:
+            return None  # this replica is already there (or converging past it)
+        self._started = True
+        st = self.store.state()
+        if st.last_seq > s.last_seq or (st.last_seq == s.last_seq and st.last_ts != s.last_ts):
+            self.store.truncate_after(s.last_seq, s.last_ts)
+        self._target = s
+        self._deferred = list(s.pending)
+        self.applied_index = s.index
+        self.need = CatchupNeed(self.store.state().last_seq + 1, s.last_seq)
+        self._converge(s)
+        return self.need
+
+    # -- catch-up ------------------------------------------------------------------------------
+    def catchup_chunk(self, from_seq: int, max_msgs: int) -> CatchupChunk:
+        """Serve a catching-up replica: this replica's summary now and up to max_msgs of its
+        live messages from from_seq on. Synchronous, so the summary and the records agree."""
+        assert self.need is None, "a catching-up replica cannot serve"
+        assert max_msgs > 0
+        records: list[StoredMsg] = []
+        seq = from_seq
+        while len(records) < max_msgs:
+            m = self.store.next_msg(seq)
+            if m is None:
+                break
+            records.append(m)
+            seq = m.seq + 1
+        done = len(records) < max_msgs or self.store.next_msg(seq) is None
+        return CatchupChunk(self.summary(), records, done)
+
+    def apply_catchup(self, chunk: CatchupChunk) -> CatchupNeed | None:
+        """Store a chunk (messages keep their sequence and timestamp) and converge toward the
+        server's state; returns the remaining need, None when caught up (held entries applied)."""
+        assert self.need is not None, "apply_catchup without a catch-up in progress"
+        s = chunk.summary
+        store = self.store
+        for m in chunk.records:
+            if m.seq > store.state().last_seq:
+                store.append_at(m.seq, m.subject, m.hdr, m.data, m.ts)
+            else:
+                have = store.get(m.seq)
+                if have is None or have.data != m.data or have.ts != m.ts or have.subject != m.subject:
+                    raise StreamDiverged(f"stream {self.stream.name}: catch-up record {m.seq} "
+                                         f"differs from the stored one")
+        if s.index >= self._target.index:
+            self._target = s
+        self._converge(self._target)
+        return self.need
+
+    def _converge(self, s: Summary) -> None:
+        """Remove what the summary says is gone, find the first live sequence still missing,
+        and finish when nothing is."""
+        store = self.store
+        st = store.state()
+        if st.messages and st.first_seq < s.first_seq:
+            store.purge(None, s.first_seq)
+        for lo, hi in s.deleted:
+            m = store.next_msg(lo)
+            while m is not None and m.seq <= hi:
+                store.remove(m.seq)
+                m = store.next_msg(m.seq + 1)
+        st = store.state()
+        local_last = min(st.last_seq, s.last_seq)
+        if st.messages != _live_count(s, local_last):
+            missing = self._first_missing(s)
+            # The store cannot fill a hole below its last_seq: cut there and fetch from it.
+            prev = store.get(missing - 1)
+            store.truncate_after(missing - 1, prev.ts if prev is not None else st.last_ts)
+            self.need = CatchupNeed(missing, s.last_seq)
+            return
+        if st.messages == s.msgs:  # every live message is here (a subset of equal size)
+            if st.last_seq != s.last_seq or st.last_ts != s.last_ts:
+                store.truncate_after(s.last_seq, s.last_ts)  # the newest ones were removed there
+            self._finish(s)
+            return
+        self.need = CatchupNeed(st.last_seq + 1, s.last_seq)
+
+    def _first_missing(self, s: Summary) -> int:
+        seq = s.first_seq
+        gaps = iter(s.deleted)
+        gap = next(gaps, None)
+        while seq <= s.last_seq:
+            if gap is not None and gap[0] <= seq:
+                seq = max(seq, gap[1] + 1)
+                gap = next(gaps, None)
+                continue
+            if self.store.get(seq) is None:
+                return seq
+            seq += 1
+        raise StreamDiverged("no missing message, yet counts differ")  # pragma: no cover
+
+    def _finish(self, s: Summary) -> None:
+        st = self.store.state()
+        got = (st.first_seq if st.messages else s.first_seq, st.last_seq, st.last_ts, st.messages, st.bytes)
+        want = (s.first_seq, s.last_seq, s.last_ts, s.msgs, s.msg_bytes)
+        if got != want:
+            raise StreamDiverged(f"stream {s.config.name}: after catch-up the store holds {got}, "
+                                 f"the summary says {want}")
+        self._install(s)
+        self.applied_index = s.index
+        self.need = None
+        self._target = None
+        held, self._deferred = self._deferred, []
+        for index, data in held:
+            if index > self.applied_index:
+                self._apply_op(decode_op(data))
+                self.applied_index = index
+
+    def _install(self, s: Summary) -> None:
+        """A Stream over the store with the summary's config and duplicate window (the
+        in-memory state that stored headers cannot give back: ids of removed messages)."""
+        stream = Stream(s.config, self.store, s.created)
+        stream._dedupe = {msg_id: (seq, ts) for msg_id, seq, ts in s.dedupe}
+        stream._dedupe_order = deque(s.dedupe_order)
+        stream.last_msg_id = s.last_msg_id
+        self.stream = stream
+
+    def ensure_started(self) -> None:
+        """With no snapshot the log replays from its start: empty the store first. Call after
+        RaftHost.add_group (which restores a snapshot if there is one); apply calls it too."""
+        if self._started:
+            return
+        self._started = True
+        st = self.store.state()
+        if st.last_seq or st.messages:
+            self.store.truncate_after(0, 0)
+            self.stream = Stream(self.stream.config, self.store, self.stream.created_ns)
+
+    # -- views ---------------------------------------------------------------------------------
+    def summary(self) -> Summary:
+        stream, store = self.stream, self.store
+        st = store.state()
+        deleted: list[tuple[int, int]] = []
+        if st.num_deleted:
+            expected = st.first_seq
+            m = store.next_msg(expected)
+            while m is not None:
+                if m.seq > expected:
+                    deleted.append((expected, m.seq - 1))
+                expected = m.seq + 1
+                m = store.next_msg(expected)
+        dedupe = [(k, v[0], v[1]) for k, v in stream._dedupe.items()]
+        return Summary(self.applied_index, stream.config, stream.created_ns,
+                       st.first_seq, st.last_seq, st.last_ts, st.messages, st.bytes, deleted,
+                       dedupe, list(stream._dedupe_order), stream.last_msg_id)
+
+    def fingerprint(self) -> tuple:
+        """Everything two replicas must agree on (tests compare it)."""
+        stream, store = self.stream, self.store
+        msgs = []
+        m = store.next_msg(0)
+        while m is not None:
+            msgs.append((m.seq, m.subject, m.hdr, m.data, m.ts))
+            m = store.next_msg(m.seq + 1)
+        ttls = sorted(t for t in stream._ttls if store.get(t[1]) is not None)
+        return (store.state(), msgs, sorted((k, v) for k, v in stream._dedupe.items()),
+                list(stream._dedupe_order), stream.last_msg_id, _encoder.encode(stream.config),
+                stream.created_ns, ttls)
+
