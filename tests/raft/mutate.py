@@ -127,6 +127,23 @@ MUTATIONS = [
           "return self.conf_at(self.commit)")],
     ),
     Mutation(
+        "conf_not_rolled_back_on_truncate",
+        "cutting a conflicting suffix leaves the configuration of a cut CONF entry in force (4.1)",
+        [("log.py", "            while self.confs and self.confs[-1][0] >= first:\n                self.confs.pop()\n", "")],
+    ),
+    Mutation(
+        "truncate_keeps_stable_cursor",
+        "cutting a conflicting suffix does not move the persisted cursor back, so the entries that "
+        "replace it are acknowledged without being written",
+        [("log.py", "            self.stable = min(self.stable, first - 1)\n", "")],
+    ),
+    Mutation(
+        "snapshot_install_skips_term_check",
+        "a follower that has any entry at a snapshot's index treats the snapshot as its own prefix "
+        "without comparing terms (section 7)",
+        [("core.py", "if self.log.term(s.index) == s.term:", "if self.log.last_index >= s.index:")],
+    ),
+    Mutation(
         "transfer_without_catch_up",
         "leadership transfer sends TimeoutNow at once, without first catching the target up (3.10)",
         [("core.py",

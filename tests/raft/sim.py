@@ -661,6 +661,8 @@ class Simulation:
         cut = tuple((leader.id, p) for p in NODE_IDS if p != leader.id and p not in keep)
         self.cuts.update(cut)
         self.trace(f"n{leader.id} reaches only {sorted(keep)}")
+        if self.membership and r.random() < 0.5:
+            self.change_membership()  # a configuration only a minority holds, to be cut later
         for _ in range(r.randrange(1, 10)):
             self.propose()
         self._schedule(r.randrange(60, 300), "uncut", cut)
