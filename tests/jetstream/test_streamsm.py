@@ -389,7 +389,27 @@ def test_catchup_from_an_older_server_state_still_converges(tmp_path):
     assert fresh.fingerprint() == g.reps[0].fingerprint()
 
 
-def test_restart_cuts_what_was_applied_after_the_snapshot(tmp_path):
+def test_restart_cuts_appends_after_the_snapshot_then_replays(tmp_path):
+    g = Group(cfg("file"), tmp_path, block=300)
+    t = _workload(g, random.Random(8), 30, T0)
+    sm = g.reps[1]
+    snap = sm.snapshot()
+    at_snap = sm.fingerprint()
+    for i in range(10):  # publishes only: nothing below the snapshot changes afterwards
+        g.publish([("s.z", hdr(Nats_Msg_Id=f"late{i}"), b"late" * i), ("s.y", None, b"")], t + i)
+    sm.store.flush()
+    sm.store._release()
+    store = FileStore(tmp_path / "r1", block_size_max_bytes=300)
+    assert store.state().last_seq == at_snap[0].last_seq + 20
+    restarted = g.new_sm(1, store)
+    assert restarted.restore(snap) is None
+    assert restarted.fingerprint() == at_snap
+    g.replay(restarted)
+    g.reps[1] = restarted
+    g.assert_identical()
+
+
+def test_restart_after_removals_reached_the_disk(tmp_path):
     g = Group(cfg("file"), tmp_path, block=300)
     rng = random.Random(5)
     t = _workload(g, rng, 30, T0)
@@ -404,12 +424,28 @@ def test_restart_cuts_what_was_applied_after_the_snapshot(tmp_path):
     assert store.state().last_seq > msgspec.msgpack.decode(snap)["last_seq"]
     restarted = g.new_sm(2, store)
     restarted.restore(snap)
-    if restarted.need is not None:  # a removal after the snapshot reached the disk
-        catch_up(restarted, g.reps[0])
+    # Everything applied after the snapshot is cut before the log replays it.
+    assert store.state().last_seq <= msgspec.msgpack.decode(snap)["last_seq"]
+    assert not [m for m in restarted.fingerprint()[1] if m[1] == "s.z"]
+    assert restarted.need is not None  # a removal after the snapshot reached the disk
+    catch_up(restarted, g.reps[0])
     assert restarted.applied_index >= snap_index
     g.replay(restarted)
     g.reps[2] = restarted
     g.assert_identical()
+
+
+def test_snapshot_makes_the_store_durable_first(tmp_path):
+    g = Group(cfg("file"), tmp_path, block=300)
+    _workload(g, random.Random(7), 40, T0)
+    sm = g.reps[0]
+    snap = sm.snapshot()
+    want = sm.fingerprint()
+    sm.store._release()  # crash right after the snapshot: nothing flushed by anyone else
+    store = FileStore(tmp_path / "r0", block_size_max_bytes=300)
+    restarted = g.new_sm(0, store)
+    assert restarted.restore(snap) is None  # the store already holds the summary's state
+    assert restarted.fingerprint() == want
 
 
 def test_restart_without_snapshot_replays_from_an_empty_store(tmp_path):
