@@ -144,6 +144,12 @@ MUTATIONS = [
         [("core.py", "if self.log.term(s.index) == s.term:", "if self.log.last_index >= s.index:")],
     ),
     Mutation(
+        "peer_down_skips_pre_vote",
+        "a follower told its leader's route closed (peer_down) campaigns at once without pre-vote",
+        [("core.py", "        if rank == 0:\n            self._campaign(pre_vote=self.cfg.pre_vote)",
+          "        if rank == 0:\n            self._campaign(pre_vote=False)")],
+    ),
+    Mutation(
         "transfer_without_catch_up",
         "leadership transfer sends TimeoutNow at once, without first catching the target up (3.10)",
         [("core.py",

@@ -76,7 +76,8 @@ fault_phase_ms = 2000
 heal_phase_ms = 4000  # after the faults stop, the cluster must converge within this
 segment_bytes = 2048  # small WAL segments, so runs roll, compact and truncate across them
 FAULT_KINDS = ("partition", "links", "heal", "crash", "crash_leader", "power_loss", "corrupt", "pause",
-               "membership", "transfer", "minority", "fragile", "campaign", "delay_storm", "vote_crash")
+               "membership", "transfer", "minority", "fragile", "campaign", "delay_storm", "vote_crash",
+               "false_peer_down")
 
 
 FATES = ("cut", "crash", "commit_cut", "none")  # of a leader elected while leaders are fragile
@@ -161,6 +162,9 @@ class Simulation:
             self.fault_weight["membership"] = 0.0
         if not any(self.fault_weight.values()):
             self.fault_weight["crash_leader"] = 1.0
+        self.peer_down_p = r.choice((0.0, 0.5, 1.0))  # RaftCore.peer_down calls when a node dies
+        if not self.peer_down_p:
+            self.fault_weight["false_peer_down"] = 0.0
         self.fault_uses = dict.fromkeys(FAULT_KINDS, 0)
         self.fault_gain = dict.fromkeys(FAULT_KINDS, 0)
         self.last_fault: str | None = None
@@ -264,6 +268,10 @@ class Simulation:
         node.up = False
         node.core = None
         self.stats["crashes"] += 1
+        if self.peer_down_p:
+            for other in NODE_IDS:  # its routes close: the others' transports notice (or not)
+                if other != node.id and self.rng.random() < self.peer_down_p:
+                    self._schedule(self.rng.randrange(0, 5), "peer_down", (other, node.id))
         self.trace(f"n{node.id} crashes (torn={torn})")
 
     def crash_and_restart(self, node: SimNode, restart_ms: int) -> None:
@@ -721,6 +729,11 @@ class Simulation:
         self._schedule(wait, "campaign", c1.id)
         self.trace(f"vote crash: n{voter.id} between candidates n{c1.id} and n{c2.id}")
 
+    def fault_false_peer_down(self) -> None:
+        """A transport wrongly reports a live peer down (a route flapped)."""
+        a, b = self.rng.sample(NODE_IDS, 2)
+        self._schedule(0, "peer_down", (a, b))
+
     def fault_delay_storm(self) -> None:
         self.storm_until = self.now + self.rng.randrange(50, 400)
         self.trace(f"delay storm until {self.storm_until}")
@@ -807,6 +820,14 @@ class Simulation:
             node = self.nodes[payload[0]]
             if self.faults_on and node.up:
                 self.crash_and_restart(node, self.rng.randrange(payload[1], payload[2]))
+        elif kind == "peer_down":
+            node = self.nodes[payload[0]]
+            if node.up and node.paused_until <= self.now:
+                old_term = node.core.term
+                node.core.peer_down(payload[1])
+                if self.cfg["pre_vote"] and node.core.term > old_term and node.core.voters != (node.id,):
+                    self.fail(f"pre-vote: node {node.id} raised its term on peer_down({payload[1]})")
+                self.process(node)
         elif kind == "campaign":
             node = self.nodes[payload]
             if self.faults_on and node.up:
