@@ -276,6 +276,17 @@ def format_row(r: dict) -> str:
     return f"{r['name']:32} SURVIVED {r['seeds']} seeds ({r['wall_s']}s)"
 
 
+def markdown(reports: list[dict]) -> str:
+    rows = ["| Mutation | Caught | Seeds needed (failing seed) | First broken invariant |", "| --- | --- | --- | --- |"]
+    for r in reports:
+        if r["caught"]:
+            what = r["message"].split(": ", 1)[-1] if r["how"] == "invariant" else f"{r['how']}: {r['message']}"
+            rows.append(f"| `{r['name']}` | yes | {r['seeds']} ({r['seed']}) | {what[:90]} |")
+        else:
+            rows.append(f"| `{r['name']}` | **no** | survived {r['seeds']} | |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.raft.mutate", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="seed budget per mutation")
@@ -284,6 +295,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--only", action="append", help="run just this mutation (repeatable)")
     p.add_argument("--rev", help="mutate raft/ as of this git revision instead of the working tree")
     p.add_argument("--list", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="also print the report as a Markdown table")
     p.add_argument("--replay", nargs=2, metavar=("MUTATION", "SEED"), help="trace one seed under one mutation")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -303,6 +315,8 @@ def main(argv: list[str]) -> int:
     except MutationError as exc:
         print(f"mutation harness error: {exc}", file=sys.stderr)
         return 2
+    if a.markdown:
+        print("\n" + markdown(reports))
     caught = sum(r["caught"] for r in reports)
     print(f"\n{caught}/{len(reports)} mutations caught by the simulator alone "
           f"(budget {a.seeds} seeds from {a.base}; {time.monotonic() - started:.0f}s)")

@@ -4,6 +4,7 @@ Default: 1,000 seeds in chunks of 100. Environment:
   RAFT_SIM_SEEDS=N      run N seeds instead (e.g. 20000 for a long soak)
   RAFT_SIM_BASE=B       start at seed B
   RAFT_SIM_SEED=S       replay exactly seed S (prints its trace on failure)
+  RUN_SLOW=1            also run every mutation of tests/raft/mutate.py against the simulator
 """
 
 from __future__ import annotations
