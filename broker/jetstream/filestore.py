@@ -222,8 +222,16 @@ class _Compaction:
 
 class FileStore(_IndexedStore):
     def __init__(self, directory: str, *,
-                 block_size_max_bytes: int = BLOCK_SIZE_MAX_BYTES_DEFAULT) -> None:
+                 block_size_max_bytes: int = BLOCK_SIZE_MAX_BYTES_DEFAULT,
+                 hold_removals: bool = False) -> None:
+        """hold_removals: a removal reaches the files only with the next sync() (tombstones
+        wait in memory, blocks are not compacted, purging everything or skipping ahead
+        tombstones each message instead of starting over). A replicated stream syncs only
+        when it snapshots, so after a crash its store is its last snapshot plus appends,
+        which truncate_after cuts; the Raft log then replays the rest exactly."""
         assert block_size_max_bytes > 0
+        self._hold = hold_removals
+        self._held: dict[int, tuple[_Block, bytearray]] = {}  # block num -> its held tombstones
         self._dir = os.fspath(directory)
         self._block_size_max = block_size_max_bytes
         self._lock = threading.Lock()  # pend buffers, fds, pending/unsynced/unlink sets
@@ -601,6 +609,7 @@ class FileStore(_IndexedStore):
             del self._blocks[i]
             del self._bases[i]
             self._pending.pop(b.num, None)
+            self._held.pop(b.num, None)
             b.pend.clear()
             fd = self._fds.pop(b.num, None)
             if fd is not None:
@@ -718,10 +727,12 @@ class FileStore(_IndexedStore):
             if b.nlive == 0 and b is not cur:
                 self._drop_block(b)
                 continue
-            if len(js) == 1:
-                self._buffer(b, _del_record(seqs_a[js[0]]))
-            else:
-                self._buffer(b, b"".join(_del_record(seqs_a[j]) for j in js))
+            dels = b"".join(_del_record(seqs_a[j]) for j in js)
+            if self._hold:
+                with self._lock:
+                    self._held.setdefault(b.num, (b, bytearray()))[1].extend(dels)
+                continue
+            self._buffer(b, dels)
             if (b is not cur and not b.compacting and b.size >= self._compact_min
                     and b.live_bytes * 2 < b.size):
                 self._request_compaction(b)
@@ -761,6 +772,9 @@ class FileStore(_IndexedStore):
         self._first = last_seq + 1
 
     def _purge_all(self) -> None:
+        if self._hold:
+            self._remove_seqs(list(self._live_seqs(self._first)))
+            return
         self._restart(self._last, self._last + 1)
 
     # ------------------------------------------------------------------ Store protocol
@@ -922,6 +936,15 @@ class FileStore(_IndexedStore):
             raise ValueError(f"skip_to({seq}): sequence must be > last_seq {self._last}")
         if self._n == 0 and seq == self._last + 1:
             return  # already there
+        if self._hold:
+            self._purge_all()
+            with self._lock:
+                self._new_block(self._blocks[-1].num + 1, seq - 1, self._last_ts, 0)
+            if self._blocks[-2].nlive == 0:
+                self._drop_block(self._blocks[-2])
+            self._last = seq - 1
+            self._first = seq
+            return
         self._restart(seq - 1, seq)
 
     def truncate_after(self, seq: int, last_ts: int) -> None:
@@ -1031,6 +1054,11 @@ class FileStore(_IndexedStore):
             with self._lock:
                 if self._closed:
                     return
+                for b, dels in self._held.values():  # after every record they refer to
+                    b.pend += dels
+                    b.size = b.pend_off + len(b.pend)
+                    self._pending[b.num] = b
+                self._held.clear()
                 for b in list(self._pending.values()):
                     self._write_out(b)
                 paths = list(self._unsynced)

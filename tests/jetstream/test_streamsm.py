@@ -278,6 +278,49 @@ def test_truncate_after_random(tmp_path, seed):
     fs.close()
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_hold_removals_crash_then_truncate_gives_the_synced_state(tmp_path, seed):
+    """With hold_removals, whatever a crash keeps of the writes after the last sync, cutting
+    the appends (truncate_after) gives back exactly the state of that sync."""
+    r = random.Random(seed)
+    d = tmp_path / "fs"
+    block = r.choice([150, 600, 5000])
+    fs = FileStore(d, block_size_max_bytes=block, hold_removals=True)
+    ms = MemoryStore()
+    synced = _contents(ms)
+    for i in range(r.randrange(5, 120)):
+        x = r.random()
+        st = ms.state()
+        if x < 0.6:
+            subject, data = f"s.{r.randrange(4)}", b"d" * r.randrange(40)
+            assert fs.append(subject, None, data, T0 + i) == ms.append(subject, None, data, T0 + i)
+        elif x < 0.8 and st.messages:
+            q = r.randrange(st.first_seq, st.last_seq + 1)
+            assert fs.remove(q) == ms.remove(q)
+        elif x < 0.86:
+            upto = r.choice([0, r.randrange(0, st.last_seq + 2)])
+            assert fs.purge(None, upto) == ms.purge(None, upto)
+        elif x < 0.9:
+            f, keep = f"s.{r.randrange(4)}", r.randrange(3)
+            assert fs.purge(f, 0, keep) == ms.purge(f, 0, keep)
+        elif x < 0.93:
+            q = st.last_seq + r.randrange(1, 5)
+            fs.skip_to(q)
+            ms.skip_to(q)
+        elif x < 0.97:
+            fs.sync()
+            synced = _contents(ms)
+        assert _contents(fs) == _contents(ms)
+    if r.random() < 0.7:
+        fs.flush()  # the OS got every write since the sync: a process crash keeps them
+    fs._release()
+    fs = FileStore(d, block_size_max_bytes=block, hold_removals=True)
+    assert fs.state().last_seq >= synced[0].last_seq
+    fs.truncate_after(synced[0].last_seq, synced[0].last_ts)
+    assert _contents(fs) == synced
+    fs.close()
+
+
 # ---- snapshots, restore, catch-up, restart ----------------------------------------------------
 def _workload(g: Group, rng: random.Random, n: int, t: int) -> int:
     for _ in range(n):
@@ -446,6 +489,24 @@ def test_snapshot_makes_the_store_durable_first(tmp_path):
     restarted = g.new_sm(0, store)
     assert restarted.restore(snap) is None  # the store already holds the summary's state
     assert restarted.fingerprint() == want
+
+
+def test_removed_newest_messages_are_in_the_summary(storage, tmp_path):
+    g = Group(cfg(storage), tmp_path)
+    g.publish([(f"s.{i}", None, b"x") for i in range(6)], T0)
+    g.commit(DeleteMsg(6))
+    g.commit(DeleteMsg(5))
+    g.commit(DeleteMsg(2))
+    snap = g.reps[0].snapshot()
+    assert msgspec.msgpack.decode(snap)["deleted"] == [[2, 2], [5, 6]]
+    # A replica whose store matches (a restart) restores without fetching anything.
+    again = g.new_sm(1, g.reps[1].store)
+    assert again.restore(snap) is None
+    assert again.fingerprint() == g.reps[1].fingerprint()
+    twin = g.new_sm(7)
+    assert twin.restore(snap) is not None
+    catch_up(twin, g.reps[0])
+    assert twin.fingerprint() == g.reps[0].fingerprint()
 
 
 def test_restart_without_snapshot_replays_from_an_empty_store(tmp_path):

@@ -47,8 +47,9 @@ class CrashStore(MemoryStore):
     """A MemoryStore that models durability: sync() makes everything durable; crash() keeps
     the durable state plus a prefix or a subset of the writes made since."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: bool = False) -> None:
         super().__init__()
+        self.hold = hold  # as FileStore(hold_removals=True): removals reach the disk only by sync
         self._journal: list[tuple] = []
         self._durable: tuple = ({}, 0, 0)
         self.syncs = 0
@@ -89,7 +90,9 @@ class CrashStore(MemoryStore):
             ops = [op for op in ops if rng.random() < 0.5]
         else:
             ops = []
-        new = CrashStore()
+        if self.hold:
+            ops = [op for op in ops if op[0] in ("put", "skip")]
+        new = CrashStore(self.hold)
         for seq in sorted(msgs):
             m = msgs[seq]
             MemoryStore.append_at(new, seq, m.subject, m.hdr, m.data, m.ts)
@@ -104,6 +107,8 @@ class CrashStore(MemoryStore):
                 MemoryStore._remove_seqs(new, [op[1]] if op[1] in new._msgs else [])
             elif op[0] == "purge":
                 MemoryStore._purge_all(new)
+            elif op[1] > new._last and self.hold:
+                MemoryStore.truncate_after(new, op[1] - 1, new._last_ts)  # only its new META
             elif op[1] > new._last:
                 MemoryStore.skip_to(new, op[1])
         new.sync()
@@ -119,6 +124,8 @@ class Replica:
         self.snap: tuple[int, bytes] | None = None  # (index, data) Raft holds for it
         self.applied = 0  # what Raft handed over
         self.up = True
+        self.crashed_catching_up = False
+        self.dirty = False
 
     def busy(self) -> bool:
         return not self.up or self.sm.catching_up
@@ -128,6 +135,9 @@ class Sim:
     def __init__(self, seed: int, kind: str, root: str) -> None:
         self.seed, self.kind, self.root = seed, kind, root
         self.rng = rng = random.Random(seed)
+        # FileStore replicas hold removals until sync (as R3 should run); memory ones model
+        # both that and a store that lets removals reach the disk at any time.
+        self.hold = kind == "file" or seed % 3 != 0
         self.config0 = self.random_config()
         self.log: list[bytes] = []
         self.results: list = []  # the reference outcome of each entry
@@ -138,7 +148,7 @@ class Sim:
         self.skew = 0
         self.leader = 0
         self.stats = {"crash": 0, "restart": 0, "catchup_chunks": 0, "install": 0, "snap": 0,
-                      "refused": 0, "dups": 0, "mismatch_restarts": 0}
+                      "refused": 0, "dups": 0, "mismatch_restarts": 0, "cluster_crash": 0}
         self.commit(UpdateConfig(self.config0, T0))
 
     # -- setup ---------------------------------------------------------------------------------
@@ -156,8 +166,9 @@ class Sim:
 
     def open_store(self, i):
         if self.kind == "file":
-            return FileStore(os.path.join(self.root, f"r{i}"), block_size_max_bytes=self.rng.choice([256, 1024, 8192]))
-        return CrashStore()
+            return FileStore(os.path.join(self.root, f"r{i}"), block_size_max_bytes=self.rng.choice([256, 1024, 8192]),
+                             hold_removals=True)
+        return CrashStore(self.hold)
 
     def fail(self, what: str) -> None:
         pytest.fail(f"seed {self.seed} ({self.kind}): {what}; replay with SEED={self.seed}")
@@ -254,6 +265,7 @@ class Sim:
     def crash(self, rep: Replica, keep: str) -> None:
         self.stats["crash"] += 1
         rep.up = False
+        rep.crashed_catching_up = rep.sm.catching_up or rep.dirty
         if self.kind == "file":
             if keep != "none":
                 rep.store.flush()
@@ -265,13 +277,19 @@ class Sim:
     def restart(self, rep: Replica) -> None:
         self.stats["restart"] += 1
         if self.kind == "file":
-            rep.store = FileStore(os.path.join(self.root, f"r{rep.i}"), block_size_max_bytes=self.rng.choice([256, 8192]))
+            rep.store = FileStore(os.path.join(self.root, f"r{rep.i}"), block_size_max_bytes=self.rng.choice([256, 8192]),
+                                  hold_removals=True)
         rep.sm = StreamSM(self.config0, rep.store, T0)
         if rep.snap is not None:
             rep.sm.restore(rep.snap[1])  # RaftHost.add_group
             rep.applied = rep.snap[0]
             if rep.sm.catching_up:
                 self.stats["mismatch_restarts"] += 1
+                if self.hold and not rep.crashed_catching_up:
+                    self.fail(f"replica {rep.i} restarted from its own snapshot needs a catch-up, "
+                              f"though its store held removals until sync")
+            else:
+                rep.dirty = False
         else:
             rep.sm.ensure_started()
             rep.applied = 0
@@ -289,6 +307,15 @@ class Sim:
             rep.sm.apply_catchup(chunk)
         except AssertionError as exc:
             self.fail(f"replica {rep.i} catch-up from {server.i}: {exc}")
+        if rep.sm.snapshot_wanted:
+            rep.dirty = True  # its store is durable past its snapshot until the next one
+            if self.rng.random() < 0.9:  # the wiring snapshots at once (mostly before a crash)
+                self.take_snapshot(rep)
+
+    def take_snapshot(self, rep: Replica) -> None:
+        rep.snap = (rep.applied, rep.sm.snapshot())
+        rep.dirty = False
+        self.stats["snap"] += 1
 
     def install_snapshot(self, rep: Replica) -> None:
         lead = self.reps[self.leader]
@@ -311,8 +338,7 @@ class Sim:
         elif x < 0.72:
             if rep.up:
                 self.advance(rep, r.randrange(0, 3))
-                rep.snap = (rep.applied, rep.sm.snapshot())
-                self.stats["snap"] += 1
+                self.take_snapshot(rep)
         elif x < 0.77:
             others_fine = all(not o.busy() for o in self.reps if o is not rep)
             if rep.up and others_fine:
@@ -327,8 +353,12 @@ class Sim:
             if rep.up and not rep.sm.catching_up and len(self.log) - rep.applied > 5:
                 self.install_snapshot(rep)
         elif x < 0.975 and all(not o.busy() for o in self.reps):
-            for o in self.reps:  # power loss everywhere: only fsynced data survives
-                self.crash(o, "none")
+            # Everything crashes at once. Holding removals, any prefix or subset of the unsynced
+            # writes may survive; otherwise only fsynced data (a store that let removals reach
+            # the disk could leave every replica needing a catch-up nobody can serve).
+            for o in self.reps:
+                self.crash(o, r.choice(["prefix", "subset", "none"]) if self.hold else "none")
+            self.stats["cluster_crash"] += 1
             for o in self.reps:
                 self.restart(o)
 
@@ -426,5 +456,6 @@ def test_sim_exercises_every_fault():
     for seed in range(12):
         for k, v in run(seed, "memory").items():
             total[k] = total.get(k, 0) + v
-    for k in ("crash", "restart", "catchup_chunks", "install", "snap", "refused", "dups", "mismatch_restarts"):
+    for k in ("crash", "restart", "catchup_chunks", "install", "snap", "refused", "dups", "mismatch_restarts",
+              "cluster_crash"):
         assert total[k] > 0, (k, total)

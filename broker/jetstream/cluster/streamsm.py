@@ -144,7 +144,7 @@ class Summary(msgspec.Struct):
     last_ts: int
     msgs: int
     msg_bytes: int
-    deleted: list[tuple[int, int]]  # interior gaps, inclusive ranges, ascending
+    deleted: list[tuple[int, int]]  # removed sequences in first_seq..last_seq, inclusive ranges
     dedupe: list[tuple[str, int, int]]  # msg id, seq, ts (the duplicate window)
     dedupe_order: list[tuple[int, str]]  # (ts, msg id) in the order the window prunes them
     last_msg_id: str
@@ -188,6 +188,9 @@ class StreamSM:
         self._target: Summary | None = None  # what a catch-up converges to
         self._deferred: list[tuple[int, bytes]] = []  # entries handed over while catching up
         self._started = False
+        # A finished catch-up made the store durable past the last snapshot (truncate_after
+        # syncs): snapshot soon, or a crash before the next one needs another catch-up.
+        self.snapshot_wanted = False
 
     @property
     def catching_up(self) -> bool:
@@ -253,6 +256,7 @@ class StreamSM:
         """The state summary at applied_index, once the store has made it durable."""
         self.ensure_started()
         self.store.sync()
+        self.snapshot_wanted = False
         if self._target is not None:
             # Catching up: the state is the target plus the entries held back.
             s = msgspec.structs.replace(self._target, pending=[p for p in self._deferred
@@ -314,6 +318,8 @@ class StreamSM:
         if s.index >= self._target.index:
             self._target = s
         self._converge(self._target)
+        if self.need is None:
+            self.snapshot_wanted = True
         return self.need
 
     def _converge(self, s: Summary) -> None:
@@ -408,6 +414,8 @@ class StreamSM:
                     deleted.append((expected, m.seq - 1))
                 expected = m.seq + 1
                 m = store.next_msg(expected)
+            if expected <= st.last_seq:  # the newest ones were removed
+                deleted.append((expected, st.last_seq))
         dedupe = [(k, v[0], v[1]) for k, v in stream._dedupe.items()]
         return Summary(self.applied_index, stream.config, stream.created_ns,
                        st.first_seq, st.last_seq, st.last_ts, st.messages, st.bytes, deleted,
