@@ -198,11 +198,16 @@ def apply(mutation: Mutation, workdir: pathlib.Path, rev: str | None = None) -> 
     return dest
 
 
+def worker_env() -> dict:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
+
+
 def run_mutation(mutation: Mutation, seeds: int, base: int, rev: str | None = None) -> dict:
     """Run the simulator over the mutated copy in a subprocess; returns the worker's report."""
     with tempfile.TemporaryDirectory(prefix=f"raft-mut-{mutation.name}-") as tmp:
         apply(mutation, pathlib.Path(tmp), rev)
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
+        env = worker_env()
         # cwd first on sys.path: `raft` resolves to the mutated copy, `tests` to this checkout.
         argv = [sys.executable, "-m", "tests.raft.mutate", "--worker", "--seeds", str(seeds), "--base", str(base)]
         started = time.monotonic()
@@ -250,7 +255,7 @@ def worker(seeds: int, base: int) -> dict:
 def replay(mutation: Mutation, seed: int, rev: str | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix=f"raft-mut-{mutation.name}-") as tmp:
         apply(mutation, pathlib.Path(tmp), rev)
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
+        env = worker_env()
         return subprocess.run([sys.executable, "-m", "tests.raft.sim", str(seed), "--trace"], cwd=tmp, env=env).returncode
 
 
