@@ -10,9 +10,12 @@ slightly skewed clocks, restart from disk, get a WAL or snapshot bit flipped whi
 membership and transfer leadership.
 
 Besides uniform random faults, targeted schedules go after the classic bugs: a leader that
-replicates to a minority and then crashes (divergent uncommitted suffixes), leaders that die or
-are cut off right after winning (elections in quick succession, Figure 8), several nodes
-campaigning at once (split votes in one term), storms of long-delayed messages. Which fault
+replicates to a minority and then crashes (divergent uncommitted suffixes), then Figure 8 step
+by step (the next leader cut off as it wins, the one after at its first commit), leaders that
+die or are cut off right after winning (elections in quick succession), a voter that dies in
+the fsync of its vote while a second candidate of the same term asks it, several nodes
+campaigning at once (split votes in one term), storms of long-delayed messages, transports
+reporting a dead peer (RaftCore.peer_down), sometimes wrongly. Which fault
 kinds a run uses, and how often, is drawn per seed (swarm testing); during the run a small
 search favours the fault kinds that lately led to protocol states not seen before in this run
 (term changes by cause, truncations by depth, leaders holding uncommitted older-term entries,
