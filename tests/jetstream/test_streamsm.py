@@ -528,6 +528,10 @@ def test_restore_of_an_older_snapshot_is_ignored():
     before = g.reps[0].fingerprint()
     assert g.reps[0].restore(old) is None
     assert g.reps[0].fingerprint() == before
+    # Raft now keeps that older snapshot: the wiring is asked for a fresh one.
+    assert g.reps[0].snapshot_wanted
+    g.reps[0].snapshot()
+    assert not g.reps[0].snapshot_wanted
 
 
 def test_catchup_chunk_is_consistent_with_its_summary():

@@ -18,7 +18,7 @@ whole-cluster power loss that keeps only fsynced data.
 Invariants: the outcome of every entry is the same on every replica that applies it as on a
 fault-free reference; after the run every replica equals the reference (messages, sequences,
 timestamps, deleted, duplicate window, config), so no acknowledged message is lost.
-Replay a failing seed: SEED=<n> python3 -m pytest tests/jetstream/test_streamsm_sim.py
+A failure names its seed and the one-line command that replays it.
 """
 
 from __future__ import annotations
@@ -132,8 +132,8 @@ class Replica:
 
 
 class Sim:
-    def __init__(self, seed: int, kind: str, root: str) -> None:
-        self.seed, self.kind, self.root = seed, kind, root
+    def __init__(self, seed: int, kind: str, root: str, steps: int = STEPS) -> None:
+        self.seed, self.kind, self.root, self.steps = seed, kind, root, steps
         self.rng = rng = random.Random(seed)
         # FileStore replicas hold removals until sync (as R3 should run); memory ones model
         # both that and a store that lets removals reach the disk at any time.
@@ -171,7 +171,8 @@ class Sim:
         return CrashStore(self.hold)
 
     def fail(self, what: str) -> None:
-        pytest.fail(f"seed {self.seed} ({self.kind}): {what}; replay with SEED={self.seed}")
+        pytest.fail(f"seed {self.seed} ({self.kind}, {self.steps} steps): {what}; replay: PYTHONPATH=. python3 -c "
+                    f"'from tests.jetstream.test_streamsm_sim import run; run({self.seed}, \"{self.kind}\", {self.steps})'")
 
     # -- the log -------------------------------------------------------------------------------
     def commit(self, op) -> None:
@@ -307,6 +308,9 @@ class Sim:
             rep.sm.apply_catchup(chunk)
         except AssertionError as exc:
             self.fail(f"replica {rep.i} catch-up from {server.i}: {exc}")
+        self.snapshot_if_wanted(rep)
+
+    def snapshot_if_wanted(self, rep: Replica) -> None:
         if rep.sm.snapshot_wanted:
             rep.dirty = True  # its store is durable past its snapshot until the next one
             if self.rng.random() < 0.9:  # the wiring snapshots at once (mostly before a crash)
@@ -325,6 +329,7 @@ class Sim:
         rep.sm.restore(lead.snap[1])
         rep.snap = lead.snap
         rep.applied = lead.snap[0]
+        self.snapshot_if_wanted(rep)
 
     def step(self) -> None:
         r = self.rng
@@ -407,7 +412,7 @@ class Sim:
 def run(seed: int, kind: str, steps: int = STEPS) -> dict:
     root = tempfile.mkdtemp(prefix=f"streamsm-sim-{seed}-")
     try:
-        sim = Sim(seed, kind, root)
+        sim = Sim(seed, kind, root, steps)
         try:
             for _ in range(steps):
                 sim.step()
@@ -423,18 +428,12 @@ def run(seed: int, kind: str, steps: int = STEPS) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _seeds(n: int) -> list[int]:
-    if os.environ.get("SEED"):
-        return [int(os.environ["SEED"])]
-    return list(range(n))
-
-
-@pytest.mark.parametrize("seed", _seeds(100))
+@pytest.mark.parametrize("seed", range(100))
 def test_sim_memory(seed):
     run(seed, "memory")
 
 
-@pytest.mark.parametrize("seed", _seeds(20))
+@pytest.mark.parametrize("seed", range(20))
 def test_sim_file(seed):
     run(seed, "file")
 

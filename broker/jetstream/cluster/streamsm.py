@@ -188,8 +188,9 @@ class StreamSM:
         self._target: Summary | None = None  # what a catch-up converges to
         self._deferred: list[tuple[int, bytes]] = []  # entries handed over while catching up
         self._started = False
-        # A finished catch-up made the store durable past the last snapshot (truncate_after
-        # syncs): snapshot soon, or a crash before the next one needs another catch-up.
+        # The store may be durable past Raft's snapshot (a finished catch-up synced it, or Raft
+        # took a leader's snapshot older than this state): snapshot soon, or a crash before
+        # the next one needs a catch-up from a peer.
         self.snapshot_wanted = False
 
     @property
@@ -272,7 +273,11 @@ class StreamSM:
         except msgspec.DecodeError as exc:
             raise CorruptEntry(f"undecodable stream snapshot: {exc}") from None
         if self._started and s.index <= self.applied_index:
-            return None  # this replica is already there (or converging past it)
+            # This replica is already there or past it (a catch-up went further). Raft now
+            # keeps this older snapshot while the store may be durable beyond it: snapshot soon.
+            if s.index < self.applied_index:
+                self.snapshot_wanted = True
+            return None
         self._started = True
         st = self.store.state()
         if st.last_seq > s.last_seq or (st.last_seq == s.last_seq and st.last_ts != s.last_ts):
