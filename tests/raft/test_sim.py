@@ -57,17 +57,6 @@ else:
         assert all(v > 0 for v in totals.values()), totals
 
 
-# Seeds on which the simulator found a bug in raft/, each kept as a regression test (the bug is
-# named next to it). They pin this version of the simulator; a change to the simulator's choices
-# moves them, so the bug also has a scripted test in test_core.py where one could be written.
-REGRESSION_SEEDS: dict[int, str] = {}
-
-
-@pytest.mark.parametrize("seed", sorted(REGRESSION_SEEDS))
-def test_regression_seed(seed):
-    run_checked(seed)
-
-
 def test_a_seed_replays_exactly():
     a = run_seed(12345)
     b = run_seed(12345)
