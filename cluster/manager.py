@@ -372,6 +372,7 @@ class ClusterManager:
         route.route_url = self._route_url_of(route, info)
         route.registered = True
         route.parser.on_msg = self.host.deliver_routed
+        route.parser.on_op = partial(self._route_op, route)
         route.parser.on_run = getattr(self.host, "deliver_routed_run", None)
         self.routes[rid] = route
         now = trio.current_time()
@@ -427,7 +428,6 @@ class ClusterManager:
 
     async def _read_loop(self, route: Route, backlog: collections.deque) -> None:
         host = self.host
-        Msg, RSub, RUnsub = proto.Msg, proto.RSub, proto.RUnsub
         while True:
             if backlog:
                 ops = list(backlog)
@@ -436,20 +436,25 @@ class ClusterManager:
                 ops = await route.read_ops()
             if not route.registered:
                 return  # replaced by a duplicate: its interest must not come back
-            for op in ops:
-                cls = op.__class__
-                if cls is Msg:  # only before registration; afterwards the parser calls the host
+            for op in ops:  # before registration; afterwards the parser hands them over in order
+                if op.__class__ is proto.Msg:
                     if op.account == proto.ACCOUNT:
                         host.deliver_routed(op.subject, op.reply, op.hdr, op.payload, op.queues)
-                elif cls is RSub:
-                    if op.account == proto.ACCOUNT:
-                        route.subs[(op.subject, op.queue)] = op.weight
-                        host.add_route_sub(route, op.subject, op.queue, op.weight)
-                elif cls is RUnsub:
-                    if op.account == proto.ACCOUNT and route.subs.pop((op.subject, op.queue), None) is not None:
-                        host.remove_route_sub(route, op.subject, op.queue)
                 else:
-                    self._control_op(route, op)
+                    self._route_op(route, op)
+
+    def _route_op(self, route: Route, op) -> None:
+        """One non-message operation of a registered route, in its place among the messages."""
+        cls = op.__class__
+        if cls is proto.RSub:
+            if op.account == proto.ACCOUNT and route.registered:
+                route.subs[(op.subject, op.queue)] = op.weight
+                self.host.add_route_sub(route, op.subject, op.queue, op.weight)
+        elif cls is proto.RUnsub:
+            if op.account == proto.ACCOUNT and route.subs.pop((op.subject, op.queue), None) is not None:
+                self.host.remove_route_sub(route, op.subject, op.queue)
+        else:
+            self._control_op(route, op)
 
     def _control_op(self, route: Route, op) -> None:
         if op is proto.PING:

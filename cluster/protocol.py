@@ -150,6 +150,7 @@ class RouteParser:
     no headers) goes to `on_run(subject, reply, bodies, n, size)` in one call: bodies
     is the run split at that line, [b"", payload_1 CRLF, ..., payload_n CRLF], so
     line.join(bodies) is the same frames under another line.
+    `on_op`, when set, takes every other operation in order as it is parsed.
     `msgs`/`bytes` count routed messages and their header+payload bytes.
     """
 
@@ -159,6 +160,7 @@ class RouteParser:
         payload_max_bytes: int = PAYLOAD_MAX_BYTES,
         on_msg=None,
         on_run=None,
+        on_op=None,
     ) -> None:
         self._chunks: list[bytes] = []
         self._have = 0  # bytes held in _chunks
@@ -166,6 +168,10 @@ class RouteParser:
         self._payload_max = payload_max_bytes
         self.on_msg = on_msg
         self.on_run = on_run
+        # Every other operation (RS+, RS-, PING, INFO...) goes to on_op(op) as it is parsed,
+        # when set: interest then changes exactly where it stood among the messages (a reply
+        # that follows an RS+ for its subject must find that interest).
+        self.on_op = on_op
         self.msgs = 0
         self.bytes = 0
         self._subjects: dict[bytes, str] = {}
@@ -244,7 +250,10 @@ class RouteParser:
                 line = line[:-1]
             op = self._control(line)
             if op is not None:
-                ops.append(op)
+                if self.on_op is not None:
+                    self.on_op(op)
+                else:
+                    ops.append(op)
         return pos
 
     def _payload(self, buf: bytes, pos: int, ops: list) -> int:

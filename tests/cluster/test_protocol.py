@@ -228,3 +228,23 @@ def test_run_with_a_broken_frame_is_an_error():
         parser.feed(good * 3 + bad)
         parser.feed(b"")
     assert len(got) == 3
+
+
+def test_interest_changes_and_messages_reach_the_host_in_wire_order():
+    """With the hot-path callbacks set, an RS+ is handed over before the RMSG after it: a
+    reply published to that subject while the RMSG is delivered must find the interest."""
+    seen = []
+
+    def on_op(op):
+        seen.append(("ping",) if op is p.PING else ("op", type(op).__name__, op.subject))
+
+    parser = p.RouteParser(on_msg=lambda s, r, h, b, q: seen.append(("msg", s, r, q)), on_op=on_op)
+    data = (b"RS+ $G _INBOX.a\r\nRMSG $G req _INBOX.a 1\r\nx\r\nRS- $G _INBOX.a\r\nPING\r\n"
+            b"RMSG $G req 1\r\ny\r\nRMSG $G req 1\r\nz\r\nRS+ $G q.b grp 1\r\nRMSG $G q.b + _INBOX.c grp 1\r\nw\r\n")
+    want = [("op", "RSub", "_INBOX.a"), ("msg", "req", "_INBOX.a", None), ("op", "RUnsub", "_INBOX.a"), ("ping",),
+            ("msg", "req", "", None), ("msg", "req", "", None), ("op", "RSub", "q.b"),
+            ("msg", "q.b", "_INBOX.c", ["grp"])]
+    for cut in range(len(data) + 1):  # any split gives the same order
+        seen.clear()
+        assert parser.feed(data[:cut]) == [] and parser.feed(data[cut:]) == []
+        assert seen == want, (cut, seen)

@@ -88,6 +88,7 @@ def test_peer_ids_are_stable_and_distinct():
     assert m.raft_id("n1") == m.raft_id("n1") > 0
     assert len({m.raft_id(f"n{i}") for i in range(100)}) == 100
     assert len(m.peer_hash("n1")) == 8 and m.peer_hash("n1") != m.peer_hash("n2")
+    assert m.peer_hash("n1") == "fjFyEjc1"  # nats-server's getHash("n1") (tests/jscluster checks its /jsz)
 
 
 @pytest.mark.parametrize("subject,expected", [

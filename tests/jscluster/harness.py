@@ -46,7 +46,7 @@ import pytest
 from tests.conftest import ServerProc, free_port, nats_server_binary
 
 # Flip to True when clustered JetStream lands in our server: every `ours` test runs.
-OURS_READY = False
+OURS_READY = True
 OURS_SKIP_REASON = "clustered JetStream not built yet"
 
 CLUSTER_NAME = "jsc"
@@ -151,7 +151,9 @@ class JSCluster:
         head = [sys.executable, "-m", "broker"] if kind == "ours" else [nats_server_binary()]
         self.system_account = system_account
         conf: list[str] = []
-        if system_account:
+        # our server has no accounts: every client may ask what nats-server keeps for the
+        # system account, so its "system account" cluster is the plain one
+        if system_account and kind != "ours":
             path = self.workdir / "accounts.conf"
             path.write_text(SYS_ACCOUNT_CONF)
             conf = ["-c", str(path)]
@@ -323,7 +325,7 @@ class JSCluster:
         import nats
         opts = dict(servers=[self.nodes[name].url], allow_reconnect=False, connect_timeout=5,
                     dont_randomize=True)
-        if system:
+        if system and self.kind != "ours":  # ours: no accounts, any client is the system's
             opts.update(user=SYS_USER, password=SYS_PASS)
         opts.update(kw)
         return await nats.connect(**opts)

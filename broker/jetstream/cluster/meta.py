@@ -13,7 +13,6 @@ Pure: no trio, no sockets, no files.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from typing import Union
 
@@ -24,10 +23,13 @@ from broker.jetstream.api import StreamConfig
 META_GROUP = "_meta_"
 
 
+_HASH_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
 def peer_hash(server_name: str) -> str:
-    """nats-server's 8-character peer id of a server name (base64url of its SHA-256)."""
-    digest = hashlib.sha256(server_name.encode()).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")[:8]
+    """nats-server's 8-character peer id of a server name: the first 8 bytes of its SHA-256,
+    each mapped onto 62 digits."""
+    return "".join(_HASH_DIGITS[b % 62] for b in hashlib.sha256(server_name.encode()).digest()[:8])
 
 
 def raft_id(server_name: str) -> int:

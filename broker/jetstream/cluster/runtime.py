@@ -59,6 +59,14 @@ META_OPS = {"STREAM.CREATE", "STREAM.UPDATE", "STREAM.DELETE", "STREAM.NAMES", "
 _gather_decoder = msgspec.json.Decoder()
 
 
+class _Placement(msgspec.Struct):
+    preferred: str = ""
+
+
+class StepdownRequest(msgspec.Struct):
+    placement: _Placement | None = None
+
+
 class NodeReport(msgspec.Struct):
     """One node's answer to a `$JSC.SI` gather: its streams and what they use."""
     streams: list[api.StreamListItem]
@@ -119,6 +127,7 @@ class JetStreamCluster:
         self.quarantined = False
         self.caught_up = False
         self.leader_since_ns = 0
+        self.snapshot_ns = 0  # when the meta state was last snapshotted (0: never, this run)
         self._actions: collections.deque = collections.deque()
         self._actions_wake = trio.Event()
         self._waiting: list[tuple[float, str, str, bytes | None, bytes]] = []  # meta requests, no leader
@@ -310,6 +319,7 @@ class JetStreamCluster:
         return None
 
     def snapshot(self) -> bytes:
+        self.snapshot_ns = time.time_ns()
         return self.meta.snapshot()
 
     def restore(self, data: bytes) -> None:
@@ -473,7 +483,7 @@ class JetStreamCluster:
                 js.count_api(False)
                 js.reply_json(reply, resp)
             elif op == "META.LEADER.STEPDOWN":
-                self._stepdown(reply)
+                self._stepdown(reply, payload)
         except errors.JSError as e:
             js.count_api(e.counts_as_error)
             js.reply_json(reply, error_response(op, e))
@@ -536,7 +546,20 @@ class JetStreamCluster:
 
         self.group.propose_nowait(m.encode_op(op), done)
 
-    def _stepdown(self, reply: str) -> None:
+    def _stepdown(self, reply: str, payload: bytes) -> None:
+        preferred = None
+        if payload.strip():
+            try:
+                req = msgspec.json.decode(payload, type=StepdownRequest)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                raise errors.invalid_json(str(e)) from None
+            want = req.placement.preferred if req.placement is not None else ""
+            if want:
+                rid = m.raft_id(want)
+                if rid not in self.group.voters:
+                    raise errors.JSError(400, 10005, f'preferred server "{want}" not known')
+                preferred = rid
+
         def done(index, result, error) -> None:
             if error is None:
                 self.js.count_api(False)
@@ -547,7 +570,7 @@ class JetStreamCluster:
                     "META.LEADER.STEPDOWN", errors.JSError(400, 10040, "peer not a member")
                     if isinstance(error, ProposalRejected) else unavailable()))
 
-        self.group.step_down(None, done)
+        self.group.step_down(preferred, done)
 
     def _matching(self, subject_filter: str) -> list[m.StreamAssignment]:
         from broker import subjects as subj
@@ -659,8 +682,8 @@ class JetStreamCluster:
         voters = list(g.voters) if g is not None else []
         progress = g.progress() if g is not None and g.is_leader else {}
         replicas = []
-        for rid in voters:
-            if g is not None and rid == g.leader_id:
+        for rid in voters:  # every other member, the leader included, as nats-server lists them
+            if rid == self.my_id:
                 continue
             name = self.name_of(rid)
             p = progress.get(rid)
@@ -669,14 +692,21 @@ class JetStreamCluster:
                 replicas.append({"name": name, "current": p.current, "offline": p.offline or None,
                                  "active": int((heard or 0) * 1e9), "lag": p.lag or None, "peer": m.peer_hash(name)})
             else:
-                up = name == self.me or name in self.online
-                replicas.append({"name": name, "current": up and self.caught_up, "offline": (not up) or None,
+                up = name in self.online
+                current = up and (name == leader or self.caught_up)
+                replicas.append({"name": name, "current": current, "offline": (not up) or None,
                                  "active": 0, "peer": m.peer_hash(name)})
         if replicas:
             out["replicas"] = [{k: v for k, v in r.items() if v is not None} for r in replicas]
         out["cluster_size"] = len(voters)
         out["quorum_needed"] = len(voters) // 2 + 1
         out["pending"] = 0
+        out["pending_requests"] = len(self._waiting)
+        out["pending_infos"] = len({id(e) for e in self._gathers.values()})
+        snap_index = g.core.log.snapshot.index if g is not None else 0
+        out["snapshot"] = {"pending_entries": (g.applied_index - snap_index) if g is not None else 0,
+                           "pending_size": g.applied_bytes if g is not None else 0,
+                           "last_time": api.rfc3339(self.snapshot_ns)}
         return out
 
 
