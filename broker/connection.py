@@ -26,6 +26,8 @@ from broker.sublist import Subscription
 log = logging.getLogger("broker")
 
 READ_CHUNK_BYTES = 65536
+READ_CHUNK_MAX = 262144  # reads that fill the buffer double it up to this: a long read is a
+#                          long run, so bulk traffic costs fewer wakeups and writes per message
 FIRST_PING_S = 2.0
 
 _PONG = b"PONG\r\n"
@@ -131,12 +133,18 @@ class ClientConn:
 
     async def _reader(self) -> None:
         receive = self.stream.receive_some
+        size = READ_CHUNK_BYTES
         while not self._closing:
-            data = await receive(READ_CHUNK_BYTES)
+            data = await receive(size)
             if not data:
                 self.close_reason = self.close_reason or "Client Closed"
                 self._cancel.cancel()
                 return
+            if len(data) == size:
+                if size < READ_CHUNK_MAX:
+                    size *= 2
+            elif size > READ_CHUNK_BYTES and len(data) < size // 4:
+                size //= 2
             self.last_activity = time.time()
             ops = self.parser.feed(data)
             if ops:
