@@ -132,10 +132,32 @@ class ClientConn:
                     await self.stream.aclose()
 
     async def _reader(self) -> None:
-        receive = self.stream.receive_some
+        """Plain TCP reads the socket directly and waits only when nothing is there; a read
+        right after a wait is handled at once, without the extra scheduling pass trio's
+        SocketStream makes after every read (a request is answered one run-loop pass
+        sooner), and a read that did not wait yields first, so a busy connection never
+        starves the others. TLS goes through the SSLStream."""
+        fd = self._fd
+        receive = self.stream.receive_some if fd < 0 else None
+        wait_readable = trio.lowlevel.wait_readable
+        checkpoint = trio.lowlevel.checkpoint
+        waited = True
         size = READ_CHUNK_BYTES
         while not self._closing:
-            data = await receive(size)
+            if receive is not None:
+                data = await receive(size)
+            else:
+                try:
+                    data = os.read(fd, size)
+                except BlockingIOError:
+                    await wait_readable(fd)
+                    waited = True
+                    continue
+                except OSError as e:
+                    raise trio.BrokenResourceError(f"socket read failed: {e}") from e
+                if not waited:
+                    await checkpoint()
+                waited = False
             if not data:
                 self.close_reason = self.close_reason or "Client Closed"
                 self._cancel.cancel()
