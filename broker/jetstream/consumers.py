@@ -522,6 +522,9 @@ class ConsumerManager:
             self.reply(reply, capi.error_body(op, ex))
             return
         self.js.count_api(False)
+        if op in ("CREATE", "DURABLE.CREATE") and self.js.cluster is not None:
+            self.js.cluster.consumer_created(obj, reply)  # answered once its assignment applied
+            return
         self.reply(reply, obj)
 
     def _next(self, tokens: list[str], reply: str, payload: bytes) -> None:

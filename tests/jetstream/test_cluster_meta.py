@@ -123,3 +123,36 @@ def test_restore_after_streams_moved_remade_or_updated_while_away():
     acts = [(a.kind, a.stream.name, a.stream.created) for a in away.restore(leader.snapshot())]
     assert acts == [("remove", "MOVED", 1), ("remove", "REMADE", 1), ("create", "REMADE", 6),
                     ("update", "UPDATED", 1)]
+
+
+def _ca(stream: str, name: str, host: str, created: int = 10) -> m.ConsumerAssignment:
+    return m.ConsumerAssignment(stream, name, b'{"durable_name":"%s"}' % name.encode(), created, host)
+
+
+def test_consumer_assignments_follow_their_stream_and_answer_only_on_the_host():
+    states = {n: m.MetaState(n) for n in ("n1", "n2")}
+    acts = {n: [] for n in states}
+    ops = [m.AssignStream(_sa("A", "n1")), m.AssignStream(_sa("B", "n2")),
+           m.AssignConsumer(_ca("A", "c1", "n1"), reply="_INBOX.c1"),
+           m.AssignConsumer(_ca("A", "c2", "n1")),
+           m.AssignConsumer(_ca("B", "x", "n1")),  # stale: B lives on n2, not n1
+           m.AssignConsumer(_ca("NOPE", "y", "n1")),  # no such stream
+           m.RemoveConsumer("A", "c2", created=9),  # an older c2: the current one stays
+           m.RemoveConsumer("A", "c1", created=10),
+           m.AssignConsumer(_ca("B", "z", "n2"))]
+    for op in ops:
+        for n, st in states.items():
+            acts[n] += [(a.kind, a.consumer.name if a.consumer else a.stream.name, a.reply)
+                        for a in st.apply(m.encode_op(op))]
+    assert acts["n1"] == [("create", "A", ""), ("consumer", "c1", "_INBOX.c1"), ("consumer", "c2", "")]
+    assert acts["n2"] == [("create", "B", ""), ("consumer", "z", "")]
+    st = states["n1"]
+    assert {s: sorted(named) for s, named in st.consumers.items()} == {"A": ["c2"], "B": ["z"]}
+    other = m.MetaState("n3")
+    other.restore(st.snapshot())
+    assert other.consumers == st.consumers and other.snapshot() == st.snapshot()
+    # a stream removed or made anew takes its consumers along
+    st.apply(m.encode_op(m.RemoveStream("B")))
+    st.apply(m.encode_op(m.RemoveStream("A")))
+    st.apply(m.encode_op(m.AssignStream(_sa("A", "n1", created=2))))
+    assert st.consumers == {}

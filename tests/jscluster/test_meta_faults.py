@@ -149,3 +149,42 @@ def test_lame_duck_meta_leader_hands_leadership_over_before_leaving(tmp_path):
         assert jsc.node(leader).alive  # still in its grace period: it handed over, it did not die
         assert "lame duck, handing the meta leadership over" in jsc.log(leader)
         assert new in others
+
+
+def test_consumer_assignments_are_meta_entries_on_every_node(tmp_path):
+    """A consumer create is answered once its assignment is in the meta log: account INFO,
+    which every node answers from the assignments, counts it at once; a deleted or expired
+    consumer leaves the assignments too."""
+    with JSCluster("ours", tmp_path) as jsc:
+        async def main():
+            c = await jsc.connect_all()
+            try:
+                for i in range(3):
+                    assert "error" not in await api_retry(c["n1"], f"$JS.API.STREAM.CREATE.C{i}", stream_config(f"C{i}"))
+                for i in range(3):  # durables through a different node each time
+                    via = jsc.names()[i]
+                    resp = await api(c[via], f"$JS.API.CONSUMER.DURABLE.CREATE.C{i}.d{i}",
+                                     {"stream_name": f"C{i}", "config": {"durable_name": f"d{i}", "ack_policy": "explicit"}})
+                    assert resp["name"] == f"d{i}", resp
+                    for n in jsc.names():
+                        info = await api(c[n], "$JS.API.INFO")
+                        assert info["consumers"] == i + 1, (n, info)
+                await api(c["n2"], "$JS.API.CONSUMER.DELETE.C0.d0")
+                for n in jsc.names():
+                    await asyncio.to_thread(wait_for, lambda: run_info(jsc, n)["consumers"] == 2,
+                                            f"the deleted consumer gone from the assignments ({n})")
+            finally:
+                for nc in c.values():
+                    await nc.close()
+
+        run(main())
+
+
+def run_info(jsc, node: str) -> dict:
+    async def ask():
+        nc = await jsc.connect(node)
+        try:
+            return await api(nc, "$JS.API.INFO")
+        finally:
+            await nc.close()
+    return asyncio.run(ask())

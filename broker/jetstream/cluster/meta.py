@@ -1,9 +1,9 @@
-"""The meta state machine: which streams exist in the cluster and where they live.
+"""The meta state machine: which streams and consumers exist in the cluster, where they live.
 
 How this works. Every JetStream node is a member of one Raft group, `_meta_`. Its log holds
 assignments: a stream's config, the server names of its peers and its creation time; updates
-and removals of those; and the names behind Raft peer ids (so an offline peer can still be
-shown by name). `MetaState.apply` is deterministic and never looks at the clock or the disk:
+and removals of those; each consumer with its config, creation time and host; and the names
+behind Raft peer ids (so an offline peer can still be shown by name). `MetaState.apply` is deterministic and never looks at the clock or the disk:
 every node that applies the same entries holds the same assignments. What a node must *do*
 about an entry (create its local copy of a stream placed on it, answer the client that asked)
 is returned as an `Action` for the caller to carry out, in order, outside the state machine.
@@ -44,6 +44,14 @@ class StreamAssignment(msgspec.Struct, frozen=True):
     created: int  # ns, the meta leader's clock when it proposed the stream
 
 
+class ConsumerAssignment(msgspec.Struct, frozen=True):
+    stream: str
+    name: str
+    config: bytes  # the consumer's config as JSON, as its host made it
+    created: int  # ns, the host's clock when it made the consumer
+    host: str  # the server holding the consumer (its stream's server)
+
+
 class AssignStream(msgspec.Struct, tag="assign_stream"):
     stream: StreamAssignment
     reply: str = ""  # the client's reply subject: the host answers it once it has the stream
@@ -65,7 +73,20 @@ class PeerNames(msgspec.Struct, tag="peer_names"):
     names: list[str]
 
 
-MetaOp = Union[AssignStream, UpdateStream, RemoveStream, PeerNames]
+class AssignConsumer(msgspec.Struct, tag="assign_consumer"):
+    """Proposed for the consumer's host (which made it and checked its config): the host
+    answers the create once this applied."""
+    consumer: ConsumerAssignment
+    reply: str = ""
+
+
+class RemoveConsumer(msgspec.Struct, tag="remove_consumer"):
+    stream: str
+    name: str
+    created: int  # only the consumer made at that time goes (a newer one of the name stays)
+
+
+MetaOp = Union[AssignStream, UpdateStream, RemoveStream, PeerNames, AssignConsumer, RemoveConsumer]
 
 _encoder = msgspec.msgpack.Encoder()
 _op_decoder = msgspec.msgpack.Decoder(MetaOp)
@@ -74,6 +95,7 @@ _op_decoder = msgspec.msgpack.Decoder(MetaOp)
 class _Snapshot(msgspec.Struct):
     streams: list[StreamAssignment]
     peers: list[str]
+    consumers: list[ConsumerAssignment] = []
 
 
 _snap_decoder = msgspec.msgpack.Decoder(_Snapshot)
@@ -86,10 +108,12 @@ def encode_op(op: MetaOp) -> bytes:
 class Action(msgspec.Struct, frozen=True):
     """What the node carries out after an entry applied: kind is 'create', 'update' or
     'remove' for a stream placed on this node, 'removed' when a stream elsewhere is gone,
-    'conflict' for the proposer of a create that lost to another one of the same name."""
+    'conflict' for the proposer of a create that lost to another one of the same name,
+    'consumer' for the host of a consumer whose assignment applied."""
     kind: str
     stream: StreamAssignment
     reply: str = ""
+    consumer: ConsumerAssignment | None = None  # kind 'consumer': its assignment applied
 
 
 class MetaState:
@@ -97,6 +121,7 @@ class MetaState:
         self.me = me
         self.streams: dict[str, StreamAssignment] = {}
         self.peer_names: dict[int, str] = {}  # raft id -> server name
+        self.consumers: dict[str, dict[str, ConsumerAssignment]] = {}  # stream -> name -> assignment
 
     # ---- queries ----
     def hosted_here(self, name: str) -> bool:
@@ -128,6 +153,7 @@ class MetaState:
                 # first yet (two proposals in flight): the first stands, the proposer refuses
                 return [Action("conflict", old, op.reply)] if self.me == op.origin else []
             self.streams[sa.name] = sa
+            self.consumers.pop(sa.name, None)
             return [Action("create", sa, op.reply)] if self.me in sa.peers else []
         if isinstance(op, UpdateStream):
             old = self.streams.get(op.name)
@@ -138,17 +164,34 @@ class MetaState:
             return [Action("update", sa, op.reply)] if self.me in sa.peers else []
         if isinstance(op, RemoveStream):
             old = self.streams.pop(op.name, None)
+            self.consumers.pop(op.name, None)
             if old is None:
                 return []
             return [Action("remove" if self.me in old.peers else "removed", old, op.reply)]
+        if isinstance(op, AssignConsumer):
+            ca = op.consumer
+            sa = self.streams.get(ca.stream)
+            if sa is None or not sa.peers or sa.peers[0] != ca.host:
+                return []  # its stream is gone or lives elsewhere now: a stale report
+            self.consumers.setdefault(ca.stream, {})[ca.name] = ca
+            return [Action("consumer", sa, op.reply, ca)] if self.me == ca.host else []
+        if isinstance(op, RemoveConsumer):
+            named = self.consumers.get(op.stream, {})
+            ca = named.get(op.name)
+            if ca is not None and ca.created == op.created:
+                del named[op.name]
+                if not named:
+                    del self.consumers[op.stream]
+            return []
         assert isinstance(op, PeerNames)
         for name in op.names:
             self.peer_names[raft_id(name)] = name
         return []
 
     def snapshot(self) -> bytes:
+        consumers = [ca for _, named in sorted(self.consumers.items()) for _, ca in sorted(named.items())]
         return _encoder.encode(_Snapshot(sorted(self.streams.values(), key=lambda s: s.name),
-                                         sorted(self.peer_names.values())))
+                                         sorted(self.peer_names.values()), consumers))
 
     def restore(self, data: bytes) -> list[Action]:
         """Replace the state by a snapshot; returns what this node must now do so its local
@@ -158,6 +201,9 @@ class MetaState:
         before = self.streams
         self.streams = {sa.name: sa for sa in snap.streams}
         self.peer_names = {raft_id(n): n for n in snap.peers}
+        self.consumers = {}
+        for ca in snap.consumers:
+            self.consumers.setdefault(ca.stream, {})[ca.name] = ca
         removes, makes = [], []
         for name, old in before.items():
             new = self.streams.get(name)

@@ -51,6 +51,9 @@ BOOTSTRAP_ALONE_S = 5.0  # routes up but no JetStream peer this long: the group 
 NO_LEADER_WAIT_S = 1.0
 BOOTSTRAP_FILE = "bootstrap.json"
 GATHER_TIMEOUT_S = 1.5
+CONSUMER_REPLY_WAIT_S = 2.0  # a consumer create is answered once its assignment applied, or after this
+CONSUMER_SYNC_S = 1.0  # how often a host compares its consumers with their assignments
+META_PROPOSE = "$JSC.MP"  # consumer assignments a host asks the meta leader to propose
 HOUSEKEEPING_S = 0.25
 
 META_OPS = {"STREAM.CREATE", "STREAM.UPDATE", "STREAM.DELETE", "STREAM.NAMES", "STREAM.LIST", "INFO",
@@ -136,6 +139,10 @@ class JetStreamCluster:
         self._nursery: trio.Nursery | None = None
         self._subs: list = []
         self._rng = random.Random()
+        # consumer creates waiting for their assignment: (stream, name, created) -> (reply, body, deadline)
+        self._consumer_replies: dict[tuple[str, str, int], tuple[str, bytes, float]] = {}
+        self._consumer_sent: dict[tuple, float] = {}  # what was last asked of the leader, when
+        self._consumer_sync_at = 0.0
 
     # ---- lifecycle ----
     @property
@@ -149,6 +156,7 @@ class JetStreamCluster:
             self._subs.append(sub(f"$NRG.*.{self.my_id}", self._on_nrg, cluster_wide=True))
             self._subs.append(sub(f"$JSC.SI.{self.my_id}", self._on_gather_request, cluster_wide=True))
             self._subs.append(sub(f"$JSC.R.{self.my_id}.*", self._on_gather_reply, cluster_wide=True))
+            self._subs.append(sub(META_PROPOSE, self._on_forwarded_proposal, cluster_wide=True))
             await nursery.start(self.host.run)
             task_status.started()
             nursery.start_soon(self._actions_loop)
@@ -296,6 +304,7 @@ class JetStreamCluster:
                 if unnamed and not self._conf_pending:
                     g.propose_nowait(m.encode_op(m.PeerNames(sorted(unnamed))), _log_failure)
             self._serve_waiting()
+            self._sync_consumers()
             if not self.caught_up and g.leader_id is not None and g.commit_index > 0 \
                     and g.applied_index >= g.commit_index:
                 self.caught_up = True
@@ -308,6 +317,86 @@ class JetStreamCluster:
         self._conf_pending = False
         if error is not None:
             log.info("JetStream cluster: meta membership change failed: %s", error)
+
+    # ---- consumer assignments ----
+    def consumer_created(self, info: dict, reply: str) -> None:
+        """A consumer create succeeded on this node (its stream's): the answer goes out once
+        the consumer's assignment applied here (or after CONSUMER_REPLY_WAIT_S regardless)."""
+        from broker.jetstream.consumers import _enc
+
+        e = self.js.consumers.lookup(info["stream_name"], info["name"])
+        body = _enc.encode(info)
+        if e is None:  # gone already (an ephemeral with nothing to keep it): answer as made
+            self.server.publish(reply, "", None, body)
+            return
+        ca = self._consumer_assignment(e)
+        if reply:
+            self._consumer_replies[(ca.stream, ca.name, ca.created)] = (
+                reply, body, time.monotonic() + CONSUMER_REPLY_WAIT_S)
+        self._ask_leader(m.AssignConsumer(ca, reply))
+
+    def _consumer_assignment(self, e) -> m.ConsumerAssignment:
+        from broker.jetstream import consumer_api
+
+        cfg = msgspec.json.encode(consumer_api.config_json(e.c.cfg, False))
+        return m.ConsumerAssignment(e.c.stream_name, e.c.name, cfg, e.c.created_ns, self.me)
+
+    def _ask_leader(self, op) -> None:
+        if self.is_leader:
+            self._propose_forwarded(op)
+        else:
+            self.server.publish(META_PROPOSE, "", None, m.encode_op(op))
+
+    def _on_forwarded_proposal(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        if not self.is_leader:
+            return
+        try:
+            op = m._op_decoder.decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.warning("JetStream cluster: dropped a malformed forwarded proposal: %s", e)
+            return
+        if not isinstance(op, (m.AssignConsumer, m.RemoveConsumer)):
+            log.warning("JetStream cluster: dropped a forwarded %s (only consumer assignments are)",
+                        type(op).__name__)
+            return
+        self._propose_forwarded(op)
+
+    def _propose_forwarded(self, op) -> None:
+        self.group.propose_nowait(m.encode_op(op), _log_failure)
+
+    def _sync_consumers(self) -> None:
+        """Anti-entropy: every consumer of the streams held here has its assignment, and
+        assignments of consumers that are gone (deleted, expired) are removed."""
+        now = time.monotonic()
+        for key, (reply, body, deadline) in list(self._consumer_replies.items()):
+            if now >= deadline:  # no leader to record it: answer anyway, the sync records it later
+                del self._consumer_replies[key]
+                self.server.publish(reply, "", None, body)
+        if now < self._consumer_sync_at or not self.caught_up or self.leader_name is None:
+            return
+        self._consumer_sync_at = now + CONSUMER_SYNC_S
+        for name in list(self.js.streams):
+            if not self.meta.hosted_here(name):
+                continue
+            local = self.js.consumers.by_stream.get(name, {})
+            recorded = self.meta.consumers.get(name, {})
+            for cname, e in list(local.items()):
+                ca = recorded.get(cname)
+                if ca is None or ca.created != e.c.created_ns:
+                    self._ask_once(("assign", name, cname, e.c.created_ns), m.AssignConsumer(
+                        self._consumer_assignment(e)), now)
+            for cname, ca in list(recorded.items()):
+                e = local.get(cname)
+                if e is None or e.c.created_ns != ca.created:
+                    self._ask_once(("remove", name, cname, ca.created), m.RemoveConsumer(name, cname, ca.created), now)
+
+    def _ask_once(self, key: tuple, op, now: float) -> None:
+        if self._consumer_sent.get(key, 0) > now:
+            return
+        if len(self._consumer_sent) > 10_000:
+            self._consumer_sent.clear()
+        self._consumer_sent[key] = now + 2 * CONSUMER_SYNC_S
+        self._ask_leader(op)
 
     # ---- the state machine (called from the Raft loop: never awaits) ----
     def apply(self, entry) -> object:
@@ -364,6 +453,11 @@ class JetStreamCluster:
             if a.reply:
                 js.count_api(False)
                 js.reply_json(a.reply, resp)
+        elif a.kind == "consumer":
+            ca = a.consumer
+            waiting = self._consumer_replies.pop((ca.stream, ca.name, ca.created), None)
+            if waiting is not None:
+                self.server.publish(waiting[0], "", None, waiting[1])
         elif a.kind == "conflict":
             if a.reply:
                 js.count_api(True)
@@ -619,7 +713,7 @@ class JetStreamCluster:
             info.storage += rep.storage
             info.reserved_memory += rep.reserved_memory
             info.reserved_storage += rep.reserved_storage
-            info.consumers += rep.consumers
+        info.consumers = sum(len(named) for named in self.meta.consumers.values())
         return info
 
     # ---- gathering from the hosts ----
