@@ -410,6 +410,27 @@ def test_entries_arriving_during_catch_up_are_held_and_applied_after(storage, tm
     assert again.fingerprint() == g.reps[0].fingerprint()
 
 
+def test_snapshot_taken_while_catching_up_carries_its_held_entries(storage, tmp_path):
+    """Raft compacts a catching-up replica's log under its snapshot (target + held entries);
+    a replica that gets it by InstallSnapshot while already past the target but not past
+    the held entries must apply those."""
+    g = Group(cfg(storage), tmp_path)
+    rng = random.Random(9)
+    t = _workload(g, rng, 20, T0)
+    fresh = g.new_sm(9)
+    fresh.restore(g.reps[0].snapshot())
+    t = _workload(g, rng, 3, t)
+    lagging = g.reps.pop()
+    t = _workload(g, rng, 5, t)
+    g.replay(fresh)
+    assert fresh.catching_up
+    mid = fresh.snapshot()
+    assert len(msgspec.msgpack.decode(mid)["pending"]) == 8
+    assert lagging.restore(mid) is None
+    assert lagging.applied_index == len(g.log)
+    assert lagging.fingerprint() == g.reps[0].fingerprint()
+
+
 def test_catchup_from_an_older_server_state_still_converges(tmp_path):
     g = Group(cfg(), tmp_path)
     rng = random.Random(4)

@@ -178,6 +178,12 @@ def _live_count(s: Summary, upto: int) -> int:
     return n
 
 
+class _Held(msgspec.Struct, frozen=True):
+    """An entry carried in a snapshot (what apply() needs of a raft Entry)."""
+    index: int
+    data: bytes
+
+
 # ---- the state machine ----------------------------------------------------------------------
 class StreamSM:
     def __init__(self, config: StreamConfig, store: Store, created_ns: int) -> None:
@@ -275,9 +281,14 @@ class StreamSM:
         if self._started and s.index <= self.applied_index:
             # This replica is already there or past it (a catch-up went further). Raft now
             # keeps this older snapshot while the store may be durable beyond it: snapshot soon.
+            # Entries the snapshot holds (taken while its replica was catching up) that are
+            # past this state are now covered by it in Raft: apply them here.
             if s.index < self.applied_index:
                 self.snapshot_wanted = True
-            return None
+            for index, data in s.pending:
+                if index > self.applied_index:
+                    self.apply(_Held(index, data))
+            return self.need
         self._started = True
         st = self.store.state()
         if st.last_seq > s.last_seq or (st.last_seq == s.last_seq and st.last_ts != s.last_ts):
