@@ -33,6 +33,14 @@ def test_raft_traffic_for_unknown_groups_or_garbage_is_dropped_and_logged(tmp_pa
                     await nc.publish(f"$NRG._meta_.{rid}", b"not msgpack at all")
                     await nc.publish(f"$NRG._meta_.{rid}", b"")
                 await nc.flush()
+                # replicated streams are refused until they land, as before, on create and update
+                r3 = await api(nc, "$JS.API.STREAM.CREATE.R3", stream_config("R3", num_replicas=3))
+                assert r3["error"] == {"code": 500, "err_code": 10074,
+                                       "description": "replicas > 1 not supported in non-clustered mode"}
+                assert "error" not in await api_retry(nc, "$JS.API.STREAM.CREATE.R1", stream_config("R1"))
+                up = await api(nc, "$JS.API.STREAM.UPDATE.R1", stream_config("R1", num_replicas=3))
+                assert up["error"]["err_code"] == 10074, up
+                await api(nc, "$JS.API.STREAM.DELETE.R1")
                 # the meta group still works from every node
                 for i, name in enumerate(jsc.names()):
                     c = await jsc.connect(name)

@@ -604,8 +604,8 @@ class JetStreamCluster:
         members = len(set(self.group.voters) | set(self.group.learners))
         if cfg.num_replicas > members:
             raise no_placement()
-        if cfg.num_replicas > 1:
-            raise errors.stream_invalid_config("replicated streams (replicas > 1) are not available yet")
+        if cfg.num_replicas > 1:  # until replicated streams land: refused as before
+            raise errors.replicas_not_supported()
         self.js.check_reservation(cfg)
         peers = m.place(cfg.num_replicas, self._members_online(), self.meta.stream_counts(),
                         self._rng.randrange(1 << 30))
@@ -619,8 +619,8 @@ class JetStreamCluster:
         old = existing.config if existing is not None else None
         others = [sa.config for sa in self.meta.streams.values()]
         cfg = streamapi.prepare_update(self.js, name, payload, old, self._lookup, others, clustered=True)
-        if cfg.num_replicas != old.num_replicas:
-            raise errors.stream_invalid_config("replicated streams (replicas > 1) are not available yet")
+        if cfg.num_replicas > 1:
+            raise errors.replicas_not_supported()
         self._propose(m.UpdateStream(name, cfg, reply), "STREAM.UPDATE", reply)
 
     def _delete(self, name: str, reply: str) -> None:
