@@ -19,8 +19,9 @@ from broker.jetstream.api import StreamConfig
 from broker.jetstream.cluster.streamsm import DeleteMsg, Expire, Purge, StreamSM, UpdateConfig, encode_op
 from broker.jetstream.store import MemoryStore
 from broker.jetstream.streamconfig import normalize
-from raft.core import LEADER
+from raft.core import RaftCore
 from raft.messages import NORMAL
+from tests.jetstream.test_streamsm_sim import CrashStore
 from tests.raft.cluster import Cluster
 
 S = 1_000_000_000
@@ -36,7 +37,8 @@ class StreamCluster(Cluster):
                                              max_msgs_per_subject=self.rng.choice([-1, 4]),
                                              max_msgs=self.rng.choice([-1, 30]), duplicate_window=3 * S),
                                 clustered=True)
-        self.sms = {i: StreamSM(self.config, MemoryStore(), T0) for i in self.nodes}
+        self.hold = self.rng.random() < 0.7
+        self.sms = {i: StreamSM(self.config, CrashStore(self.hold), T0) for i in self.nodes}
         for sm in self.sms.values():
             sm.ensure_started()
         self.ref = StreamSM(self.config, MemoryStore(), T0)
@@ -47,7 +49,7 @@ class StreamCluster(Cluster):
         self.acked: list[tuple[int, int]] = []  # (seq, index) acknowledged to a publisher
         self.snap_every = self.rng.choice([5, 12, 40])
         self.clock = T0
-        self.stats = {"installs": 0, "chunks": 0, "dropped_proposals": 0, "leaders": set()}
+        self.stats = {"installs": 0, "chunks": 0, "dropped_proposals": 0, "leaders": set(), "restarts": 0}
 
     def fail(self, what: str) -> None:
         pytest.fail(f"seed {self.seed}: {what}")
@@ -146,8 +148,30 @@ class StreamCluster(Cluster):
                     self.fail(f"node {i} catch-up: {exc}")
                 self.process(i)
 
+    def restart(self, i: int) -> None:
+        """Crash node i (its Raft state is what it persisted: everything, in lock-step; its
+        store loses unsynced writes) and start it again as RaftHost.add_group would."""
+        core, sm = self.nodes[i], self.sms[i]
+        self.process(i)
+        persisted = list(core.log.entries[: core.log.stable - core.log.snapshot.index])
+        self.nodes[i] = RaftCore(core.cfg, random.Random(self.rng.random()), core.persisted_hard_state,
+                                 core.log.snapshot, persisted)
+        store = sm.store.crash(self.rng, self.rng.choice(["prefix", "subset", "none"]))
+        self.sms[i] = sm = StreamSM(self.config, store, T0)
+        if core.log.snapshot.index:
+            sm.restore(core.log.snapshot.data)
+        else:
+            sm.ensure_started()
+        self.stats["restarts"] += 1
+        self.process(i)
+
     def step(self) -> None:
         x = self.rng.random()
+        if x < 0.03:
+            i = self.rng.choice(list(self.nodes))
+            if not any(sm.catching_up for j, sm in self.sms.items() if j != i):
+                self.restart(i)
+            return
         if x < 0.55:
             self.propose()
             self.deliver_all()
@@ -214,12 +238,12 @@ def test_stream_over_raft(seed):
 
 
 def test_stream_over_raft_exercises_leader_changes_and_installs():
-    total = {"installs": 0, "chunks": 0, "dropped_proposals": 0, "leaders": 0}
+    total = {"installs": 0, "chunks": 0, "dropped_proposals": 0, "leaders": 0, "restarts": 0}
     for seed in range(30):
         stats = run(seed)
         for k in total:
             total[k] += len(stats[k]) if k == "leaders" else stats[k]
-    assert total["installs"] > 0 and total["chunks"] > 0 and total["leaders"] > 30, total
+    assert total["installs"] > 0 and total["chunks"] > 0 and total["leaders"] > 30 and total["restarts"] > 0, total
 
 
 @pytest.mark.slow
