@@ -431,6 +431,28 @@ def test_snapshot_taken_while_catching_up_carries_its_held_entries(storage, tmp_
     assert lagging.fingerprint() == g.reps[0].fingerprint()
 
 
+def test_repeated_and_stale_chunks_are_harmless():
+    g = Group(cfg())
+    g.publish([(f"s.{i}", None, bytes([i])) for i in range(12)], T0)
+    fresh = g.new_sm(9)
+    fresh.restore(g.reps[0].snapshot())
+    first = g.reps[0].catchup_chunk(1, 5)
+    fresh.apply_catchup(first)
+    g.commit(DeleteMsg(3))  # the server moves on
+    fresh.apply_catchup(g.reps[0].catchup_chunk(fresh.need.from_seq, 4))
+    fresh.apply_catchup(first)  # delivered again, after seq 3 was removed here
+    catch_up(fresh, g.reps[0])
+    g.replay(fresh)
+    assert fresh.fingerprint() == g.reps[0].fingerprint()
+    forged = g.reps[0].catchup_chunk(1, 2)
+    forged.records[0] = msgspec.structs.replace(forged.records[0], data=b"other")
+    fresh2 = g.new_sm(10)
+    fresh2.restore(g.reps[0].snapshot())
+    fresh2.apply_catchup(g.reps[0].catchup_chunk(1, 3))
+    with pytest.raises(StreamDiverged, match="differs"):
+        fresh2.apply_catchup(forged)
+
+
 def test_catchup_from_an_older_server_state_still_converges(tmp_path):
     g = Group(cfg(), tmp_path)
     rng = random.Random(4)

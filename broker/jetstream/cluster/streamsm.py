@@ -2,45 +2,57 @@
 
 How this works
 - Replicate inputs, not outputs. The stream leader proposes what it was asked to do: raw
-  publishes (`PubBatch`, many per entry), `Expire(ts)` from its timer, `Purge`, `DeleteMsg`,
-  `RemoveAcked` (interest/workqueue removals it decided), `UpdateConfig`. Every replica runs
-  the deterministic `Stream` on apply with the timestamp carried in the entry, so dedupe,
-  expected-sequence checks, limits and discard policies are judged against the same state in
-  log order everywhere and hold across leader changes. `apply` returns the outcome (per
-  message `(seq, duplicate)` or a `MsgError`); the leader acks or refuses each publisher.
-- One batch in flight. The leader proposes a `PubBatch` only when everything before it has
-  applied on the leader (Raft applied == last index), stamping `base_seq` = its last_seq. Apply
-  asserts the stream's last_seq equals it and raises `StreamDiverged` otherwise (a replica that
-  drifts must stop loudly; RaftHost then stops the group with the error set).
-- Idempotent by index. The state machine knows the Raft index its state reflects
-  (`applied_index`); an entry at or below it is a replay of something already in the state and
-  is skipped. Undecodable entry data raises `CorruptEntry`, never skipped.
-- Snapshots are state summaries: `snapshot()` fsyncs the store first (so RaftHost compacts
-  the log only below what the store has made durable) and returns first/last seq, last ts,
-  counts, the deleted ranges, config, created, the duplicate window (msg ids with seq and ts,
-  in order) and the last msg id. TTL timers are rebuilt from stored headers.
-- Restore reconciles the local store with a summary: messages above its last_seq are cut
-  (`store.truncate_after`), messages it says are gone are removed. If the store then holds
-  every message the summary says is live, the summary's in-memory state is installed and the
-  log replays from the summary's index. Otherwise the replica is catching up (`need` says from
-  which sequence): the wiring fetches `catchup_chunk(from_seq, max_msgs)` from an up-to-date
-  replica (the leader) and hands each to `apply_catchup(chunk)` until `need` is None. Each chunk
-  carries the server's *current* summary, so the replica converges to the server's state at
-  the server's index (not the older snapshot's: messages the server removed since then could
-  not be streamed) and skips log entries up to that index. Entries Raft hands over meanwhile
-  are kept and applied after it (RaftHost calls restore and apply in one synchronous pass, so
-  the wiring cannot hold them back); apply returns None for them.
-- Restart: open the store, build `StreamSM` with the stream's config; RaftHost's add_group calls
-  `restore(snapshot)` when the group has one, then replays the log after it. With no snapshot
-  the first apply (or `ensure_started()`) empties the store, since the log replays from its
-  start. Either way everything the store persisted beyond the snapshot (appends of later
-  entries, maybe only part of one) is cut before replay, so replay re-applies exactly. A crash
-  can also have persisted *removals* from entries after the snapshot; the reconciliation then
-  finds messages missing and catches up from a peer rather than replay from a wrong state.
+  publishes (`PubBatch`, many per entry), `Expire(ts)` from its timer (followers never expire
+  on their own clock), `Purge`, `DeleteMsg`, `RemoveAcked` (interest/workqueue removals it
+  decided), `UpdateConfig`. Every replica runs the deterministic `Stream` on apply with the
+  timestamp carried in the entry, so dedupe, expected-sequence checks, limits and discard
+  policies are judged against the same state in log order everywhere and hold across leader
+  changes. `apply` returns the outcome (per message `(seq, duplicate)` or a `MsgError`).
+- One batch in flight. A PubBatch is proposed only when everything before it has applied on
+  the leader (Raft applied == last index); `pub_batch()` stamps `base_seq` = last_seq. Apply
+  asserts it and raises `StreamDiverged` otherwise: a replica that drifts stops loudly
+  (RaftHost stops the group with the error set). Undecodable data raises `CorruptEntry`.
+- Idempotent by index: the machine knows the Raft index its state reflects (`applied_index`);
+  an entry at or below it is already in the state and is skipped.
+- Snapshots are state summaries: `snapshot()` fsyncs the store first (so RaftHost compacts the
+  log only below what the store made durable) and returns first/last seq, last ts, counts,
+  the deleted ranges, config, created, the duplicate window (ids with seq and ts, in order)
+  and the last msg id; TTL timers are rebuilt from stored headers.
+- Restore reconciles the store with a summary: what lies above its last_seq is cut
+  (`store.truncate_after`: a crash may have persisted appends of later entries, maybe part of
+  one), what it says is gone is removed. If every message it says is live is then here, its
+  in-memory state is installed and the log replays after its index, exactly. Otherwise the
+  replica is catching up (`need`): the wiring asks an up-to-date replica (the leader) for
+  `catchup_chunk(from_seq, max_msgs)` and hands each to `apply_catchup` until `need` is None.
+  A chunk carries the server's *current* summary, so the replica converges to the server's
+  state at the server's index (messages removed there since the snapshot could not be sent)
+  and then skips log entries up to that index. RaftHost calls restore and apply in one pass,
+  so entries handed over meanwhile are held and applied after the catch-up (apply returns
+  None for them); a snapshot taken meanwhile is the target plus those entries.
+- Durability: open an R3 FileStore with `hold_removals=True`. Then only snapshot() (and
+  truncate_after) make removals durable, so after any crash the store is its last snapshot
+  plus appends, which restore cuts: a restart never needs a peer. Without it, a removal that
+  reached the disk after the snapshot makes the restart catch up from a peer (which a
+  whole-cluster crash may not leave). Remaining window: a crash inside snapshot()'s sync,
+  before Raft stored the snapshot, needs a catch-up.
 
-The first entry of a stream's log must be `UpdateConfig` with the config the stream was
-created with, so a replica replaying from the start (no snapshot) applies the early entries
-under the config they were proposed under.
+What the wiring does, in order
+1. Open the store (FileStore(dir, hold_removals=True) or MemoryStore) and build
+   `StreamSM(config, store, created)`; `RaftHost.add_group(name, ..., sm, snapshot_entries=...,
+   snapshot_bytes=...)` restores Raft's snapshot if there is one; then call
+   `sm.ensure_started()` (with no snapshot it empties the store: the log replays from 1).
+2. The first entry of a new stream's log is `UpdateConfig(the config it was created with)`,
+   so a replay from the start applies early entries under the config they were proposed under.
+3. Leader: collect publishes while a batch is in flight; when `g.applied_index ==
+   g.last_index`, propose `encode_op(sm.pub_batch(msgs, now))`; on_done gets the outcomes in
+   order: ack `(seq, dup)`, answer a `MsgError` with its JSError. Propose `Expire(now)` at
+   `sm.stream.next_expiry_ns()`, admin operations as their entries; answer from the result.
+4. While `sm.catching_up`: never propose or serve; if leading, step down to a replica that is
+   not catching up. Serve others with `sm.catchup_chunk` (synchronously, in the Raft loop)
+   and feed chunks with `sm.apply_catchup` (also in the Raft loop, between applies).
+5. When `sm.snapshot_wanted` (a catch-up finished, or Raft took a leader's snapshot older than
+   this state), snapshot the group soon: until then a crash needs another catch-up.
+   (RaftGroup has no "snapshot now" call yet.)
 
 Pure: no trio, no sockets; disk only through the Store.
 """
@@ -326,9 +338,9 @@ class StreamSM:
         for m in chunk.records:
             if m.seq > store.state().last_seq:
                 store.append_at(m.seq, m.subject, m.hdr, m.data, m.ts)
-            else:
+            else:  # a repeated or stale chunk: what is still here must be the same message
                 have = store.get(m.seq)
-                if have is None or have.data != m.data or have.ts != m.ts or have.subject != m.subject:
+                if have is not None and (have.data, have.ts, have.subject, have.hdr) != (m.data, m.ts, m.subject, m.hdr):
                     raise StreamDiverged(f"stream {self.stream.name}: catch-up record {m.seq} "
                                          f"differs from the stored one")
         if s.index >= self._target.index:
