@@ -8,7 +8,7 @@ import pytest
 
 from broker.jetstream.api import StreamConfig
 from broker.jetstream.cluster import meta as m
-from broker.jetstream.cluster.runtime import classify
+from broker.jetstream.cluster.metaapi import classify
 
 
 def _sa(name: str, host: str, created: int = 1) -> m.StreamAssignment:
