@@ -175,6 +175,12 @@ class RaftGroup:
         ProposalRejected otherwise). Leadership moves when the target has caught up."""
         await _wait(lambda cb: self.host._submit(lambda: self._transfer(target, cb), self))
 
+    def campaign(self) -> None:
+        """Start an election now (pre-vote first when configured): a group just formed need
+        not wait an election timeout for its first leader. Safe as any election: it takes a
+        majority."""
+        self.host._submit(lambda: None if self.stopped else self.core.campaign(), self)
+
     def step_down(self, preferred: int | None = None, on_done: OnDone | None = None) -> None:
         """Hand leadership to `preferred`, or to the most caught-up voter that is not down
         (META.LEADER.STEPDOWN). `on_done(None, target, None)` once the transfer is under way;

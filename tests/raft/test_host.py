@@ -124,6 +124,19 @@ async def test_groups_on_three_hosts_elect_and_apply_in_order(tmp_path, clock):
         nursery.cancel_scope.cancel()
 
 
+async def test_campaign_elects_a_new_group_without_waiting_an_election_timeout(tmp_path, clock):
+    async with trio.open_nursery() as nursery:
+        cell = Cell(nursery, tmp_path, groups=("g",))
+        hosts = [await cell.start(i) for i in VOTERS]
+        start = trio.current_time()
+        hosts[0].groups["g"].campaign()
+        leader = await cell.leader("g")
+        assert leader.id == VOTERS[0]
+        # the first election timeout is at least election_ticks; asked, it took a few ticks
+        assert trio.current_time() - start < RaftConfig(node_id=1).election_ticks * TICK / 2
+        nursery.cancel_scope.cancel()
+
+
 async def test_propose_nowait_calls_back_once_applied_and_refusals_too(tmp_path, clock):
     async with trio.open_nursery() as nursery:
         cell = Cell(nursery, tmp_path, groups=("meta",))

@@ -75,6 +75,7 @@ class JetStreamCluster(MetaApi):
         self._consumer_replies: dict[tuple[str, str, int], tuple[str, bytes, float]] = {}
         self._consumer_sent: dict[tuple, float] = {}  # what was last asked of the leader, when
         self._consumer_sync_at = 0.0
+        self._first_campaign = False
 
     # ---- lifecycle ----
     @property
@@ -107,6 +108,7 @@ class JetStreamCluster(MetaApi):
                 log.error("JetStream meta bootstrap file is damaged (%s): forming the group again", e)
         voters = await self._bootstrap_voters()
         disk.replace(BOOTSTRAP_FILE, msgspec.json.encode(list(voters)))
+        self._first_campaign = min(voters) == self.my_id  # the lowest id of a new group asks at once
         return voters
 
     def _open_group(self, voters: tuple[int, ...]) -> None:
@@ -124,6 +126,8 @@ class JetStreamCluster(MetaApi):
         cfg = RaftConfig(node_id=self.my_id, election_ticks=ELECTION_TICKS)
         self.group = self.host.add_group(m.META_GROUP, cfg, storage, self, seed=self.my_id ^ time.time_ns())
         self.group.on_leader_change = self._leader_changed
+        if self._first_campaign:
+            self.group.campaign()
         log.info("JetStream cluster meta group %s started (peer %s, %d voters)", m.META_GROUP,
                  m.peer_hash(self.me), len(self.group.voters))
 
