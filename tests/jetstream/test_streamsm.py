@@ -348,10 +348,12 @@ def test_snapshot_round_trip_into_an_empty_replica(storage, tmp_path):
     t = _workload(g, rng, 60, T0)
     snap = g.reps[0].snapshot()
     fresh = g.new_sm(9)
+    stream = fresh.stream  # the wiring may hold it: restore and catch-up keep the object
     need = fresh.restore(snap)
     assert need is not None and need.from_seq == 1
     assert catch_up(fresh, g.reps[1]) > 1
     assert fresh.fingerprint() == g.reps[0].fingerprint()
+    assert fresh.stream is stream
     g.reps.append(fresh)
     _workload(g, rng, 30, t)
     g.assert_identical()

@@ -410,13 +410,24 @@ class StreamSM:
                 self.applied_index = index
 
     def _install(self, s: Summary) -> None:
-        """A Stream over the store with the summary's config and duplicate window (the
-        in-memory state that stored headers cannot give back: ids of removed messages)."""
-        stream = Stream(s.config, self.store, s.created)
+        """The summary's config and duplicate window (the in-memory state stored headers cannot
+        give back: ids of removed messages) on the same Stream object, rebuilt over the store."""
+        self._reset_stream(s.config, s.created)
+        stream = self.stream
         stream._dedupe = {msg_id: (seq, ts) for msg_id, seq, ts in s.dedupe}
         stream._dedupe_order = deque(s.dedupe_order)
         stream.last_msg_id = s.last_msg_id
-        self.stream = stream
+
+    def _reset_stream(self, config: StreamConfig, created_ns: int) -> None:
+        """Rebuild the Stream's indexes from the store in place (callers may hold the object)."""
+        stream = self.stream
+        stream.config, stream.name, stream.created_ns = config, config.name, created_ns
+        stream._configure()
+        stream._ttls = []
+        stream._dedupe = {}
+        stream._dedupe_order = deque()
+        stream.last_msg_id = ""
+        stream._rebuild_indexes()
 
     def ensure_started(self) -> None:
         """With no snapshot the log replays from its start: empty the store first. Call after
@@ -427,7 +438,7 @@ class StreamSM:
         st = self.store.state()
         if st.last_seq or st.messages:
             self.store.truncate_after(0, 0)
-            self.stream = Stream(self.stream.config, self.store, self.stream.created_ns)
+            self._reset_stream(self.stream.config, self.stream.created_ns)
 
     # -- views ---------------------------------------------------------------------------------
     def summary(self) -> Summary:
