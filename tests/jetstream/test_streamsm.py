@@ -101,6 +101,19 @@ def test_batches_get_consecutive_sequences_and_leader_timestamp(storage, tmp_pat
     g.assert_identical()
 
 
+def test_plain_batches_take_the_run_path_with_the_same_result(storage, tmp_path):
+    g = Group(cfg(storage), tmp_path)
+    msgs = [(f"s.{i % 3}", None, bytes(i)) for i in range(50)]
+    assert g.reps[0].stream.batch_ok()
+    assert g.publish(msgs, T0 + 1) == [(q, False) for q in range(1, 51)]
+    one_by_one = StreamSM(g.config, g.store(8), T0)
+    one_by_one.apply(Entry(1, 1, data=g.log[0]))
+    for subject, h, data in msgs:
+        one_by_one.stream.process(subject, h, data, T0 + 1)
+    assert one_by_one.fingerprint()[:3] == g.reps[0].fingerprint()[:3]
+    g.assert_identical()
+
+
 def test_dedupe_and_expected_checks_are_judged_in_log_order(storage, tmp_path):
     g = Group(cfg(storage), tmp_path)
     g.publish([("s.a", hdr(Nats_Msg_Id="m1"), b"1")], T0 + 1)

@@ -248,8 +248,14 @@ class StreamSM:
             if last != op.base_seq:
                 raise StreamDiverged(f"stream {stream.name}: batch proposed at last_seq {op.base_seq}, "
                                      f"this replica is at {last} (applied index {self.applied_index})")
+            msgs = op.msgs
+            if stream.batch_ok():  # no limits, not sealed: header-less messages append as a run
+                size_max = stream.config.max_msg_size
+                if all(h is None and (size_max < 0 or len(d) <= size_max) for _, h, d in msgs):
+                    first = stream.append_plain([(subject, data) for subject, _, data in msgs], op.ts)
+                    return [(first + k, False) for k in range(len(msgs))]
             out: list = []
-            for subject, hdr, data in op.msgs:
+            for subject, hdr, data in msgs:
                 try:
                     out.append(stream.process(subject, hdr, data, op.ts))
                 except errors.JSError as e:
