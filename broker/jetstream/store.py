@@ -253,6 +253,13 @@ class _IndexedStore:
         return best
 
     # ---- Store protocol: queries ----
+    def live_seqs(self, start_seq: int = 0) -> Iterator[int]:
+        """Stored sequences >= start_seq, ascending, without reading any message."""
+        return self._live_seqs(start_seq)
+
+    def contains(self, seq: int) -> bool:
+        return self._subject_of(seq) is not None
+
     def next_msg(self, start_seq: int, filter_subject: str | None = None) -> StoredMsg | None:
         seq = self._next_seq(start_seq, filter_subject)
         return self.get(seq) if seq else None

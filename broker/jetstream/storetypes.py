@@ -12,7 +12,7 @@ or moves first_seq forward. Timestamps are integer nanoseconds since the Unix ep
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import msgspec
 
@@ -82,6 +82,14 @@ class Store(Protocol):
     def get_run(self, start_seq: int, max_n: int) -> list[StoredMsg]:
         """get(start_seq), get(start_seq + 1), ... while they are stored, at most max_n of
         them: a consumer's next batch in one call."""
+        ...
+
+    def live_seqs(self, start_seq: int = 0) -> Iterator[int]:
+        """Stored sequences >= start_seq, ascending, without reading any message."""
+        ...
+
+    def contains(self, seq: int) -> bool:
+        """Is a message stored at seq (without reading it)?"""
         ...
 
     def next_msg(self, start_seq: int, filter_subject: str | None = None) -> StoredMsg | None:

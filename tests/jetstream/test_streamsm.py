@@ -254,6 +254,18 @@ def test_truncate_after_across_blocks_then_reopen(tmp_path):
     fs.close()
 
 
+def test_live_seqs_and_contains_on_both_stores(tmp_path):
+    for s in (MemoryStore(), FileStore(tmp_path / "fs", block_size_max_bytes=200)):
+        for i in range(700):
+            s.append(f"s.{i % 3}", None, b"x", T0 + i)
+        for q in [1, 2, 5] + list(range(100, 600)):
+            s.remove(q)
+        assert list(s.live_seqs()) == [3, 4] + list(range(6, 100)) + list(range(600, 701))
+        assert list(s.live_seqs(650)) == list(range(650, 701))
+        assert s.contains(3) and not s.contains(5) and not s.contains(701) and not s.contains(0)
+        s.close()
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_truncate_after_random(tmp_path, seed):
     r = random.Random(seed)

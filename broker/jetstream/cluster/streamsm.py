@@ -364,10 +364,13 @@ class StreamSM:
         if st.messages and st.first_seq < s.first_seq:
             store.purge(None, s.first_seq)
         for lo, hi in s.deleted:
-            m = store.next_msg(lo)
-            while m is not None and m.seq <= hi:
-                store.remove(m.seq)
-                m = store.next_msg(m.seq + 1)
+            gone = []
+            for seq in store.live_seqs(lo):
+                if seq > hi:
+                    break
+                gone.append(seq)
+            for seq in gone:
+                store.remove(seq)
         st = store.state()
         local_last = min(st.last_seq, s.last_seq)
         if st.messages != _live_count(s, local_last):
@@ -393,7 +396,7 @@ class StreamSM:
                 seq = max(seq, gap[1] + 1)
                 gap = next(gaps, None)
                 continue
-            if self.store.get(seq) is None:
+            if not self.store.contains(seq):
                 return seq
             seq += 1
         raise StreamDiverged("no missing message, yet counts differ")  # pragma: no cover
@@ -453,12 +456,10 @@ class StreamSM:
         deleted: list[tuple[int, int]] = []
         if st.num_deleted:
             expected = st.first_seq
-            m = store.next_msg(expected)
-            while m is not None:
-                if m.seq > expected:
-                    deleted.append((expected, m.seq - 1))
-                expected = m.seq + 1
-                m = store.next_msg(expected)
+            for seq in store.live_seqs(expected):
+                if seq > expected:
+                    deleted.append((expected, seq - 1))
+                expected = seq + 1
             if expected <= st.last_seq:  # the newest ones were removed
                 deleted.append((expected, st.last_seq))
         dedupe = [(k, v[0], v[1]) for k, v in stream._dedupe.items()]
