@@ -73,6 +73,7 @@ class ConsumerManager:
         self._to_serve: dict[_Entry, None] = {}  # acked during the current read: served at its end
         self._acks: list[tuple[_Entry, int, int]] = []  # plain acks of the current read, in order
         self._pulls_to_serve: dict[_Entry, None] = {}  # got pull requests: served in api_batch_end
+        self._ack_replies: list[tuple[_Entry, str]] = []  # confirmed acks answered once their state is durable
 
     # ---- plumbing --------------------------------------------------------------------
     def _ensure_task(self) -> None:
@@ -249,8 +250,10 @@ class ConsumerManager:
             pass
 
     async def _flush(self) -> None:
+        replies, self._ack_replies = self._ack_replies, []
         work = [e for es in self.by_stream.values() for e in es.values() if e.durable and e.c.dirty]
         if not work:
+            self._answer_acks(replies)
             return
         snaps = []
         for e in work:
@@ -265,6 +268,13 @@ class ConsumerManager:
                 log.error("cannot persist consumer state: %s", ex)
                 for e in work:
                     e.c.dirty = True
+                return  # confirmed acks stay unanswered: the client's retry acks again
+        self._answer_acks(replies)
+
+    def _answer_acks(self, replies: list[tuple["_Entry", str]]) -> None:
+        for e, reply in replies:
+            if not e.deleted:
+                self.server.publish(reply, "", None, b"")
 
     # ---- the background task ---------------------------------------------------------
     async def _run(self) -> None:
@@ -287,7 +297,7 @@ class ConsumerManager:
                         wake = min(wake, e.due)
             if self.busy:
                 wake = now
-            if time.monotonic() - last_flush >= FLUSH_INTERVAL_S:
+            if self._ack_replies or time.monotonic() - last_flush >= FLUSH_INTERVAL_S:
                 last_flush = time.monotonic()
                 await self._flush()
             delay = max(0.0, (wake - time.time_ns()) / 1e9)
@@ -468,7 +478,13 @@ class ConsumerManager:
         else:
             return
         if reply:
-            self.server.publish(reply, "", None, b"")
+            if self._persisted(e):
+                # a confirmed ack is durable: the answer waits for the state's fsync (the
+                # timer task writes every consumer acked this way meanwhile, in one go)
+                self._ack_replies.append((e, reply))
+                self._wake.set()
+            else:
+                self.server.publish(reply, "", None, b"")
         if acked and e.stream.config.retention != "limits":
             for s in acked:
                 self.js.stream_acked(e.stream.name, s)
@@ -580,3 +596,8 @@ def _atomic_write(path: str, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(d, os.O_RDONLY)  # the rename itself survives a power loss only once its directory is synced
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

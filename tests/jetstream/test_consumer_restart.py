@@ -101,3 +101,45 @@ def test_kill_keeps_durable_config(tmp_path):
         assert seqs == ["1", "2", "3"]
     finally:
         srv.stop()
+
+
+def test_acks_confirmed_before_a_kill_are_kept(tmp_path):
+    """An ack whose reply arrived (AckSync) is durable: SIGKILL right after the confirmations,
+    restart, and none of the confirmed messages comes back; the unconfirmed ones do, once."""
+    srv = our_server(tmp_path).start()
+    try:
+        async def before(nc):
+            await add_stream(nc, "AK", ["ak.>"])
+            await publish(nc, "ak.x", b"m", 20)
+            js = nc.jetstream()
+            sub = await js.pull_subscribe("ak.>", durable="d", stream="AK",
+                                          config=nats.js.api.ConsumerConfig(ack_wait=1.0))
+            msgs = await sub.fetch(20, timeout=5)
+            for m in msgs[:10]:
+                await m.ack_sync()
+            return [m.metadata.sequence.stream for m in msgs[:10]]
+
+        confirmed = run(before, srv.url)
+        srv.kill()  # at once: nothing the server might still have in memory survives
+        srv.start()
+
+        async def after(nc):
+            sub = await nc.jetstream().pull_subscribe("ak.>", durable="d", stream="AK")
+            seen = []
+            for _ in range(10):  # the unacked ten come back after ack_wait; nothing else does
+                try:
+                    got = await sub.fetch(20, timeout=2)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    continue
+                for m in got:
+                    seen.append(m.metadata.sequence.stream)
+                    await m.ack_sync()
+                if len(seen) >= 10:
+                    break
+            return seen
+
+        seen = run(after, srv.url)
+        assert not set(seen) & set(confirmed), (confirmed, seen)
+        assert sorted(seen) == list(range(11, 21))
+    finally:
+        srv.stop()
