@@ -195,7 +195,8 @@ def test_purge_delete_and_acked_removals_identical(storage, tmp_path):
 
 
 def test_ttl_and_markers_identical(storage, tmp_path):
-    g = Group(cfg(storage, allow_msg_ttl=True, allow_rollup_hdrs=True, max_age=30 * S, subject_delete_marker_ttl=5 * S), tmp_path)
+    g = Group(cfg(storage, allow_msg_ttl=True, allow_rollup_hdrs=True, max_age=30 * S,
+                  subject_delete_marker_ttl=5 * S), tmp_path)
     g.publish([("s.a", hdr(Nats_TTL="2s"), b"1"), ("s.b", None, b"2"), ("s.c", hdr(Nats_TTL="1h"), b"3")], T0)
     g.commit(Expire(T0 + 10 * S))  # s.a's TTL (raised to the marker TTL) ran out: a marker
     fp = g.reps[0].fingerprint()

@@ -134,7 +134,7 @@ class Replica:
 class Sim:
     def __init__(self, seed: int, kind: str, root: str, steps: int = STEPS) -> None:
         self.seed, self.kind, self.root, self.steps = seed, kind, root, steps
-        self.rng = rng = random.Random(seed)
+        self.rng = random.Random(seed)
         # FileStore replicas hold removals until sync (as R3 should run); memory ones model
         # both that and a store that lets removals reach the disk at any time.
         self.hold = kind == "file" or seed % 3 != 0
@@ -278,8 +278,8 @@ class Sim:
     def restart(self, rep: Replica) -> None:
         self.stats["restart"] += 1
         if self.kind == "file":
-            rep.store = FileStore(os.path.join(self.root, f"r{rep.i}"), block_size_max_bytes=self.rng.choice([256, 8192]),
-                                  hold_removals=True)
+            rep.store = FileStore(os.path.join(self.root, f"r{rep.i}"),
+                                  block_size_max_bytes=self.rng.choice([256, 8192]), hold_removals=True)
         rep.sm = StreamSM(self.config0, rep.store, T0)
         if rep.snap is not None:
             rep.sm.restore(rep.snap[1])  # RaftHost.add_group

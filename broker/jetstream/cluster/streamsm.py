@@ -49,10 +49,15 @@ What the wiring does, in order
    `sm.stream.next_expiry_ns()`, admin operations as their entries; answer from the result.
 4. While `sm.catching_up`: never propose or serve; if leading, step down to a replica that is
    not catching up. Serve others with `sm.catchup_chunk` (synchronously, in the Raft loop)
-   and feed chunks with `sm.apply_catchup` (also in the Raft loop, between applies).
+   and feed chunks with `sm.apply_catchup` (also in the Raft loop, between applies). Like
+   apply, apply_catchup raises StreamDiverged / CorruptEntry on divergence: stop the group.
+   Drain `sm.stream.markers` after applies on every replica (only the leader notifies).
+   Never call store.sync() outside snapshot(): R1's periodic sync loop must skip R3 stores.
 5. When `sm.snapshot_wanted` (a catch-up finished, or Raft took a leader's snapshot older than
    this state), snapshot the group soon: until then a crash needs another catch-up.
-   (RaftGroup has no "snapshot now" call yet.)
+   (RaftGroup has no "snapshot now" call yet.) snapshot() fsyncs on the Raft loop: a slow
+   disk stalls every group of the host for that long (a later split: flush + summary on the
+   loop, fdatasync in the compaction thread before the snapshot is saved).
 
 Pure: no trio, no sockets; disk only through the Store.
 """
@@ -346,7 +351,8 @@ class StreamSM:
                 store.append_at(m.seq, m.subject, m.hdr, m.data, m.ts)
             else:  # a repeated or stale chunk: what is still here must be the same message
                 have = store.get(m.seq)
-                if have is not None and (have.data, have.ts, have.subject, have.hdr) != (m.data, m.ts, m.subject, m.hdr):
+                if have is not None and (have.data, have.ts, have.subject, have.hdr) != \
+                        (m.data, m.ts, m.subject, m.hdr):
                     raise StreamDiverged(f"stream {self.stream.name}: catch-up record {m.seq} "
                                          f"differs from the stored one")
         if s.index >= self._target.index:
