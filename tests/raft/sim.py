@@ -157,7 +157,8 @@ class Simulation:
         check_quorum = self.membership or r.random() < 0.8
         self.snapshot_every = r.choice((8, 30, 1000))
         self.propose_every_ms = r.choice((5, 15, 40))
-        self.cfg = dict(election_ticks=10, heartbeat_ticks=1, pre_vote=r.random() < 0.8,
+        self.cfg = dict(election_ticks=r.choice((6, 10, 10, 15)), heartbeat_ticks=r.choice((1, 1, 2)),
+                        pre_vote=r.random() < 0.8,
                         check_quorum=check_quorum, append_entries_max=r.choice((1, 1, 2, 8, 64)))
         # Swarm testing: each seed uses its own mix of fault kinds, some of them not at all.
         self.fault_weight = {k: r.choice((0.0, 0.5, 1.0, 1.0, 2.0)) for k in FAULT_KINDS}
@@ -721,7 +722,7 @@ class Simulation:
         leader = self.leader()
         if leader is not None:
             self.crash_and_restart(leader, r.randrange(200, 500))
-        wait = r.randrange(110, 160)  # until the followers' leader lease has run out
+        wait = self.cfg["election_ticks"] * tick_ms + r.randrange(10, 60)  # the followers' leases run out
         until = self.now + wait + 300
         self.scenario_until = max(self.scenario_until, until)
         self.blocked = set()
