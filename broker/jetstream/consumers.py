@@ -419,7 +419,7 @@ class ConsumerManager:
             t = t[:2] + t[4:]
         e = self.lookup(t[2], t[3])
         if e is None:  # nats-server has no subscriber for a gone consumer's acks: no responders
-            if reply:
+            if reply and self._answers_for(t[2], reply):
                 self.server.publish(reply, "", hdrs.build([("Nats-Subject", subject)], status="503"), b"")
             return
         if e.c.ack_none:  # nats-server does not listen for acks of an ack-none consumer
@@ -512,6 +512,15 @@ class ConsumerManager:
         for e in entries:
             if not e.deleted:
                 self._serve(e, now)
+
+    def _answers_for(self, stream_name: str, reply: str) -> bool:
+        """In a cluster every node hears every ack: only the node holding the stream answers
+        for its gone consumers, or, for a stream no node holds, the requester's own node."""
+        cluster = self.js.cluster
+        if cluster is None:
+            return True
+        host = cluster.meta.host_of(stream_name)
+        return host == cluster.me if host is not None else cluster._requester_here(reply)
 
     def _on_fc(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
         t = subject.split(".")

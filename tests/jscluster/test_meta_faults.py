@@ -15,7 +15,7 @@ from broker.jetstream.cluster.meta import raft_id
 from raft.storage import wal_segments
 from raft import OsDisk
 from tests.conftest import ServerProc, free_port
-from tests.jscluster.harness import CLUSTER_NAME, JSCluster, api, api_retry, stream_config, wait_for
+from tests.jscluster.harness import CLUSTER_NAME, JSCluster, api, api_all, api_retry, publish, stream_config, wait_for
 
 
 def run(coro):
@@ -177,6 +177,17 @@ def test_consumer_assignments_are_meta_entries_on_every_node(tmp_path):
                     for n in jsc.names():
                         info = await api(c[n], "$JS.API.INFO")
                         assert info["consumers"] == i + 1, (n, info)
+                # a confirmed ack through any node: one answer, from the consumer's node
+                await publish(c["n1"].jetstream(), "C1.x", b"m")
+                inbox = c["n3"].new_inbox()
+                sub = await c["n3"].subscribe(inbox)
+                await c["n3"].publish("$JS.API.CONSUMER.MSG.NEXT.C1.d1", b'{"batch":1}', reply=inbox)
+                msg = await sub.next_msg(5)
+                acks = await api_all(c["n3"], msg.reply, b"+ACK", first_timeout=5)
+                assert [(r.headers, r.data) for r in acks] == [(None, b"")], acks
+                # ...and an ack for a consumer that is gone gets one 503 (no responders), not three
+                gone = await api_all(c["n3"], "$JS.ACK.C1.nope.1.1.1.0.0", b"+ACK", first_timeout=5)
+                assert [r.headers.get("Status") for r in gone] == ["503"], gone
                 await api(c["n2"], "$JS.API.CONSUMER.DELETE.C0.d0")
                 for n in jsc.names():
                     await asyncio.to_thread(wait_for, lambda: run_info(jsc, n)["consumers"] == 2,
