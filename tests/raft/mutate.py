@@ -150,6 +150,11 @@ MUTATIONS = [
           "        if rank == 0:\n            self._campaign(pre_vote=False)")],
     ),
     Mutation(
+        "quarantined_node_votes",
+        "a node that lost acknowledged entries in a repair votes before a leader has caught it up",
+        [("core.py", "        if self.quarantined:\n            grant = False", "        if False:\n            grant = False")],
+    ),
+    Mutation(
         "transfer_without_catch_up",
         "leadership transfer sends TimeoutNow at once, without first catching the target up (3.10)",
         [("core.py",

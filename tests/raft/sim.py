@@ -80,7 +80,7 @@ heal_phase_ms = 4000  # after the faults stop, the cluster must converge within 
 segment_bytes = 2048  # small WAL segments, so runs roll, compact and truncate across them
 FAULT_KINDS = ("partition", "links", "heal", "crash", "crash_leader", "power_loss", "corrupt", "pause",
                "membership", "transfer", "minority", "fragile", "campaign", "delay_storm", "vote_crash",
-               "false_peer_down")
+               "false_peer_down", "lossy_vote")
 
 
 FATES = ("cut", "crash", "commit_cut", "none")  # of a leader elected while leaders are fragile
@@ -738,6 +738,28 @@ class Simulation:
         a, b = self.rng.sample(NODE_IDS, 2)
         self._schedule(0, "peer_down", (a, b))
 
+    def fault_lossy_vote(self) -> None:
+        """A follower acknowledges entries the other follower lacks, the leader goes down, and the
+        acknowledging follower's WAL is damaged behind them: repaired, it has lost acknowledged
+        entries, and the follower that never had them asks for its vote."""
+        leader = self.leader()
+        if leader is None or self.lossy is not None:
+            return
+        core, r = leader.core, self.rng
+        if len(core.voters) != 3 or leader.id not in core.voters or core.log.conf_index > core.log.commit:
+            return
+        q, c = r.sample([self.nodes[v] for v in core.voters if v != leader.id], 2)
+        if not (q.up and c.up):
+            return
+        cut = ((leader.id, c.id),)
+        self.cuts.update(cut)
+        for _ in range(r.randrange(2, 7)):
+            self.propose()
+        until = self.now + 700
+        self.scenario_until = max(self.scenario_until, until)
+        self._schedule(2 * self.delay_max_ms + 10, "lossy_vote", (leader.id, q.id, c.id, cut))
+        self.trace(f"lossy vote: n{q.id} acknowledges what n{c.id} lacks")
+
     def fault_delay_storm(self) -> None:
         self.storm_until = self.now + self.rng.randrange(50, 400)
         self.trace(f"delay storm until {self.storm_until}")
@@ -837,6 +859,25 @@ class Simulation:
             if self.faults_on and node.up:
                 node.core.campaign()
                 self.process(node)
+        elif kind == "lossy_vote":
+            leader, q, c = (self.nodes[i] for i in payload[:3])
+            for link in payload[3]:
+                if self.cuts[link] > 0:
+                    self.cuts[link] -= 1
+            if self.faults_on and leader.up and q.up and c.up and self.lossy is None:
+                self._hold(leader)
+                self._crash(q, torn=False)
+                records = [rec for rec in wal_records(q.disk) if rec[3].index > q.on_disk_snap]
+                if len(records) >= 3:
+                    name, lo, hi, _ = records[self.rng.randrange(max(0, len(records) - 8), len(records) - 2)]
+                    q.disk.flip_bit(name, self.rng, lo, hi)  # behind the entries it acknowledged last
+                    q.corrupted = True
+                    self.lossy = q
+                    self.stats["corruptions"] += 1
+                    self.trace(f"n{q.id} WAL bit flip near its end")
+                restart = self.rng.randrange(10, 40)
+                self._schedule(restart, "restart", q.id)
+                self._schedule(restart + self.rng.randrange(10, 60), "campaign", c.id)
         elif kind == "hold":
             if self.faults_on and self.nodes[payload].up:
                 self._hold(self.nodes[payload])
