@@ -1,7 +1,9 @@
 """Connection-level limits against a server process: stale connections, max connections, max subs."""
 
+import json
 import socket
 import time
+import urllib.request
 
 from tests.conftest import our_server
 
@@ -63,11 +65,22 @@ def test_pings_answered_keep_connection(tmp_path):
         srv.stop()
 
 
+def _until_no_clients(srv, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/varz", timeout=5) as resp:
+            if json.loads(resp.read())["connections"] == 0:
+                return
+        assert time.monotonic() < deadline, "the port probe's connection never went away"
+        time.sleep(0.02)
+
+
 def test_max_connections(tmp_path):
     conf = tmp_path / "maxc.conf"
     conf.write_text("max_connections: 2\n")
     srv = our_server(tmp_path, "-c", str(conf), jetstream=False).start()
     try:
+        _until_no_clients(srv)  # the harness's port probe must not count as one of the two
         a = connect(srv.port)
         b = connect(srv.port)
         c = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
