@@ -95,7 +95,7 @@ class Parser:
         mcl = self.max_control_line
         max_payload = self.max_payload
         runs = self.runs
-        splits = 0
+        budget = 2 * end
         pos = 0
         while pos < end:
             if startswith(b"PUB ", pos):
@@ -118,11 +118,12 @@ class Parser:
                                     continue
                             append((OP_PUB, args[1], reply, None, data[eol + 1:stop]))
                             pos = stop + 2
-                            if splits < SPLIT_SCANS_MAX and pos < end:
-                                # frames that differ from one another: one C-level split for
-                                # the stretch of them that follows (bounded per feed, as each
-                                # split covers the rest of the input)
-                                splits += 1
+                            if budget > 0 and pos < end:
+                                # frames that differ from one another: one C-level split of
+                                # the next SPLIT_WINDOW bytes takes the stretch of them that
+                                # follows (the bytes split per feed are bounded: a stream
+                                # where the split scan keeps stopping early stays linear)
+                                budget -= SPLIT_WINDOW
                                 pos = self._scan_plain(data, ops, pos)
                             continue
             elif startswith(b"PING\r\n", pos):
@@ -143,11 +144,11 @@ class Parser:
 
     def _scan_plain(self, data: bytes, ops: list[tuple], pos: int) -> int:
         """From pos, plain `PUB subj [reply] n` frames and PING/PONG with one C-level split
-        of the rest of the input. A payload counts only if its length equals the declared
+        of the next SPLIT_WINDOW bytes (frames that end inside it). A payload counts only if its length equals the declared
         size, so a payload holding CRLF (or anything unusual) stops the scan and _scan
         takes over at that frame; so does a frame whose header line the next frame
         repeats (the start of a run). Returns the offset of the first byte not taken."""
-        parts = data[pos:].split(b"\r\n")
+        parts = data[pos:pos + SPLIT_WINDOW].split(b"\r\n")
         n = len(parts) - 1  # the last part has no CRLF after it yet
         i = 0
         mcl = self.max_control_line
@@ -317,7 +318,7 @@ class Parser:
 
 
 RUN_SCAN_MIN = 8  # runs shorter than this are checked frame by frame
-SPLIT_SCANS_MAX = 8  # _scan_plain calls per feed (each splits the rest of the input)
+SPLIT_WINDOW = 16384  # bytes one _scan_plain call splits
 
 
 def run_length(data: bytes, start: int, hlen: int, size: int) -> int:

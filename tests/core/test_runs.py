@@ -314,3 +314,53 @@ def test_forward_bodies_writes_what_forward_writes():
         b.forward("foo.bar", "r.1", None, p, None)
     assert bytes(a._out) == bytes(b._out) == b"".join(b"RMSG $G foo.bar r.1 3\r\n%b\r\n" % p for p in payloads)
     assert (a.out_msgs, a.out_bytes) == (b.out_msgs, b.out_bytes) == (3, 9)
+
+
+def test_long_mixed_streams_parse_as_the_general_parser_does():
+    """Streams far longer than one split window (broker.protocol.SPLIT_WINDOW): requests
+    with their own replies, runs, payloads with CRLF and PUB lines in them, PINGs."""
+    for seed in range(6):
+        rnd = random.Random(seed)
+        out = bytearray()
+        while len(out) < 120_000:
+            kind = rnd.random()
+            p = rnd.choice(PAYLOADS) + bytes(rnd.randrange(256) for _ in range(rnd.choice([0, 3, 40])))
+            if kind < 0.5:
+                out += b"PUB req _INBOX.%d %d\r\n%b\r\n" % (rnd.randrange(10**6), len(p), p)
+            elif kind < 0.85:
+                out += b"PUB bulk %d\r\n%b\r\n" % (len(p), p) * rnd.randint(1, 40)
+            elif kind < 0.97:
+                out += b"PING\r\n"
+            else:
+                out += b"PUB big %d\r\n%b\r\n" % (20_000, b"z" * 20_000)
+        data = bytes(out)
+        chunks = cut(data, seed)
+        pa, pb = Parser(), GeneralParser()
+        got, want = [], []
+        for c in chunks:
+            for op in pa.feed(c):
+                got.extend(expand_run(op) if op[0] == OP_RUN else [op])
+            want.extend(pb.feed(c))
+        assert pa.error is None and pb.error is None
+        assert got == want and len(got) > 500
+
+
+def test_a_payload_ending_at_the_split_window_edge_still_needs_its_crlf():
+    from broker.protocol import SPLIT_WINDOW
+    first = b"PUB a 1\r\nx\r\n"  # a lone frame: the split scan starts after it
+    body = bytearray()
+    i = 0
+    while SPLIT_WINDOW - len(body) > 200:
+        body += b"PUB b _INBOX.%d 3\r\nabc\r\n" % i
+        i += 1
+    head = b"PUB c _INBOX.last %d\r\n"
+    size = SPLIT_WINDOW - len(body) - len(head % 100)
+    body += head % size + b"p" * size  # the window ends right after this payload
+    assert len(body) == SPLIT_WINDOW
+    for tail in (b"XY", b"\r\n"):
+        data = first + bytes(body) + tail + b"PING\r\n"
+        pa, pb = Parser(), GeneralParser()
+        got = [x for op in pa.feed(data) for x in (expand_run(op) if op[0] == OP_RUN else [op])]
+        assert got == pb.feed(data)
+        assert (pa.error and pa.error.text) == (pb.error and pb.error.text)
+        assert (pa.error is None) == (tail == b"\r\n")
