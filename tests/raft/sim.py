@@ -499,7 +499,8 @@ class Simulation:
 
     def deliver(self, node: SimNode, m: AnyMessage) -> None:
         c1, c2, voter, in_fsync, until = self.vote_crash
-        if m.src == c1 and m.dst == voter and type(m) is RequestVote and not m.pre_vote and self.now < until:
+        if m.src == c1 and m.dst == voter and type(m) is RequestVote and not m.pre_vote and self.now < until \
+                and self.faults_on:
             self.vote_crash = (0, 0, 0, False, 0)
             restart_ms = self.rng.randrange(3, 40)
             self._schedule(restart_ms + self.rng.randrange(5, 40), "campaign", c2)
@@ -937,6 +938,8 @@ class Simulation:
                 except (NotLeader, ProposalRejected):
                     continue
                 self.process(leader)
+                if not leader.up:
+                    continue
             members = leader.core.voters + leader.core.learners
             if all(self.nodes[v].up and self.nodes[v].applied >= marker[0] for v in members) and \
                     self.applied_by_index.get(marker[0], (0,))[0] == marker[1]:
