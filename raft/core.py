@@ -88,7 +88,8 @@ class ProposalRejected(Exception):
 
 
 class Progress:
-    __slots__ = ("match", "next", "state", "probe_sent", "recent_active", "snapshot_ticks", "heartbeat_match")
+    __slots__ = ("match", "next", "state", "probe_sent", "recent_active", "snapshot_ticks", "heartbeat_match",
+                 "heal")
 
     def __init__(self, next_index: int) -> None:
         self.match = 0
@@ -98,6 +99,7 @@ class Progress:
         self.recent_active = False
         self.snapshot_ticks = 0
         self.heartbeat_match = -1
+        self.heal = False  # its last answer said it is quarantined (a repair lost entries it acked)
 
 
 def quorum(n: int) -> int:
@@ -497,7 +499,7 @@ class RaftCore:
                     self._send_snapshot(peer)
                 else:
                     self._send(AppendEntries(self.term, self.id, peer, pr.match, t, self._commit_for(pr.match),
-                                             (), self.log.last_index))
+                                             (), self.log.last_index, pr.heal))
         else:
             pr.probe_sent = False
             self._send_append(peer)
@@ -518,7 +520,7 @@ class RaftCore:
         if pr.state == PROBE:
             pr.probe_sent = True
             self._send(AppendEntries(self.term, self.id, peer, prev, prev_term, self.log.commit,
-                                     tuple(self._batch(pr.next)), self.log.last_index))
+                                     tuple(self._batch(pr.next)), self.log.last_index, pr.heal))
             return
         # REPLICATE: pipeline several messages, but bound what is in flight.
         window = self.cfg.append_entries_max * self.cfg.inflight_messages_max
@@ -527,7 +529,7 @@ class RaftCore:
             ents = self._batch(pr.next)
             pr.next = ents[-1].index + 1
             self._send(AppendEntries(self.term, self.id, peer, prev, self.log.term(prev), self.log.commit,
-                                     tuple(ents), self.log.last_index))
+                                     tuple(ents), self.log.last_index, pr.heal))
 
     def _batch(self, lo: int) -> list[Entry]:
         hi = min(self.log.last_index + 1, lo + self.cfg.append_entries_max)
@@ -544,6 +546,7 @@ class RaftCore:
         if pr is None:
             return
         pr.recent_active = True
+        pr.heal = m.quarantined
         if m.reject:
             if m.quarantined and m.hint_index < pr.match:
                 pr.match = m.hint_index  # it lost acknowledged entries in a repair; forget them
@@ -603,9 +606,12 @@ class RaftCore:
             self._send(AppendResponse(self.term, self.id, m.src, index=m.index, reject=True,
                                       hint_index=hint_index, hint_term=hint_term, quarantined=self.quarantined))
             return
-        if self.quarantined and last_new >= m.last_index:
-            self.quarantined = False  # our log now holds the leader's whole log
-        self._send(AppendResponse(self.term, self.id, m.src, index=last_new))
+        if self.quarantined and m.heals and last_new >= m.last_index:
+            # our log now holds the leader's whole log as of a message sent after the leader
+            # heard we are quarantined: an append sent before our crash (delivered late) may
+            # predate entries we acknowledged and lost, so it cannot end the quarantine
+            self.quarantined = False
+        self._send(AppendResponse(self.term, self.id, m.src, index=last_new, quarantined=self.quarantined))
 
     def _handle_snapshot(self, m: InstallSnapshot) -> None:
         assert self.state != LEADER, ("two leaders in one term", self.term, self.id, m.src)

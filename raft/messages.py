@@ -75,6 +75,7 @@ class AppendEntries(Message, frozen=True, tag="app"):
     commit: int
     entries: tuple[Entry, ...] = ()
     last_index: int = 0  # the leader's last index, so a quarantined follower knows when it caught up
+    heals: bool = False  # sent knowing the follower is quarantined: catching up to last_index ends it
 
 
 class AppendResponse(Message, frozen=True, tag="app_resp"):

@@ -57,15 +57,11 @@ else:
         assert all(v > 0 for v in totals.values()), totals
 
 
-@pytest.mark.xfail(strict=True, raises=SimFailure, reason=(
-    "known bug in raft/ (found by the simulator, seed 5551): a quarantined node ends its "
-    "quarantine on an AppendEntries of its repair term that was sent before it crashed and "
-    "arrives after the restart; that message's last_index predates the entries the node "
-    "acknowledged and then lost, so the node votes again without them and a leader lacking a "
-    "committed entry is elected. Requiring a leader of a later term fixes it in core.py, but "
-    "then a quarantined node heals only at the next election (test_host expects healing under "
-    "the same leader); the alternative is for the repair to record the highest index it saw"))
 def test_regression_seed_5551_quarantine_ended_by_a_stale_append():
+    """Found by the simulator: a quarantined node ended its quarantine on an append its leader
+    sent before the node crashed (delivered after its restart), older than entries it had
+    acknowledged and lost, and then voted a leader lacking a committed entry into office. Now
+    only an append sent knowing the node is quarantined (`heals`) can end it."""
     run_seed(5551)
 
 
