@@ -24,6 +24,8 @@ subject and writes them back out unchanged):
 
 from __future__ import annotations
 
+from cluster.protocol import run_length  # the strided-slice run finder, shared with RMSG runs
+
 OP_PUB = 1
 OP_SUB = 2
 OP_UNSUB = 3
@@ -317,42 +319,7 @@ class Parser:
         return pos
 
 
-RUN_SCAN_MIN = 8  # runs shorter than this are checked frame by frame
 SPLIT_WINDOW = 16384  # bytes one _scan_plain call splits
-
-
-def run_length(data: bytes, start: int, hlen: int, size: int) -> int:
-    """How many frames, the first one already checked, repeat data[start:start+hlen] (a
-    header line) followed by `size` payload bytes and CRLF back to back from `start`,
-    counting only complete frames. Long runs are checked a column at a time: the byte
-    at offset j of every frame is one strided slice (C-level), compared by lstrip, so
-    the cost is (hlen + 2) slices, not a Python step per frame."""
-    flen = hlen + size + 2
-    n = (len(data) - start) // flen
-    if n < RUN_SCAN_MIN:
-        hdr = data[start:start + hlen]
-        k = 1
-        pos = start + flen
-        while k < n and data.startswith(hdr, pos) and data[pos + flen - 2] == 13 and data[pos + flen - 1] == 10:
-            k += 1
-            pos += flen
-        return k
-    stop = start + n * flen
-    for j in range(hlen):
-        c = data[start + j:start + j + 1]
-        col = data[start + j:stop:flen]
-        k = n - len(col.lstrip(c))
-        if k < n:
-            n = k
-            stop = start + n * flen
-    t = start + hlen + size
-    for j, c in ((t, b"\r"), (t + 1, b"\n")):
-        col = data[j:stop:flen]
-        k = n - len(col.lstrip(c))
-        if k < n:
-            n = k
-            stop = start + n * flen
-    return n
 
 
 def run_bodies(op: tuple) -> list[bytes]:

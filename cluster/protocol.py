@@ -388,9 +388,9 @@ def run_length(data: bytes, start: int, hlen: int, size: int) -> int:
     """How many frames, the first one already checked, repeat data[start:start+hlen] (a
     control line) followed by `size` payload bytes and CRLF back to back from `start`,
     counting only complete frames. Long runs are checked a column at a time: the byte
-    at offset j of every frame is one strided slice (C-level) compared by lstrip.
-    (broker/protocol.py has the same function for client PUBs; cluster/ imports nothing
-    from broker/.)"""
+    at offset j of every frame is one strided slice (C-level) compared by lstrip, so the
+    cost is (hlen + 2) slices, not a Python step per frame. broker/protocol.py uses it for
+    runs of client PUBs too (cluster/ imports nothing from broker/, the other way is fine)."""
     flen = hlen + size + 2
     n = (len(data) - start) // flen
     if n < RUN_SCAN_MIN:
