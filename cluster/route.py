@@ -97,13 +97,7 @@ class Route:
             proto.append_msg(out, subject, reply, hdr, payload, queues)
             self.out_bytes += len(payload) if hdr is None else len(payload) + len(hdr)
         self.out_msgs += 1
-        if len(out) > self._pending_max:
-            log.warning("%r: Slow Consumer Detected: MaxPending of %d Exceeded", self, self._pending_max)
-            self.abort()
-            return
-        if not self._wake_set:
-            self._wake_set = True
-            self._wake.set()
+        self._queued(out)
 
     def forward_bodies(self, subject: str, reply: str, bodies: list, n: int, size: int) -> None:
         """Router hook: queue n routed messages on one subject at once. bodies is [b"",
@@ -119,6 +113,11 @@ class Route:
         out += (b"%s%d\r\n" % (prefix, size)).join(bodies)
         self.out_bytes += n * size
         self.out_msgs += n
+        self._queued(out)
+
+    def _queued(self, out: bytearray) -> None:
+        """After frames were added to `out`: cut a peer that lets too much pile up (slow
+        consumer), else wake the writer."""
         if len(out) > self._pending_max:
             log.warning("%r: Slow Consumer Detected: MaxPending of %d Exceeded", self, self._pending_max)
             self.abort()
