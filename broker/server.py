@@ -14,14 +14,12 @@ hooks add_route_sub / remove_route_sub / remove_peer_subs / deliver_routed.
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import json
 import logging
 import os
 import platform
 import random
 import signal
-import socket
 import ssl
 import tempfile
 import time
@@ -32,6 +30,7 @@ import trio
 from broker import headers as hdrs
 from broker.config import VERSION, Options
 from broker.connection import ClientConn
+from broker.netaddrs import local_ips
 from broker.protocol import err_frame
 from broker.sublist import Match, Sublist, Subscription
 
@@ -40,68 +39,6 @@ log = logging.getLogger("broker")
 GIT_COMMIT = "pybroker"
 JS_API_LEVEL = 5  # nats-server 2.15's JetStream API level (broker/jetstream/api.py API_LEVEL)
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-
-
-class _Sockaddr(ctypes.Structure):
-    _fields_ = [("family", ctypes.c_ushort), ("data", ctypes.c_ubyte * 26)]
-
-
-class _Ifaddrs(ctypes.Structure):
-    pass
-
-
-_Ifaddrs._fields_ = [("next", ctypes.POINTER(_Ifaddrs)), ("name", ctypes.c_char_p), ("flags", ctypes.c_uint),
-                     ("addr", ctypes.POINTER(_Sockaddr)), ("netmask", ctypes.c_void_p),
-                     ("ifu", ctypes.c_void_p), ("data", ctypes.c_void_p)]
-
-
-def _interface_addrs() -> dict[str, list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
-    """Each interface's IPv4 and IPv6 addresses (getifaddrs(3)); empty where unavailable."""
-    out: dict[str, list] = {}
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        head = ctypes.POINTER(_Ifaddrs)()
-        if libc.getifaddrs(ctypes.byref(head)) != 0:
-            return out
-    except (OSError, AttributeError):
-        return out
-    try:
-        p = head
-        while p:
-            ifa = p.contents
-            if ifa.addr:
-                fam, raw = ifa.addr.contents.family, bytes(ifa.addr.contents.data)
-                name = (ifa.name or b"").decode(errors="replace")
-                if fam == socket.AF_INET:
-                    out.setdefault(name, []).append(ipaddress.IPv4Address(raw[2:6]))
-                elif fam == socket.AF_INET6:
-                    out.setdefault(name, []).append(ipaddress.IPv6Address(raw[6:22]))
-            p = ifa.next
-    finally:
-        libc.freeifaddrs(head)
-    return out
-
-
-def _local_ips() -> list[str]:
-    """The addresses nats-server advertises when it listens on every interface: the global
-    unicast ones (no loopback, link-local, multicast), interface by interface in index order,
-    IPv4 before IPv6 within one, IPv6 in brackets."""
-    by_name = _interface_addrs()
-    try:
-        order = [name for _, name in sorted(socket.if_nameindex())]
-    except OSError:
-        order = []
-    order += [n for n in by_name if n not in order]
-    ips: list[str] = []
-    for name in order:
-        addrs = sorted(by_name.get(name, []), key=lambda a: a.version)
-        for a in addrs:
-            if a.is_loopback or a.is_link_local or a.is_multicast or a.is_unspecified:
-                continue
-            text = f"[{a}]" if a.version == 6 else str(a)
-            if text not in ips:
-                ips.append(text)
-    return ips
 
 
 def new_server_id() -> str:
@@ -294,7 +231,7 @@ class Server:
         host = self.opts.host
         if host not in ("", "0.0.0.0", "::"):
             return [f"{host}:{self.port}"]
-        ips = _local_ips()
+        ips = local_ips()
         return [f"{ip}:{self.port}" for ip in ips] or [f"127.0.0.1:{self.port}"]
 
     def check_auth(self, c: dict) -> bool:
