@@ -97,16 +97,19 @@ class MetaApi:
         handlers (the stream lives here), False when it is dealt with here or elsewhere."""
         op, stream = classify(subject)
         if op in META_OPS:
-            if self.is_leader:
+            if self.leader_ready:
                 self._nursery.start_soon(self._meta_request, op, subject, reply, hdr, payload)
-            elif self.leader_name is None:
+            elif self.is_leader or self.leader_name is None:
                 self._waiting.append((time.monotonic() + NO_LEADER_WAIT_S, subject, reply, hdr, payload))
             return False
         host = self.meta.host_of(stream) if stream else None
         if host is not None:
             return host == self.me
-        if self.is_leader:
+        if self.leader_ready:
             return True  # nothing hosts it: the single-node handlers answer "not found"
+        if self.is_leader:  # a new leader answers once the assignments it leads are applied
+            self._waiting.append((time.monotonic() + NO_LEADER_WAIT_S, subject, reply, hdr, payload))
+            return False
         if self.leader_name is None and self._requester_here(reply):
             self._nursery.start_soon(self._answer_unavailable, op, reply)
         return False
@@ -126,10 +129,11 @@ class MetaApi:
         keep = []
         for item in self._waiting:
             deadline, subject, reply, hdr, payload = item
-            if self.is_leader:
-                op, _ = classify(subject)
-                self._nursery.start_soon(self._meta_request, op, subject, reply, hdr, payload)
-            elif self.leader_name is not None:
+            if self.leader_ready:
+                self.js._on_api(subject, reply, hdr, payload)  # decided again, now with current state
+            elif self.is_leader and now < deadline:
+                keep.append(item)
+            elif self.leader_name is not None and not self.is_leader:
                 continue  # another node leads: it had the request too
             elif now >= deadline:
                 if self._requester_here(reply):

@@ -210,6 +210,14 @@ class JetStreamCluster(MetaApi):
     def is_leader(self) -> bool:
         return self.group is not None and self.group.is_leader
 
+    @property
+    def leader_ready(self) -> bool:
+        """Leader, with everything committed applied and an entry of its own term committed:
+        its assignments are current (a new leader learns the last commit only then)."""
+        g = self.group
+        return (g is not None and g.is_leader and g.applied_index >= g.commit_index
+                and g.core.log.term(g.commit_index) == g.term)
+
     def _leader_changed(self, is_leader: bool, leader_id: int | None) -> None:
         if is_leader:
             self.leader_since_ns = time.time_ns()
@@ -222,7 +230,8 @@ class JetStreamCluster(MetaApi):
         """The leader adds servers it sees that are not members, and records their names;
         requests that waited for a leader are served or refused."""
         while True:
-            await trio.sleep(HOUSEKEEPING_S)
+            # a new leader holding requests serves them as soon as its own first entry applied
+            await trio.sleep(0.01 if self._waiting and self.is_leader else HOUSEKEEPING_S)
             g = self.group
             if g is None:
                 self._serve_waiting()
@@ -339,7 +348,7 @@ class JetStreamCluster(MetaApi):
         actions = self.meta.apply(entry.data)
         for a in actions:
             self._actions.append(("act", a))
-        if actions:
+        if actions or self._waiting:  # requests held for a new leader may be served now
             self._actions_wake.set()
         return None
 
