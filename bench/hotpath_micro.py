@@ -37,20 +37,25 @@ def make_conn(server: Server, cid: int) -> ClientConn:
     return c
 
 
-def run(payload_len: int, subs: int, distinct_replies: bool = False) -> float:
+def run(payload_len: int, subs: int, distinct_replies: bool = False, inboxes: bool = False,
+        per_read: int = 0) -> float:
+    """inboxes: every PUB goes to its own subject `_INBOX.r.<n>`, subscribed as `_INBOX.r.*`
+    (a responder's replies); per_read: frames per feed (default: a 64 KiB read's worth)."""
     server = Server(Options(port=0))
     pub = make_conn(server, 1)
     readers = [make_conn(server, 2 + i) for i in range(subs)]
     for r in readers:
-        s = Subscription(r, "bench.subject", None, b"1")
+        s = Subscription(r, "_INBOX.r.*" if inboxes else "bench.subject", None, b"1")
         r.subs[b"1"] = s
         server.add_sub(s)
     payload = b"x" * payload_len
     if distinct_replies:
         frames = [b"PUB bench.subject _INBOX.r.%05d %d\r\n%s\r\n" % (i, payload_len, payload) for i in range(4096)]
+    elif inboxes:
+        frames = [b"PUB _INBOX.r.%05d %d\r\n%s\r\n" % (i, payload_len, payload) for i in range(50)]
     else:
         frames = [b"PUB bench.subject %d\r\n%s\r\n" % (payload_len, payload)]
-    per_chunk = max(1, 65536 // len(frames[0]))
+    per_chunk = per_read or max(1, 65536 // len(frames[0]))
     chunk = b"".join(frames[i % len(frames)] for i in range(per_chunk))
     chunks = N_MSGS // per_chunk
     best = float("inf")
@@ -96,6 +101,10 @@ ROWS = {
     "pub->4 subs 16 B": lambda: run(16, 4),
     "pub only 16 B": lambda: run(16, 0),
     "distinct replies ->1 sub 16 B": lambda: run(16, 1, distinct_replies=True),
+    "requests, 8 a read": lambda: run(16, 1, distinct_replies=True, per_read=8),
+    "replies to 50 inboxes, 8 a read": lambda: run(16, 1, inboxes=True, per_read=8),
+    "request, 1 a read": lambda: run(16, 1, distinct_replies=True, per_read=1),
+    "reply, 1 a read": lambda: run(16, 1, inboxes=True, per_read=1),
     "routed ->1 sub 16 B": lambda: run_routed(16),
 }
 

@@ -6,18 +6,16 @@ import logging
 import os
 import sys
 
-from broker.lazy import lazy_module
+from broker.lazy import defer_unused_imports
 
-# loaded on first use (TLS configured, a DTLS cookie), not because trio imports them: keeps
-# OpenSSL (libssl, libcrypto) out of a server that never uses it
-lazy_module("ssl")
-lazy_module("hmac")
-lazy_module("idna")
+# OpenSSL (ssl, hmac), idna, tempfile and shutil load on first use, not because trio imports them
+defer_unused_imports()
 
 import trio  # noqa: E402
 
 from broker.config import ConfigError, parse_args, report_and_exit  # noqa: E402
-from broker.server import run_server, setup_logging  # noqa: E402
+from broker.logsetup import setup_logging  # noqa: E402
+from broker.server import run_server  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +28,25 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(run_server, opts)
     except KeyboardInterrupt:
         pass
-    except OSError as e:
-        logging.getLogger("broker").error("Error listening: %s", e)
+    except (OSError, BaseExceptionGroup) as e:
+        failed = _first_oserror(e)
+        if failed is None:
+            raise
+        # a port it cannot listen on: one fatal line and exit 1, as nats-server does
+        logging.getLogger("broker").critical("%s", failed.strerror or failed)
         return 1
     return 0
+
+
+def _first_oserror(exc: BaseException) -> OSError | None:
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_oserror(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _exit_now(code: int) -> None:

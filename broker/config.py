@@ -461,9 +461,9 @@ def parse_args(argv: list[str]) -> Options:
     opts = Options()
     config_file = str(last.get("config_file", ""))
     if config_file:
-        from broker import confparse
+        from broker import confapply
 
-        confparse.apply_config_file(opts, config_file, strict=bool(last.get("check_config")))
+        confapply.apply_config_file(opts, config_file, strict=bool(last.get("check_config")))
         if last.get("check_config"):  # -t: report the file valid, as nats-server does, and stop
             print(f"nats-server: configuration file {config_file} is valid ({opts.config_digest})", file=sys.stderr)
             sys.exit(0)
@@ -575,10 +575,10 @@ def _fmt_go_duration(seconds: float) -> str:
 
 def load_config_file(path: str, opts: Options | None = None) -> Options:
     """Apply a nats-server config file onto `opts` (or fresh defaults), then validate."""
-    from broker import confparse
+    from broker import confapply
 
     opts = opts if opts is not None else Options()
-    confparse.apply_config_file(opts, path)
+    confapply.apply_config_file(opts, path)
     return finalize(opts)
 
 

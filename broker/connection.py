@@ -18,6 +18,7 @@ import time
 
 import trio
 
+from broker.optrace import trace_ops
 from broker.protocol import (OP_CONNECT, OP_INFO, OP_PING, OP_PONG, OP_PUB, OP_RUN, OP_SUB, OP_UNSUB,
                              Parser, err_frame, expand_run, run_bodies)
 from broker.subjects import valid_literal, valid_subject
@@ -43,6 +44,24 @@ def render_bodies(lines: list, bodies: list) -> bytes:
     if len(lines) == 1:
         return lines[0].join(bodies)
     return b"".join([x for b in bodies[1:] for line in lines for x in (line, b)])
+
+
+def _make_plan(m, subject: bytes) -> tuple:
+    """(subject, [(client subscription, its connection, `MSG subj sid ` prefix)], route
+    peers, internal subscriptions) for ClientConn._plain_targets; the list is None when a
+    local subscriber is neither a client nor internal (route_msg decides then)."""
+    subs: list | None = []
+    callbacks: list | tuple = []
+    for sub in m.plain:
+        kind = sub.conn.kind
+        if kind == "Client":
+            subs.append((sub, sub.conn, b"MSG %b %b " % (subject, sub.sid)))
+        elif kind == "Internal":
+            callbacks.append(sub)
+        else:
+            subs = None
+            break
+    return subject, subs, m.peers, callbacks or ()  # (a Match's lists never change)
 
 
 class ClientConn:
@@ -95,8 +114,12 @@ class ClientConn:
         # counters
         self.in_msgs = 0
         self.in_bytes = 0
-        self.out_msgs = 0
         self.out_bytes = 0
+        self.gone_msgs = 0  # messages out are counted per subscription (sub.delivered): those of subs gone
+
+    @property
+    def out_msgs(self) -> int:
+        return self.gone_msgs + sum(s.delivered for s in self.subs.values())
 
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self, info_line: bytes) -> None:
@@ -142,16 +165,21 @@ class ClientConn:
         wait_readable = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
         waited = True
+        drained = False
         size = READ_CHUNK_BYTES
         while not self._closing:
             if receive is not None:
                 data = await receive(size)
             else:
+                if drained:  # the last read was short: wait, not a read that fails with EAGAIN
+                    await wait_readable(fd)
+                    waited = True
                 try:
                     data = os.read(fd, size)
                 except BlockingIOError:
                     await wait_readable(fd)
                     waited = True
+                    drained = False
                     continue
                 except OSError as e:
                     raise trio.BrokenResourceError(f"socket read failed: {e}") from e
@@ -162,7 +190,8 @@ class ClientConn:
                 self.close_reason = self.close_reason or "Client Closed"
                 self._cancel.cancel()
                 return
-            if len(data) == size:
+            drained = len(data) < size
+            if not drained:
                 if size < READ_CHUNK_MAX:
                     size *= 2
             elif size > READ_CHUNK_BYTES and len(data) < size // 4:
@@ -172,39 +201,17 @@ class ClientConn:
             if ops:
                 server = self.server
                 if server.opts.trace:
-                    self._trace(ops)
-                server.batched(self.process, ops)
+                    trace_ops(self, ops)
+                # server.batched(self.process, ops), inlined: a reader is never inside a batch
+                server.batch = batch = {}
+                try:
+                    self.process(ops)
+                finally:
+                    server.end_batch(batch)
             err = self.parser.error
             if err is not None:
                 self.fail(err.text)
                 return
-
-    def _trace(self, ops: list[tuple]) -> None:
-        """-V: one line per client operation, in nats-server's `<<- [OP args]` shape."""
-        for op in ops:
-            if op[0] == OP_RUN:
-                for o in expand_run(op):
-                    self._trace_one(o)
-            else:
-                self._trace_one(op)
-
-    def _trace_one(self, op: tuple) -> None:
-        code = op[0]
-        if code == OP_PUB:
-            args = [op[1], op[2]] if op[2] else [op[1]]
-            if op[3] is None:
-                line = b"PUB " + b" ".join(args) + b" %d" % len(op[4])
-            else:
-                line = b"HPUB " + b" ".join(args) + b" %d %d" % (len(op[3]), len(op[3]) + len(op[4]))
-        elif code == OP_SUB:
-            line = b" ".join(x for x in (b"SUB", op[1], op[2], op[3]) if x)
-        elif code == OP_UNSUB:
-            line = b"UNSUB %b" % op[1] + (b" %d" % op[2] if op[2] else b"")
-        elif code == OP_CONNECT:
-            line = b"CONNECT " + op[1]
-        else:
-            line = {OP_PING: b"PING", OP_PONG: b"PONG", OP_INFO: b"INFO"}[code]
-        log.log(5, "%s:%d - cid:%d - <<- [%s]", self.ip, self.port, self.cid, line.decode("utf-8", "replace"))
 
     async def _writer(self) -> None:
         deadline = self.server.opts.write_deadline_s
@@ -319,23 +326,29 @@ class ClientConn:
                 out += b"HMSG %b %b %b %d %d\r\n%b%b\r\n" % (subject, sub.sid, reply, hl, n, hdr, payload)
             else:
                 out += b"HMSG %b %b %d %d\r\n%b%b\r\n" % (subject, sub.sid, hl, n, hdr, payload)
-        self.out_msgs += 1
+        sub.delivered += 1
         self.out_bytes += n
         if len(out) > self.max_pending:
             self.cut_slow()
             return
         self._wake_writer()
 
-    def deliver_bodies(self, lines: list, bodies: list, n: int, nbytes: int) -> None:
-        """Append n messages at once for this connection's matching subscriptions: each
-        of `lines` is one subscription's `MSG subj sid [reply] size` CRLF, bodies is
+    def deliver_bodies(self, subs: list, lines: list, bodies: list, n: int, nbytes: int) -> None:
+        """Append n messages at once for this connection's matching subscriptions `subs`:
+        each of `lines` is one subscription's `MSG subj sid [reply] size` CRLF, bodies is
         [b"", payload CRLF, ...] (n payloads of `nbytes` bytes together). Never blocks."""
+        self.deliver_rendered(subs, render_bodies(lines, bodies), n, nbytes)
+
+    def deliver_rendered(self, subs: list, frames: bytes, n: int, nbytes: int) -> None:
+        """Append the frames of n messages (nbytes of payload) rendered elsewhere for each
+        of this connection's subscriptions `subs`. Never blocks."""
         if self._closing:
             return
         out = self.out
-        out += render_bodies(lines, bodies)
-        self.out_msgs += n * len(lines)
-        self.out_bytes += nbytes * len(lines)
+        out += frames
+        for sub in subs:
+            sub.delivered += n
+        self.out_bytes += nbytes * len(subs)
         if len(out) > self.max_pending:
             self.cut_slow()
             return
@@ -380,7 +393,7 @@ class ClientConn:
             pending -= 1
         out = self.out
         out += b"".join(parts)
-        self.out_msgs += len(msgs)
+        sub.delivered += len(msgs)
         self.out_bytes += size
         if len(out) > self.max_pending:
             self.cut_slow()
@@ -517,6 +530,9 @@ class ClientConn:
                     last = None
                 else:
                     last = None
+                    if touched and code == OP_UNSUB:  # UNSUB <sid> <max> counts what the sub received
+                        self._settle(touched)
+                        touched = {}
                     if not self._process_op(op):
                         return
                     fast = self._fast_pub
@@ -568,27 +584,39 @@ class ClientConn:
         """How to deliver a run of plain PUBs on one subject without route_msg:
         (client targets [(conn, MSG prefix, counters)], route peers with plain interest,
         internal subscribers' callbacks). None when route_msg must decide (no cached match,
-        queue groups, auto-unsubscribe limits)."""
+        queue groups, auto-unsubscribe limits, a local subscriber of another kind).
+        What depends only on the match and the subject (each subscriber's `MSG subj sid `
+        prefix, the peers, the callbacks) is kept on the Match from the second message
+        that uses it on; the first only marks it, so the many subjects published to once
+        (clients' unique reply inboxes) keep no plan in the match cache."""
         if m is None or m.queues:
             return None
+        plan = m.plan
+        if plan is None or plan is True or plan[0] != subject:
+            if plan is True:
+                plan = m.plan = _make_plan(m, subject)
+            else:
+                m.plan = True
+                plan = _make_plan(m, subject)
+        _, subs, peers, callbacks = plan
+        if subs is None:
+            return None
         out = []
-        callbacks = []
-        for sub in m.plain:
-            c = sub.conn
+        for sub, c, pre in subs:
             if sub.max_msgs:
                 return None
-            if c.kind != "Client":
-                if c.kind != "Internal":
-                    return None
-                callbacks.append(sub)
-                continue
             if c is self and not self.echo:
                 continue
-            t = touched.get(c)
+            t = touched.get(sub)
             if t is None:
-                t = touched[c] = [0, 0]
-            out.append((c, b"MSG %b %b " % (subject, sub.sid), t))
-        return out, list(m.peers), callbacks
+                t = touched[sub] = [0, 0]
+            out.append((c, pre, t))
+        if callbacks:
+            for sub in callbacks:
+                if sub.max_msgs:
+                    return None
+            callbacks = list(callbacks)
+        return out, peers, callbacks
 
     @staticmethod
     def _call_internal(subs: list, subject: str, reply: str, payload: bytes) -> None:
@@ -599,23 +627,32 @@ class ClientConn:
                 log.exception("internal subscriber for %r failed", sub.subject)
 
     def _settle(self, touched: dict) -> None:
-        """After a short-path batch: counters, slow-consumer checks and flushes per subscriber."""
+        """After a short-path batch (touched: sub -> [msgs, bytes]): counters, slow-consumer checks, flushes."""
         server = self.server
+        batch = server.batch
         msgs = nbytes = 0
-        for c, (k, b) in touched.items():
+        conns: dict = {}
+        for sub, (k, b) in touched.items():
             if not k:
                 continue
             msgs += k
             nbytes += b
-            c.out_msgs += k
+            sub.delivered += k
+            c = sub.conn
             c.out_bytes += b
+            conns[c] = None
+        for c in conns:
             if c._closing:
                 c.out = bytearray()
                 continue
             if len(c.out) > c.max_pending:
                 c.cut_slow()
                 continue
-            c._wake_writer()
+            if batch is not None:  # c._wake_writer(), inlined
+                batch[c] = None
+            elif not c._kicked:
+                c._kicked = True
+                c._wake.set()
         server.out_msgs += msgs
         server.out_bytes += nbytes
 
@@ -746,6 +783,7 @@ class ClientConn:
 
     def remove_sub(self, sub: Subscription) -> None:
         if self.subs.pop(sub.sid, None) is not None:
+            self.gone_msgs += sub.delivered
             self.server.remove_sub(sub)
 
     def send_info(self, info: dict) -> None:

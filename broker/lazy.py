@@ -32,3 +32,17 @@ def lazy_module(name: str) -> None:
     """Put a placeholder for module `name` in sys.modules unless it is imported already."""
     if name not in sys.modules:
         sys.modules[name] = _LazyModule(name)
+
+
+# Imported at startup by trio or by us, but used only by features a node may never turn on:
+# ssl, hmac and idna when TLS is configured or a DTLS cookie made; tempfile and shutil when the
+# JetStream store directory defaults to the temp dir (ctypes.util, which trio imports to name
+# its worker threads, imports them for fallbacks find_library takes only when ldconfig fails).
+# Together about 6 MiB resident, OpenSSL most of it (tests/core/test_footprint.py).
+DEFERRED_AT_START = ("ssl", "hmac", "idna", "tempfile", "shutil")
+
+
+def defer_unused_imports() -> None:
+    """Placeholders for DEFERRED_AT_START; call before importing trio."""
+    for name in DEFERRED_AT_START:
+        lazy_module(name)

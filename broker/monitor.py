@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 
 from broker.config import VERSION
+from broker.netaddrs import open_listeners
 
 REQUEST_MAX_BYTES = 8192
 
@@ -43,7 +44,8 @@ def _dur(seconds: float) -> str:
 async def serve_http(server, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     o = server.opts
     host = o.http_host if o.http_host not in ("",) else "0.0.0.0"
-    listeners = await trio.open_tcp_listeners(max(0, o.http_port), host=host)  # -1: random port
+    listeners = await open_listeners(max(0, o.http_port), host,  # -1: random port
+                                     lambda go: f"Can't start monitoring: can't listen to the monitor port: {go}")
     port = listeners[0].socket.getsockname()[1]
     stats: dict[str, int] = {}
 
@@ -179,7 +181,22 @@ def varz(server, stats: dict) -> dict:
     return v
 
 
-def _conn_info(c, now: float, subs: bool) -> dict:
+def _sub_detail(s, account: bool) -> dict:
+    """One subscription as nats-server's SubDetail: msgs counts all it received, max (an
+    UNSUB limit) only when set."""
+    d = {"account": "$G", "account_tag": "$G"} if account else {}
+    d["subject"] = s.subject
+    if s.queue:
+        d["qgroup"] = s.queue
+    d["sid"] = s.sid.decode()
+    d["msgs"] = s.delivered
+    if s.max_msgs:
+        d["max"] = s.max_msgs
+    d["cid"] = getattr(s.conn, "cid", 0)
+    return d
+
+
+def _conn_info(c, now: float, subs: bool | str) -> dict:
     d = {
         "cid": c.cid,
         "kind": "Client",
@@ -204,7 +221,10 @@ def _conn_info(c, now: float, subs: bool) -> dict:
         d["lang"] = c.lang
     if c.version:
         d["version"] = c.version
-    if subs:
+    if subs == "detail":
+        if c.subs:
+            d["subscriptions_list_detail"] = [_sub_detail(s, False) for s in c.subs.values()]
+    elif subs:
         d["subscriptions_list"] = [s.subject for s in c.subs.values()]
     return d
 
@@ -216,7 +236,8 @@ def connz(server, q: dict) -> dict:
         conns = [c for c in conns if str(c.cid) == q["cid"]]
     offset = int(q.get("offset", 0) or 0)
     limit = int(q.get("limit", 1024) or 1024)
-    subs = q.get("subs", "") in ("1", "true", "detail")
+    subs = q.get("subs", "")
+    subs = "detail" if subs == "detail" else subs in ("1", "true")
     page = conns[offset:offset + limit]
     return {
         "server_id": server.server_id,
@@ -260,10 +281,7 @@ def subsz(server, q: dict) -> dict:
         offset = int(q.get("offset", 0) or 0)
         limit = int(q.get("limit", 1024) or 1024)
         out.update({"total": len(subs), "offset": offset, "limit": limit,
-                    "subscriptions_list": [
-                        {"account": "$G", "subject": s.subject, "sid": s.sid.decode(), "msgs": s.delivered,
-                         "cid": getattr(s.conn, "cid", 0), **({"qgroup": s.queue} if s.queue else {})}
-                        for s in subs[offset:offset + limit]]})
+                    "subscriptions_list": [_sub_detail(s, True) for s in subs[offset:offset + limit]]})
     return out
 
 

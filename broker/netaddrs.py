@@ -1,11 +1,15 @@
 """This host's interface addresses, for the client URLs a server listening on every
-interface advertises (INFO connect_urls), found as nats-server finds them."""
+interface advertises (INFO connect_urls), found as nats-server finds them; and opening a
+listener that fails with nats-server's fatal startup text."""
 
 from __future__ import annotations
 
 import ctypes
 import ipaddress
 import socket
+from typing import Callable
+
+import trio
 
 
 class _Sockaddr(ctypes.Structure):
@@ -68,3 +72,14 @@ def local_ips() -> list[str]:
             if text not in ips:
                 ips.append(text)
     return ips
+
+
+async def open_listeners(port: int, host: str, fatal: Callable[[str], str]) -> list:
+    """trio listeners on host:port. When the port cannot be bound the OSError's text is
+    `fatal(go_text)`, nats-server's FTL line around Go's listen error ("listen tcp
+    127.0.0.1:4222: bind: address already in use"); `python -m broker` logs it and exits 1."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as e:
+        go = f"listen tcp {host}:{port}: bind: {(e.strerror or str(e)).lower()}"
+        raise OSError(e.errno, fatal(go)) from e

@@ -24,7 +24,7 @@ subject and writes them back out unchanged):
 
 from __future__ import annotations
 
-from cluster.protocol import run_length  # the strided-slice run finder, shared with RMSG runs
+from cluster.runs import run_length  # the strided-slice run finder, shared with RMSG runs (no msgspec)
 
 OP_PUB = 1
 OP_SUB = 2
@@ -112,7 +112,7 @@ class Parser:
                         if size <= max_payload and stop + 2 <= end and data[stop] == 13 and data[stop + 1] == 10:
                             reply = args[2] if na == 4 else b""
                             hlen = eol + 1 - pos
-                            if runs and startswith(data[pos:eol + 1], stop + 2):
+                            if runs and stop + 2 < end and startswith(data[pos:eol + 1], stop + 2):
                                 n = run_length(data, pos, hlen, size)
                                 if n > 1:
                                     append((OP_RUN, args[1], reply, data, pos, n, hlen, size))

@@ -17,26 +17,29 @@ import ctypes
 import json
 import logging
 import os
-import platform
 import random
 import signal
 import ssl
+import sys
 import tempfile
 import time
-from datetime import datetime
 
 import trio
 
 from broker import headers as hdrs
+from broker import routed
 from broker.config import VERSION, Options
 from broker.connection import ClientConn
-from broker.netaddrs import local_ips
+from broker.netaddrs import local_ips, open_listeners
 from broker.protocol import err_frame
 from broker.sublist import Match, Sublist, Subscription
 
 log = logging.getLogger("broker")
 
 GIT_COMMIT = "pybroker"
+# INFO "go": platform.python_version() is this token of sys.version (platform would compile its
+# version regex on the first connection)
+_GO = "python" + sys.version.split()[0]
 JS_API_LEVEL = 5  # nats-server 2.15's JetStream API level (broker/jetstream/api.py API_LEVEL)
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
@@ -46,10 +49,15 @@ def new_server_id() -> str:
     return "N" + "".join(rnd.choice(_B32) for _ in range(55))
 
 
+def _limitless_clients(subs) -> bool:
+    """Every subscription is a client's without a message limit (no internal subscriber):
+    a batch of deliveries can go straight to their buffers."""
+    return all(not sub.max_msgs and isinstance(sub.conn, ClientConn) for sub in subs)
+
+
 def _only_plain_clients(m: Match) -> bool:
-    """Every match is a client subscription without a message limit (no queue group, route
-    or internal subscriber): a batch of deliveries can go straight to their buffers."""
-    return not (m.queues or m.peers) and all(not sub.max_msgs and isinstance(sub.conn, ClientConn) for sub in m.plain)
+    """_limitless_clients, and no queue group or route peer either."""
+    return not (m.queues or m.peers) and _limitless_clients(m.plain)
 
 
 class InternalConn:
@@ -122,8 +130,8 @@ class Server:
         return ctx
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        host = self.opts.host if self.opts.host not in ("", "0.0.0.0") else None
-        listeners = await trio.open_tcp_listeners(self.opts.port, host=host or "0.0.0.0")
+        host, port = self.opts.host or "0.0.0.0", self.opts.port
+        listeners = await open_listeners(port, host, lambda go: f'Error listening on port: {host}:{port}, "{go}"')
         self._listeners = listeners
         self.port = listeners[0].socket.getsockname()[1]
         started = False
@@ -195,7 +203,7 @@ class Server:
             "version": VERSION,
             "proto": 1,
             "git_commit": GIT_COMMIT,
-            "go": "python" + platform.python_version(),
+            "go": _GO,
             "host": o.host or "0.0.0.0",
             "port": self.port,
             "headers": True,
@@ -245,6 +253,7 @@ class Server:
     def client_closed(self, conn: ClientConn) -> None:
         self.clients.pop(conn.cid, None)
         for sub in list(conn.subs.values()):
+            conn.gone_msgs += sub.delivered
             self.remove_sub(sub)
         conn.subs.clear()
         log.debug("%s:%d - cid:%d - Client connection closed: %s", conn.ip, conn.port, conn.cid,
@@ -484,15 +493,21 @@ class Server:
         subject, hdr, data, ts) goes to the subscribers of `to` showing its own subject,
         with reply `<prefix><seq>.<dseq + i>.<ts>.<pending - i>`. Only for interest that
         is plain client subscriptions without a message limit; returns False (nothing
-        sent) otherwise, and the caller delivers the messages one by one."""
-        m = self.sublist.match(to.encode())
+        sent) otherwise, and the caller delivers the messages one by one. A route peer
+        with interest gets the batch's frames rendered in one pass (broker/routed.py)."""
+        to_b = to.encode()
+        m = self.sublist.match(to_b)
         if m.empty:
             return True
-        if not _only_plain_clients(m):
+        if m.queues or not _limitless_clients(m.plain):
             return False
         size = 0
         for sub in m.plain:
             size += sub.conn.deliver_ack_run(sub, msgs, prefix, dseq, pending)
+        if m.peers:
+            frames, nbytes = routed.render_ack_run(to_b, msgs, prefix, dseq, pending)
+            for peer in m.peers:
+                peer.forward_frames(frames, len(msgs), nbytes)
         self.out_msgs += len(m.plain) * len(msgs)
         self.out_bytes += size
         return True
@@ -557,7 +572,8 @@ class Server:
             self._count_max(sub)
 
     def _count_max(self, sub: Subscription) -> None:
-        sub.delivered += 1
+        """After a delivery to a subscription with an UNSUB max (ClientConn.deliver counted
+        it in sub.delivered, with those received before the UNSUB, as nats-server does)."""
         if sub.delivered >= sub.max_msgs:
             conn = sub.conn
             if isinstance(conn, ClientConn):
@@ -570,13 +586,21 @@ class Server:
         m = self.sublist.match(reply)
         for sub in m.plain:
             if sub.conn is client:
-                client.deliver(sub, reply, b"", hdr, b"")
+                self._status_to(client, sub, reply, hdr)
                 return
         for group in m.queues:
             for sub in group.members:
                 if sub.conn is client:
-                    client.deliver(sub, reply, b"", hdr, b"")
+                    self._status_to(client, sub, reply, hdr)
                     return
+
+    @staticmethod
+    def _status_to(client: ClientConn, sub: Subscription, reply: bytes, hdr: bytes) -> None:
+        """A no-responders status: nats-server counts it neither toward the subscription's
+        messages (its UNSUB max, /connz msgs) nor in the connection's out_msgs/out_bytes."""
+        n, b = sub.delivered, client.out_bytes
+        client.deliver(sub, reply, b"", hdr, b"")
+        sub.delivered, client.out_bytes = n, b
 
     # ---- cluster hooks -------------------------------------------------------------------
     def add_route_sub(self, peer, subject: str, queue: str | None, weight: int) -> None:
@@ -609,25 +633,54 @@ class Server:
         m = self.sublist.match(subject.encode())
         plain = m.plain
         if ("@" in reply and reply.startswith(JS_ACK_PREFIX)) or \
-                not all(not sub.max_msgs and isinstance(sub.conn, ClientConn) for sub in plain):
+                not _limitless_clients(plain):
             deliver = self.deliver_routed
             for i in range(1, n + 1):
                 deliver(subject, reply, None, bodies[i][:-2], None)
             return
         total = n * size
-        self.in_msgs += n
-        self.in_bytes += total
-        self.routed_in_msgs += n
-        self.routed_in_bytes += total
+        self._routed_in(n, total)
         if not plain:
             return
         tail = b"%b %d\r\n" % (reply.encode(), size) if reply else b"%d\r\n" % size
         subject_b = subject.encode()
         lines: dict = {}  # a connection's subscriptions get each message in turn
         for sub in plain:
-            lines.setdefault(sub.conn, []).append(b"MSG %b %b " % (subject_b, sub.sid) + tail)
-        for conn, ls in lines.items():
-            conn.deliver_bodies(ls, bodies, n, total)
+            subs, ls = lines.setdefault(sub.conn, ([], []))
+            subs.append(sub)
+            ls.append(b"MSG %b %b " % (subject_b, sub.sid) + tail)
+        for conn, (subs, ls) in lines.items():
+            conn.deliver_bodies(subs, ls, bodies, n, total)
+        self.out_msgs += n * len(plain)
+        self.out_bytes += total * len(plain)
+
+    def _routed_in(self, n: int, nbytes: int) -> None:
+        self.in_msgs += n
+        self.in_bytes += nbytes
+        self.routed_in_msgs += n
+        self.routed_in_bytes += nbytes
+
+    def deliver_routed_replies(self, subject: str, replies: list[bytes], payloads: list[bytes]) -> None:
+        """Routed messages on one subject, each with its own reply (cluster hook: a JetStream
+        batch from another node). Client subscriptions without a message limit get their
+        frames rendered in one pass; anything else goes through deliver_routed."""
+        m = self.sublist.match(subject.encode())
+        plain = m.plain
+        if not _limitless_clients(plain):
+            for reply, payload in zip(replies, payloads):
+                self.deliver_routed(subject, reply.decode("utf-8", "surrogateescape"), None, payload, None)
+            return
+        n = len(payloads)
+        total = sum(map(len, payloads))
+        self._routed_in(n, total)
+        if not plain:
+            return
+        pairs = routed.shown(subject.encode(), replies)
+        by_conn: dict = {}  # a connection's subscriptions get each message in turn
+        for sub in plain:
+            by_conn.setdefault(sub.conn, []).append(sub)
+        for conn, subs in by_conn.items():
+            conn.deliver_rendered(subs, routed.render_replies([s.sid for s in subs], pairs, payloads), n, total)
         self.out_msgs += n * len(plain)
         self.out_bytes += total * len(plain)
 
@@ -690,41 +743,10 @@ def _routed_reply(to: str, subject: str, reply: str) -> str:
     return reply
 
 
-TRACE = 5  # below DEBUG: protocol traces (-V)
-
-
 def _log_host(host: str) -> str:
     """A listen address as nats-server logs it: 0.0.0.0 when unset, IPv6 in brackets."""
     host = host or "0.0.0.0"
     return f"[{host}]" if ":" in host else host
-
-
-class _NatsFormatter(logging.Formatter):
-    """nats-server's timestamp: local time with microseconds (2006/01/02 15:04:05.000000)."""
-
-    def formatTime(self, record, datefmt=None):
-        return datetime.fromtimestamp(record.created).strftime("%Y/%m/%d %H:%M:%S.%f")
-
-
-def setup_logging(opts: Options) -> None:
-    for lvl, name in ((TRACE, "TRC"), (logging.DEBUG, "DBG"), (logging.INFO, "INF"),
-                      (logging.WARNING, "WRN"), (logging.ERROR, "ERR"), (logging.CRITICAL, "FTL")):
-        logging.addLevelName(lvl, name)  # nats-server's level labels
-    level = logging.INFO
-    if opts.debug:
-        level = logging.DEBUG
-    if opts.trace:
-        level = TRACE
-    fmt = f"[{os.getpid()}] %(asctime)s [%(levelname).3s] %(message)s"
-    handler: logging.Handler
-    if opts.log_file:
-        handler = logging.FileHandler(opts.log_file)
-    else:
-        handler = logging.StreamHandler()
-    handler.setFormatter(_NatsFormatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 def _prepare_store_dir(opts: Options) -> None:

@@ -64,13 +64,17 @@ class QueueGroup:
 
 
 class Match:
-    __slots__ = ("plain", "peers", "queues", "empty")
+    __slots__ = ("plain", "peers", "queues", "empty", "plan")
 
     def __init__(self, plain: list, peers: list, queues: list):
         self.plain = plain  # local (client/internal) plain subscriptions
         self.peers = peers  # distinct route peers with plain interest
         self.queues = queues  # list[QueueGroup], local and remote members together
         self.empty = not plain and not peers and not queues
+        # the router's delivery plan for a subject published with this result, or True
+        # after the first message (see ClientConn._plain_targets): a Match never changes
+        # once made, so neither does the plan; a subscription change makes a new Match
+        self.plan: tuple | bool | None = None
 
 
 class _Level:

@@ -49,6 +49,13 @@ class ClusterHost(Protocol):
                        queues: list[str] | None) -> None: ...
     # optional: n routed messages at once (see RouteParser.on_run); without it, one call each
     def deliver_routed_run(self, subject: str, reply: str, bodies: list, n: int, size: int) -> None: ...
+    # optional: routed messages on one subject, each with its own reply (RouteParser.on_replies)
+    def deliver_routed_replies(self, subject: str, replies: list[bytes], payloads: list[bytes]) -> None: ...
+    # optional, together: output batches. batched(fn, *args) runs fn with every connection's
+    # output held and calls flush_now() on each connection written to when fn returns;
+    # `batch` is the open batch (a dict the route adds itself to) or None
+    def batched(self, fn, *args) -> None: ...
+    batch: dict | None
     def local_interest(self) -> list[tuple[str, str | None, int]]: ...
     def set_cluster_urls(self, urls: list[str]) -> None: ...
     def client_url(self) -> str: ...
@@ -131,7 +138,14 @@ class ClusterManager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             host = None if self.cfg.host in _UNSPECIFIED_HOSTS else self.cfg.host
-            listeners = await nursery.start(partial(trio.serve_tcp, self._accepted, self.cfg.port, host=host))
+            try:
+                listeners = await trio.open_tcp_listeners(self.cfg.port, host=host)
+            except OSError as e:
+                # nats-server's FTL text for a route port it cannot bind
+                raise OSError(e.errno, f"Error listening on router port: {self.cfg.port} - listen tcp "
+                                       f"{host or '0.0.0.0'}:{self.cfg.port}: bind: "
+                                       f"{(e.strerror or str(e)).lower()}") from e
+            await nursery.start(trio.serve_listeners, self._accepted, listeners)
             self.port = listeners[0].socket.getsockname()[1]
             log.info("Cluster %r listening for route connections on port %d", self.cfg.name, self.port)
             for url in self.configured_urls:
@@ -374,6 +388,9 @@ class ClusterManager:
         route.parser.on_msg = self.host.deliver_routed
         route.parser.on_op = partial(self._route_op, route)
         route.parser.on_run = getattr(self.host, "deliver_routed_run", None)
+        route.parser.on_replies = getattr(self.host, "deliver_routed_replies", None)
+        if hasattr(self.host, "batched"):
+            route.batches = self.host  # its `batch`: the output batch open now, if any
         self.routes[rid] = route
         now = trio.current_time()
         for old in self.membership.down_at_url(route.route_url):
@@ -427,21 +444,42 @@ class ClusterManager:
     # ------------------------------------------------------------ established route
 
     async def _read_loop(self, route: Route, backlog: collections.deque) -> None:
-        host = self.host
-        while True:
-            if backlog:
-                ops = list(backlog)
-                backlog.clear()
-            else:
-                ops = await route.read_ops()
+        """Each read is parsed and handled inside one host output batch when the host has
+        them (`batched`): what it delivers to clients and forwards on routes is written
+        once per connection when the read is done, not by a writer task per connection."""
+        batched = getattr(self.host, "batched", None)
+        if backlog:  # read with the handshake, before registration
+            ops = list(backlog)
+            backlog.clear()
+            if route.registered:
+                self._handle_ops(route, ops)
+        parser = route.parser
+        while route.registered:
+            if parser.failed:
+                parser.feed(b"")  # raises the error held back after the last good ops
+            data = await route.read_some()
             if not route.registered:
                 return  # replaced by a duplicate: its interest must not come back
-            for op in ops:  # before registration; afterwards the parser hands them over in order
-                if op.__class__ is proto.Msg:
-                    if op.account == proto.ACCOUNT:
-                        host.deliver_routed(op.subject, op.reply, op.hdr, op.payload, op.queues)
-                else:
-                    self._route_op(route, op)
+            if batched is not None:
+                batched(self._handle_data, route, data)
+            else:
+                self._handle_data(route, data)
+
+    def _handle_data(self, route: Route, data: bytes) -> None:
+        ops = route.parser.feed(data)  # runs of RMSGs go to the host's on_run from here
+        if ops:
+            self._handle_ops(route, ops)
+
+    def _handle_ops(self, route: Route, ops: list) -> None:
+        host = self.host
+        for op in ops:
+            if op.__class__ is proto.Msg:
+                if op.account == proto.ACCOUNT:
+                    host.deliver_routed(op.subject, op.reply, op.hdr, op.payload, op.queues)
+            else:
+                self._route_op(route, op)
+            if not route.registered:
+                return
 
     def _route_op(self, route: Route, op) -> None:
         """One non-message operation of a registered route, in its place among the messages."""
@@ -513,3 +551,4 @@ class ClusterManager:
 
     def route_list(self) -> list[Route]:
         return sorted(self.routes.values(), key=lambda r: r.rid)
+

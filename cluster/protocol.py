@@ -24,6 +24,8 @@ import re
 
 import msgspec
 
+from cluster.runs import run_length  # shared with broker/protocol.py's runs of PUBs
+
 ACCOUNT = "$G"
 CONTROL_LINE_MAX_BYTES = 64 * 1024
 PAYLOAD_MAX_BYTES = 8 * 1024 * 1024
@@ -149,7 +151,10 @@ class RouteParser:
     `on_run` set as well, a run of n >= 2 RMSGs with the same control line (no queues,
     no headers) goes to `on_run(subject, reply, bodies, n, size)` in one call: bodies
     is the run split at that line, [b"", payload_1 CRLF, ..., payload_n CRLF], so
-    line.join(bodies) is the same frames under another line.
+    line.join(bodies) is the same frames under another line. With `on_replies` set, a
+    run of n >= 2 RMSGs on one subject whose replies differ (a JetStream batch: every
+    ack reply is its own) goes to `on_replies(subject, replies, payloads)` in one call,
+    replies and payloads as lists of bytes.
     `on_op`, when set, takes every other operation in order as it is parsed.
     `msgs`/`bytes` count routed messages and their header+payload bytes.
     """
@@ -161,6 +166,7 @@ class RouteParser:
         on_msg=None,
         on_run=None,
         on_op=None,
+        on_replies=None,
     ) -> None:
         self._chunks: list[bytes] = []
         self._have = 0  # bytes held in _chunks
@@ -168,6 +174,7 @@ class RouteParser:
         self._payload_max = payload_max_bytes
         self.on_msg = on_msg
         self.on_run = on_run
+        self.on_replies = on_replies
         # Every other operation (RS+, RS-, PING, INFO...) goes to on_op(op) as it is parsed,
         # when set: interest then changes exactly where it stood among the messages (a reply
         # that follows an RS+ for its subject must find that interest).
@@ -310,9 +317,44 @@ class RouteParser:
             if len(bodies) == n + 1:  # the line only where frames start (it cannot overlap itself)
                 self.on_run(subject, reply_s, bodies, n, size)
                 return pos + n * flen
+        if n == 1 and reply and self.on_replies is not None:
+            end_run = self._replies_run(m.group(1), subject, reply, buf[start:stop], buf, stop + 2)
+            if end_run:
+                return end_run
         for p in range(pos + clen, pos + n * flen, flen):
             on_msg(subject, reply_s, None, buf[p : p + size], None)
         return pos + n * flen
+
+    def _replies_run(self, raw_subject: bytes, subject: str, reply: bytes, payload: bytes, buf: bytes,
+                     pos: int) -> int:
+        """After one complete `RMSG $G <subject> <reply> <size>` frame: the complete frames
+        right after it on the same subject with a reply (each its own) go, with it, to
+        on_replies in one call. Returns the offset after them, or 0 when the next frame is
+        not one (the caller delivers the first frame alone). A frame that is incomplete or
+        malformed ends the run; the main loop takes it from there."""
+        match = _RMSG_G.match
+        end = len(buf)
+        replies = [reply]
+        payloads = [payload]
+        payload_max = self._payload_max
+        while pos < end:
+            m = match(buf, pos)
+            if m is None or m.group(1) != raw_subject or not m.group(2):
+                break
+            size = int(m.group(3))
+            start = m.end()
+            stop = start + size
+            if size > payload_max or stop + 2 > end or buf[stop : stop + 2] != b"\r\n":
+                break
+            replies.append(m.group(2))
+            payloads.append(buf[start:stop])
+            pos = stop + 2
+        if len(replies) == 1:
+            return 0
+        self.msgs += len(replies) - 1  # the first frame was counted by the caller
+        self.bytes += sum(map(len, payloads)) - len(payload)
+        self.on_replies(subject, replies, payloads)
+        return pos
 
     def _control(self, line: bytes):
         head = line[:5].upper()
@@ -379,44 +421,6 @@ class RouteParser:
         except UnicodeDecodeError:
             raise RouteProtocolError(ERR_UNKNOWN_OP) from None
         self._pending = (account, subject, reply, queues, hdr_len, total)
-
-
-RUN_SCAN_MIN = 8  # runs shorter than this are checked frame by frame
-
-
-def run_length(data: bytes, start: int, hlen: int, size: int) -> int:
-    """How many frames, the first one already checked, repeat data[start:start+hlen] (a
-    control line) followed by `size` payload bytes and CRLF back to back from `start`,
-    counting only complete frames. Long runs are checked a column at a time: the byte
-    at offset j of every frame is one strided slice (C-level) compared by lstrip, so the
-    cost is (hlen + 2) slices, not a Python step per frame. broker/protocol.py uses it for
-    runs of client PUBs too (cluster/ imports nothing from broker/, the other way is fine)."""
-    flen = hlen + size + 2
-    n = (len(data) - start) // flen
-    if n < RUN_SCAN_MIN:
-        hdr = data[start:start + hlen]
-        k = 1
-        pos = start + flen
-        while k < n and data.startswith(hdr, pos) and data[pos + flen - 2] == 13 and data[pos + flen - 1] == 10:
-            k += 1
-            pos += flen
-        return k
-    stop = start + n * flen
-    for j in range(hlen):
-        c = data[start + j:start + j + 1]
-        col = data[start + j:stop:flen]
-        k = n - len(col.lstrip(c))
-        if k < n:
-            n = k
-            stop = start + n * flen
-    t = start + hlen + size
-    for j, c in ((t, b"\r"), (t + 1, b"\n")):
-        col = data[j:stop:flen]
-        k = n - len(col.lstrip(c))
-        if k < n:
-            n = k
-            stop = start + n * flen
-    return n
 
 
 def _rsub(args: list[bytes]) -> RSub:

@@ -1,9 +1,13 @@
 """One route connection to another node: framing, outbound buffer, liveness (trio).
 
-A `Route` owns its stream. Reading is pulled by the manager (`read_ops`), which also
-decides what each operation means. Writing goes through one writer task: `forward`
-and `send` are plain `def`s that append to an outbound bytearray and wake the
-writer, so a publisher never waits for a route. A route whose buffer grows past
+A `Route` owns its stream. Reading is pulled by the manager (`read_ops` during the
+handshake, then `read_some`), which also decides what each operation means. Writing:
+`forward` and `send` are plain `def`s that append to an outbound bytearray, so a
+publisher never waits for a route. Outside an output batch they wake the writer task;
+inside one (the host's `batch` dict is set: a client read, a route read, a Raft cycle)
+the route joins the batch and the host calls `flush_now()` when it ends, one direct
+non-blocking write with the writer task left for what does not fit, as nats-server's
+readLoop flushes the connections it wrote to. A route whose buffer grows past
 `pending_bytes_max` is cut (it reconnects and re-syncs its interest). The pinger
 sends PING every `ping_interval_s` and cuts the route with 'Stale Connection' once
 `ping_max` PINGs are outstanding.
@@ -12,6 +16,7 @@ sends PING every `ping_interval_s` and cuts the route with 'Stale Connection' on
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -75,6 +80,14 @@ class Route:
         self._nursery: trio.Nursery | None = None
         self._pings_out = 0
         self._ping_sent_at = 0.0
+        try:
+            self._fd = stream.socket.fileno()
+        except (AttributeError, OSError):
+            self._fd = -1
+        self._sending = False  # the writer task is inside send_all: no direct write now
+        self._waited = True
+        self._drained = False
+        self.batches = None  # set by the manager: an object whose `batch` is the open output batch or None
 
     def __repr__(self) -> str:
         return f"<Route rid={self.rid} {self.name or '?'} {self.ip}:{self.port}>"
@@ -115,6 +128,17 @@ class Route:
         self.out_msgs += n
         self._queued(out)
 
+    def forward_frames(self, frames: bytes, n: int, nbytes: int) -> None:
+        """Router hook: queue n routed messages already rendered as RMSG/HMSG frames
+        (nbytes of header and payload). Never blocks."""
+        if self._closing:
+            return
+        out = self._out
+        out += frames
+        self.out_bytes += nbytes
+        self.out_msgs += n
+        self._queued(out)
+
     def _queued(self, out: bytearray) -> None:
         """After frames were added to `out`: cut a peer that lets too much pile up (slow
         consumer), else wake the writer."""
@@ -122,7 +146,33 @@ class Route:
             log.warning("%r: Slow Consumer Detected: MaxPending of %d Exceeded", self, self._pending_max)
             self.abort()
             return
+        host = self.batches
+        if host is not None:
+            batch = host.batch
+            if batch is not None:
+                batch[self] = None
+                return
         if not self._wake_set:
+            self._wake_set = True
+            self._wake.set()
+
+    def flush_now(self) -> None:
+        """End of an output batch: one non-blocking write straight to the socket unless
+        the writer task is mid-write; what does not fit is left to the writer."""
+        out = self._out
+        if out and not self._sending and not self._closing and self._fd >= 0:
+            try:
+                k = os.write(self._fd, out)
+            except (BlockingIOError, InterruptedError):
+                k = 0
+            except OSError:
+                k = 0  # the writer task meets the same error and closes the route
+            if k == len(out):
+                self._out = bytearray()
+                return
+            if k:
+                del out[:k]
+        if (self._out or self._closing) and not self._wake_set:
             self._wake_set = True
             self._wake.set()
 
@@ -202,12 +252,15 @@ class Route:
             self._wake_set = False
             while self._out:
                 data, self._out = self._out, bytearray()
+                self._sending = True
                 with trio.move_on_after(self.limits.write_timeout_s) as timeout:
                     try:
                         await self.stream.send_all(data)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         self.abort()
                         return
+                    finally:
+                        self._sending = False
                 if timeout.cancelled_caught:
                     log.warning("%r: write deadline exceeded", self)
                     self.abort()
@@ -233,6 +286,40 @@ class Route:
         self._pings_out = 0
 
     # -------------------------------------------------------------- inbound
+
+    async def read_some(self) -> bytes:
+        """The next bytes from the peer, read straight from the socket: a read right after a
+        wait is handled at once (trio's SocketStream adds a scheduling pass after every
+        read), a read that did not wait yields first so a busy route never starves the
+        rest. Raises RouteClosed on EOF or a broken socket."""
+        fd = self._fd
+        try:
+            if fd < 0:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            else:
+                while True:
+                    if self._drained:  # the last read was short: wait, not a read that fails
+                        await trio.lowlevel.wait_readable(fd)
+                        self._waited = True
+                    try:
+                        data = os.read(fd, RECEIVE_BYTES)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(fd)
+                        self._waited = True
+                        self._drained = False
+                        continue
+                    if not self._waited:
+                        await trio.lowlevel.checkpoint()
+                    self._waited = False
+                    self._drained = len(data) < RECEIVE_BYTES
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            raise RouteClosed() from None
+        if not data:
+            raise RouteClosed()
+        self.last_activity = time.time()
+        self._pings_out = 0  # any traffic proves the peer is alive
+        return data
 
     async def read_ops(self) -> list:
         """Wait for the next batch of operations. Raises RouteClosed on EOF and

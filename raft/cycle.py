@@ -15,7 +15,8 @@ from .core import RaftCore, Ready
 from .messages import NORMAL, AnyMessage, AppendEntries, Entry, InstallSnapshot
 from .storage import Storage
 
-__all__ = ["StateMachine", "ProposalDropped", "process_ready", "send_leader_messages_early", "deliver_ready"]
+__all__ = ["StateMachine", "ProposalDropped", "process_ready", "send_leader_messages_early", "send_after_persist",
+           "deliver_ready"]
 
 
 class StateMachine(Protocol):
@@ -49,6 +50,14 @@ def send_leader_messages_early(rd: Ready, send: Callable[[AnyMessage], None]) ->
         else:
             late.append(m)
     rd.messages = late
+
+
+def send_after_persist(rd: Ready, send: Callable[[AnyMessage], None]) -> None:
+    """The first step of deliver_ready on its own: send what waited for the persist (votes,
+    acknowledgements), so a driver can put them on the wire before applying."""
+    for m in rd.messages:
+        send(m)
+    rd.messages = []
 
 
 def deliver_ready(core: RaftCore, rd: Ready, send: Callable[[AnyMessage], None], state_machine: StateMachine,

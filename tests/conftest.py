@@ -19,14 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from deploy.chaos.ports import free_port  # noqa: F401  (re-exported for the tests)
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = START_TIMEOUT_S) -> None:
@@ -60,6 +56,8 @@ class ServerProc:
         self.log_path = log_path
         self.port = port or free_port()
         self.http_port = http_port if http_port is not None else free_port()
+        self._picked = (not port, http_port is None)  # ports free_port() chose (may be taken meanwhile)
+        self._started_once = False
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -75,12 +73,31 @@ class ServerProc:
         return argv + self.extra
 
     def start(self) -> "ServerProc":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     start_new_session=True)
-        log.close()
-        wait_port(self.port, self.proc)
-        return self
+        for attempt in range(3):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                         start_new_session=True)
+            log.close()
+            try:
+                wait_port(self.port, self.proc)
+                if self.http_port and not {"-m", "--http_port"} & set(self.extra):
+                    wait_port(self.http_port, self.proc)  # ours binds it a moment after the client port
+            except RuntimeError:
+                # A port free_port() picked was taken by another process before the server bound
+                # it (a race of the test harness, not of the server): pick new ones, first start only.
+                said = self.log_path.read_bytes()[offset:].decode(errors="replace").lower()
+                if self._started_once or attempt == 2 or "address already in use" not in said \
+                        or not any(self._picked):
+                    raise
+                if self._picked[0]:
+                    self.port = free_port()
+                if self._picked[1]:
+                    self.http_port = free_port()
+                continue
+            self._started_once = True
+            return self
+        raise AssertionError("unreachable")
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:

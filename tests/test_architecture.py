@@ -9,9 +9,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PURE = [
     "broker/protocol.py", "broker/sublist.py", "broker/subjects.py", "broker/headers.py",
-    "broker/jetstream/stream.py", "broker/jetstream/consumer.py", "broker/jetstream/storetypes.py",
+    "broker/jetstream/stream.py", "broker/jetstream/consumer.py", "broker/jetstream/pullserve.py",
+    "broker/jetstream/consumerout.py", "broker/jetstream/pushflow.py", "broker/jetstream/storetypes.py",
     "broker/jetstream/cluster/streamsm.py",
-    "cluster/protocol.py", "cluster/membership.py", "raft/core.py", "raft/log.py", "raft/messages.py",
+    "cluster/protocol.py", "cluster/runs.py", "cluster/membership.py", "raft/core.py", "raft/log.py", "raft/messages.py",
 ]
 
 

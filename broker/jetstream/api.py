@@ -119,6 +119,8 @@ class ClusterInfo(msgspec.Struct, kw_only=True):
     raft_group: str | UnsetType = UNSET
     leader: str | UnsetType = UNSET
     leader_since: str | UnsetType = UNSET
+    system_account: bool | UnsetType = UNSET  # replicated: its Raft traffic is the system account's
+    traffic_account: str | UnsetType = UNSET
     replicas: list[PeerInfo] | UnsetType = UNSET
 
 

@@ -147,7 +147,9 @@ def info(mgr, e, kind: str | None, full_meta: bool = True) -> dict:
     d["num_redelivered"] = c.num_redelivered()
     d["num_waiting"] = len(c.waiting)
     d["num_pending"] = c.npending
-    block = mgr.js.cluster_block()
+    # a consumer asked for one replica shows a one-server block (ours still records its state
+    # in the stream's log: it lives on the stream's leader)
+    block = mgr.js.cluster_block(c.stream_name if e.replica is not None and c.cfg.num_replicas != 1 else "")
     if block is not None:
         d["cluster"] = msgspec.to_builtins(block)
     if c.push and mgr.server.has_interest(c.cfg.deliver_subject):
@@ -252,6 +254,9 @@ def create(mgr, tokens: list[str], payload: bytes, durable_api: bool) -> dict:
 
 
 def _check_stream_rules(mgr, stream, cfg: ConsumerConfig, name: str) -> None:
+    if (stream.config.retention != "limits" and mgr.js.replica(stream.name) is not None
+            and cfg.num_replicas not in (0, stream.config.num_replicas)):
+        raise cerr(400, 10134, "consumer config replicas must match interest retention stream's replicas")
     if stream.config.retention != "workqueue":
         return
     if cfg.ack_policy != "explicit":
@@ -380,6 +385,8 @@ def h_pause(mgr, tokens, payload):
     c = e.c
     c.paused_until = until if until > now else 0
     c.cfg.pause_until = api.rfc3339(until) if c.paused_until else None
+    if e.durable:  # part of its config (nats-server updates the consumer's assignment): kept, replicated
+        mgr._write_meta(e)
     mgr._kick()
     out = {"type": api.PREFIX + "consumer_pause_response", "paused": bool(c.paused_until),
            "pause_until": api.rfc3339(until) if until else api.ZERO_TIME}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
+import random
 import threading
 import time
 
@@ -27,7 +27,6 @@ import msgspec
 import trio
 
 from broker import headers as hdrs
-from broker.jetstream import api
 from broker.jetstream import consumer_api as capi
 from broker.jetstream.consumer import Consumer, Out, Run
 from broker.jetstream.consumerconfig import ConsumerConfig, parse_duration_ns
@@ -42,14 +41,16 @@ BIND_POLL_NS = 5_000_000  # a push consumer that just lost or never had interest
 BIND_FAST_NS = 2_000_000_000  # ...for this long (clients subscribe to the deliver subject after creating it)
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _enc = msgspec.json.Encoder()
+_rng = random.SystemRandom()  # os.urandom: `secrets` would load OpenSSL's libcrypto (3.6 MiB) for this
 
 
 class _Entry:
     """Runtime wrapper of one consumer: where it lives and its push/idle bookkeeping."""
-    __slots__ = ("c", "stream", "durable", "hb_next", "inactive_since", "deleted", "due")
+    __slots__ = ("c", "stream", "durable", "hb_next", "inactive_since", "deleted", "due", "replica")
 
     def __init__(self, c: Consumer, stream, durable: bool, now_ns: int) -> None:
         self.c = c
+        self.replica = None  # cluster/replica.py StreamReplica: a replicated consumer's state goes there
         self.stream = stream
         self.durable = durable
         self.hb_next = now_ns + c.cfg.idle_heartbeat if c.cfg.idle_heartbeat else 0
@@ -74,6 +75,7 @@ class ConsumerManager:
         self._acks: list[tuple[_Entry, int, int]] = []  # plain acks of the current read, in order
         self._pulls_to_serve: dict[_Entry, None] = {}  # got pull requests: served in api_batch_end
         self._ack_replies: list[tuple[_Entry, str]] = []  # confirmed acks answered once their state is durable
+        self._gates: dict[int, tuple] = {}  # id(consumer) -> (replica, entry): outputs wait for a commit
 
     # ---- plumbing --------------------------------------------------------------------
     def _ensure_task(self) -> None:
@@ -97,10 +99,19 @@ class ConsumerManager:
                 self._wake.set()
 
     def emit(self, c: Consumer) -> None:
-        """Publish everything the state machine produced."""
+        """Publish everything the state machine produced (a replicated consumer's, once the
+        state that produced it has committed: cluster/replica.py)."""
         if not c.out:
             return
         out, c.out = c.out, []
+        if self._gates:
+            gate = self._gates.get(id(c))
+            if gate is not None:
+                gate[0].hold(gate[1], out)
+                return
+        self.publish_outs(out)
+
+    def publish_outs(self, out: list) -> None:
         srv = self.server
         i, n = 0, len(out)
         while i < n:
@@ -171,6 +182,40 @@ class ConsumerManager:
             self.emit(e.c)
             self.busy.discard(e)
 
+    def leader_lost(self, stream) -> None:
+        """This node no longer leads a replicated stream: its consumers move to the new leader
+        (replicated ones from the log; ephemerals are gone). Waiting pull requests get
+        `409 Leadership Change`, as from nats-server."""
+        entries = self.by_stream.pop(stream.name, {})
+        for e in entries.values():
+            e.deleted = True
+            self.busy.discard(e)
+            self._gates.pop(id(e.c), None)
+            e.c.stop("Leadership Change")
+            self.publish_outs(e.c.out)
+            e.c.out = []
+
+    def leader_gained(self, stream, replica, states: dict) -> None:
+        """This node now leads a replicated stream: its replicated consumers start here from the
+        state the log recorded (pending messages are redelivered after their ack wait)."""
+        from broker.jetstream.consumerconfig import ConsumerConfig
+
+        now = time.time_ns()
+        have = self.by_stream.get(stream.name, {})
+        for name, (created, cfg_json, state) in sorted(states.items()):
+            if name in have:
+                continue
+            try:
+                st = msgspec.msgpack.decode(state) if state else None
+                c = _revive(stream, name, msgspec.json.decode(cfg_json, type=ConsumerConfig), created, st, now)
+            except (ValueError, KeyError, TypeError, msgspec.DecodeError, msgspec.ValidationError) as ex:
+                log.error("cannot start replicated consumer %s > %s: %s", stream.name, name, ex)
+                continue
+            for reply, expires in (st or {}).get("waiting", ()):  # waiting on the old leader
+                if not expires or expires > now:
+                    self.server.publish(reply, "", hdrs.build(status="409", description="Leadership Change"), b"")
+            self._serve(self._add(stream, c, now, replica), now)
+
     def needs_msg(self, stream, seq: int, subject: str) -> bool:
         for e in self.by_stream.get(stream.name, {}).values():
             c = e.c
@@ -203,15 +248,12 @@ class ConsumerManager:
             try:
                 with open(os.path.join(d, name, "meta.json"), "rb") as f:
                     meta = msgspec.json.decode(f.read())
-                cfg = msgspec.convert(meta["config"], ConsumerConfig)
-                c = Consumer(stream.name, name, cfg, stream.store, meta["created"])
                 st_path = os.path.join(d, name, "state.json")
+                st = None
                 if os.path.exists(st_path):
                     with open(st_path, "rb") as f:
-                        c.load_state(msgspec.json.decode(f.read()), now)
-                else:
-                    c.start(now, capi.parse_time(cfg.opt_start_time))
-                c.paused_until = capi.parse_time(cfg.pause_until)
+                        st = msgspec.json.decode(f.read())
+                c = _revive(stream, name, msgspec.convert(meta["config"], ConsumerConfig), meta["created"], st, now)
             except (OSError, ValueError, KeyError, msgspec.DecodeError, msgspec.ValidationError) as ex:
                 log.error("cannot restore consumer %s > %s: %s", stream.name, name, ex)
                 continue
@@ -222,9 +264,12 @@ class ConsumerManager:
         return os.path.join(self.js.store_dir, "jetstream", "$G", "streams", stream_name, "obs")
 
     def _persisted(self, e: _Entry) -> bool:
-        return e.durable and e.stream.config.storage == "file" and not e.c.cfg.mem_storage
+        return e.durable and e.stream.config.storage == "file" and not e.c.cfg.mem_storage and e.replica is None
 
     def _write_meta(self, e: _Entry) -> None:
+        if e.replica is not None:  # a replicated consumer lives in its stream's Raft log
+            e.replica.consumer_upsert(e)
+            return
         if not self._persisted(e):
             return
         meta = {"config": e.c.cfg, "created": e.c.created_ns}
@@ -232,12 +277,18 @@ class ConsumerManager:
 
     def _write_state(self, e: _Entry) -> None:
         e.c.dirty = False
+        if e.replica is not None and not e.deleted:
+            e.replica.consumer_changed(e)
+            return
         if not self._persisted(e) or e.deleted:
             return
         _atomic_write(os.path.join(self._obs_dir(e.stream.name), e.c.name, "state.json"),
                       _enc.encode(e.c.state_dict()))
 
     def _remove_files(self, e: _Entry) -> None:
+        if e.replica is not None:
+            e.replica.consumer_delete(e)
+            return
         d = os.path.join(self._obs_dir(e.stream.name), e.c.name)
         for fn in ("meta.json", "state.json"):
             try:
@@ -258,7 +309,9 @@ class ConsumerManager:
         snaps = []
         for e in work:
             e.c.dirty = False
-            if self._persisted(e):
+            if e.replica is not None:
+                e.replica.consumer_changed(e)
+            elif self._persisted(e):
                 snaps.append((os.path.join(self._obs_dir(e.stream.name), e.c.name, "state.json"),
                               _enc.encode(e.c.state_dict())))
         if snaps:
@@ -375,9 +428,15 @@ class ConsumerManager:
         return now - last >= limit
 
     # ---- registry ----------------------------------------------------------------------
-    def _add(self, stream, c: Consumer, now: int) -> _Entry:
+    def _add(self, stream, c: Consumer, now: int, replica=None) -> _Entry:
+        """Register a consumer; a durable one of a replicated stream (`replica`, else the
+        stream's as attached) records its state in the stream's log."""
         self._ensure_task()
         e = _Entry(c, stream, bool(c.cfg.durable_name), now)
+        if e.durable:
+            e.replica = replica or self.js.replica(stream.name)
+            if e.replica is not None and c.cfg.ack_policy != "none":
+                self._gates[id(c)] = (e.replica, e)
         self.by_stream.setdefault(stream.name, {})[c.name] = e
         self._wake.set()  # e.due = 1: looked at right away
         return e
@@ -386,6 +445,7 @@ class ConsumerManager:
         entries = self.by_stream.get(e.stream.name, {})
         if entries.get(e.c.name) is e:
             del entries[e.c.name]
+        self._gates.pop(id(e.c), None)
         e.deleted = True
         self.busy.discard(e)
         e.c.stop("Consumer Deleted")
@@ -406,7 +466,7 @@ class ConsumerManager:
 
     def new_name(self, stream_name: str) -> str:
         while True:
-            n = "".join(secrets.choice(_ALNUM) for _ in range(8))
+            n = "".join(_rng.choice(_ALNUM) for _ in range(8))
             if n not in self.by_stream.get(stream_name, {}):
                 return n
 
@@ -457,6 +517,8 @@ class ConsumerManager:
         now = time.time_ns()
         kind, _, rest = payload.partition(b" ")
         acked: list[int] = []
+        if reply and kind in (b"", b"+ACK", b"+OK", b"+TERM") and not c.delivered(sseq):
+            reply = ""  # an ack of nothing delivered is not confirmed (as nats-server): see Consumer.delivered
         if kind in (b"", b"+ACK", b"+OK"):
             acked = c.ack(sseq, now, dseq)
         elif kind == b"-NAK":
@@ -478,7 +540,9 @@ class ConsumerManager:
         else:
             return
         if reply:
-            if self._persisted(e):
+            if e.replica is not None:  # confirmed once the state with this ack has committed
+                e.replica.hold(e, [Out(reply, reply, "", None, b"")])
+            elif self._persisted(e):
                 # a confirmed ack is durable: the answer waits for the state's fsync (the
                 # timer task writes every consumer acked this way meanwhile, in one go)
                 self._ack_replies.append((e, reply))
@@ -506,6 +570,9 @@ class ConsumerManager:
         pull requests among them (see _next)."""
         todo, self._pulls_to_serve = self._pulls_to_serve, {}
         self._serve_each(todo)
+        for e in todo:
+            if e.replica is not None:
+                e.replica.consumer_changed(e)  # a request that is only waiting is replicated too
 
     def _serve_each(self, entries) -> None:
         now = time.time_ns()
@@ -519,6 +586,9 @@ class ConsumerManager:
         cluster = self.js.cluster
         if cluster is None:
             return True
+        replica = self.js.replica(stream_name)
+        if replica is not None:
+            return replica.is_leader
         host = cluster.meta.host_of(stream_name)
         return host == cluster.me if host is not None else cluster._requester_here(reply)
 
@@ -550,6 +620,10 @@ class ConsumerManager:
         if op in ("CREATE", "DURABLE.CREATE") and self.js.cluster is not None:
             self.js.cluster.consumer_created(obj, reply)  # answered once its assignment applied
             return
+        e = self.lookup(tokens[0], tokens[1]) if op == "RESET" and reply else None
+        if e is not None and e.replica is not None:  # answered once the reset state has committed
+            e.replica.hold(e, [Out(reply, reply, "", None, _enc.encode(obj))])
+            return
         self.reply(reply, obj)
 
     def _next(self, tokens: list[str], reply: str, payload: bytes) -> None:
@@ -574,9 +648,25 @@ class ConsumerManager:
         # arrive taking all. Served in api_batch_end, once the API loop has handled the
         # requests it took together.
         c.add_request(req, now, self.server.has_interest, serve=False)
+        if e.replica is not None:  # a new leader answers it with 409 Leadership Change
+            # recorded with the entry that api_batch_end's serving proposes: one entry for
+            # the request and what it delivers, not one for each
+            e.replica.consumer_changed(e, propose=False)
         self._pulls_to_serve[e] = None
         self.emit(c)
         self._schedule(e, c.next_wake())
+
+
+def _revive(stream, name: str, cfg: ConsumerConfig, created: int, state: dict | None, now: int) -> Consumer:
+    """A consumer brought back from its stored config and state (files, or a replicated
+    stream's log); with no state it starts as a new one would."""
+    c = Consumer(stream.name, name, cfg, stream.store, created)
+    if state is not None:
+        c.load_state(state, now)
+    else:
+        c.start(now, capi.parse_time(cfg.opt_start_time))
+    c.paused_until = capi.parse_time(cfg.pause_until)
+    return c
 
 
 def _nak_delay(rest: bytes) -> int:

@@ -1,17 +1,13 @@
 """Durable JetStream message store: append-only block files with checksummed records.
 
-How this works
+How this works (the record format, block replay and index.db: blockfile.py; reads
+and their read-ahead: filereads.py)
 - The directory holds block files `<num>.blk` (num ascending, never reused) and a LOCK.
-  Every record is `crc32 u32 | body_len u32 | type u8 | body`; the crc covers
-  everything after itself. Types:
-    META  first record of each block: magic, last_seq, last_ts, purge_below
-    MSG   seq, ts, subject, optional header, payload
-    DEL   seq of a message stored in the *same* block (tombstone)
-  Because a tombstone always lives next to its message, every block is
-  self-contained: a block whose messages are all removed can simply be unlinked
-  (the current block never is: it carries last_seq). Purging everything, or moving
-  the sequence (skip_to), starts a new block whose META says "drop every older
-  block"; the old files are unlinked only after that META is durable.
+  Each block starts with a META record and keeps a message's tombstone next to it, so
+  a block whose messages are all removed can simply be unlinked (the current block
+  never is: it carries last_seq). Purging everything, or moving the sequence
+  (skip_to), starts a new block whose META says "drop every older block"; the old
+  files are unlinked only after that META is durable.
 - Memory holds an index, not payloads: per block, parallel arrays of seq, offset,
   length, ts and accounted size plus the interned subject and a live flag (~40 bytes
   a message). get() reads the record back with pread and checks its crc.
@@ -23,10 +19,7 @@ How this works
   and its fsync thread only waits on the disk.
 - A clean close writes `index.db` (the index arrays, checked against each block's
   size and crc32) so reopening skips the replay. Otherwise opening replays every
-  block. A bad record at the end of a file (torn write after a crash: never
-  acknowledged) is truncated; a bad record followed by a valid one, or a complete
-  last record with a bad checksum, is corruption and raises CorruptStoreError naming
-  the file and offset. Nothing is dropped silently except a short torn tail.
+  block: a torn tail is truncated, any other damage raises CorruptStoreError.
 - A block that is more than half garbage (removed records and tombstones) but still
   holds live messages is rewritten: the event loop snapshots its live records, sync()
   writes and fsyncs `<num>.blk.compact` in its thread, and the event loop renames it
@@ -37,7 +30,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
 import struct
 import sys
@@ -47,180 +39,23 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 
+from broker.jetstream.blockfile import (FLAG_HDR, MSG, MSG_BODY_LEN, MSG_HEAD, U32, Block,
+                                        Compaction, CorruptStoreError, StoreLockedError,
+                                        decode_index, del_record, encode_index, load_block,
+                                        meta_record)
+from broker.jetstream.filereads import FileReads
 from broker.jetstream.store import SubjectIndex, _IndexedStore
-from broker.jetstream.storetypes import StoredMsg
 
-__all__ = ["CorruptStoreError", "FileStore"]
+__all__ = ["BLOCK_SIZE_MAX_BYTES_DEFAULT", "CorruptStoreError", "FileStore", "StoreLockedError"]
 
 BLOCK_SIZE_MAX_BYTES_DEFAULT = 8 * 1024 * 1024
 _PENDING_FLUSH_BYTES = 1024 * 1024  # hand appends to the OS once this much is buffered
 _OPEN_FDS_MAX = 64
 _COMPACT_BYTES_MIN = 64 * 1024  # smaller blocks are not worth rewriting
 _RECORD_BYTES_MAX = 256 * 1024 * 1024
-_READ_AHEAD_BYTES = 256 * 1024  # one pread per this much when get() walks a block in order
-_VERIFY_BLOCK_MAX = 16 * 1024 * 1024  # a sealed block up to this size is read whole and checked once
-
-_META, _MSG, _DEL = 1, 2, 3
-_MAGIC = b"NJSB"
-_VERSION = 1
-
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-_U16 = struct.Struct("<H")
-_INDEX_MAGIC = b"NJSI"
-_BYTEORDER = 0 if sys.byteorder == "little" else 1
-_INDEX_HEAD = struct.Struct("<4sBBQqI")  # magic, version, byte order, last_seq, last_ts, blocks
-_INDEX_BLOCK = struct.Struct("<QQIQBQQQ")  # num, size, fcrc, base, dense, nlive, count, live bytes
-_REC = struct.Struct("<IIB")  # crc, body_len, type
-# body_len, type, then the MSG body header: seq, ts, subject len, flags, header len
-_MSG_HEAD = struct.Struct("<IBQqHBI")
-_MSG_BODY = struct.Struct("<QqHBI")
-_MSG_BODY_LEN = _MSG_BODY.size  # 23
-_DEL_HEAD = struct.Struct("<IBQ")
-_META_HEAD = struct.Struct("<IB4sBQqQ")
-_META_BODY = struct.Struct("<4sBQqQ")
-_FLAG_HDR = 1
-_TYPE_BYTE = re.compile(b"[\x01\x02\x03]")
-_MIN_BODY = {_META: _META_BODY.size, _MSG: _MSG_BODY_LEN, _DEL: 8}
 
 
-class CorruptStoreError(Exception):
-    """A block file holds a damaged record that is not a torn tail."""
-
-    def __init__(self, path: str, offset: int, why: str) -> None:
-        super().__init__(f"corrupt message store file {path} at offset {offset}: {why}")
-        self.path = path
-        self.offset = offset
-
-
-class StoreLockedError(Exception):
-    """Another FileStore (maybe in another process) has this directory open."""
-
-
-def _meta_record(last_seq: int, last_ts: int, purge_below: int) -> bytes:
-    head = _META_HEAD.pack(_META_BODY.size, _META, _MAGIC, _VERSION, last_seq, last_ts, purge_below)
-    return _U32.pack(zlib.crc32(head)) + head
-
-
-def _del_record(seq: int) -> bytes:
-    head = _DEL_HEAD.pack(8, _DEL, seq)
-    return _U32.pack(zlib.crc32(head)) + head
-
-
-class _Block:
-    __slots__ = ("num", "path", "base", "size", "seqs", "offs", "lens", "tss", "msz", "subs",
-                 "live", "nlive", "dense", "pend", "pend_off", "fcrc", "live_bytes",
-                 "compacting")
-
-    def __init__(self, num: int, path: str, base: int) -> None:
-        self.num = num
-        self.path = path
-        self.base = base  # every seq in this block is >= base
-        self.size = 0  # file length including what is still buffered in pend
-        self.seqs = array("Q")
-        self.offs = array("I")
-        self.lens = array("I")
-        self.tss = array("q")
-        self.msz = array("I")
-        self.subs: list[str] = []
-        self.live = bytearray()
-        self.nlive = 0
-        self.dense = True  # seqs are consecutive: index = seq - seqs[0]
-        self.pend = bytearray()
-        self.pend_off = 0  # file offset of pend[0]
-        self.fcrc = 0  # crc32 of the bytes handed to the file so far (checks index.db)
-        self.live_bytes = 0  # META plus live MSG records; the rest of `size` is garbage
-        self.compacting = False  # a compaction request is out for this block
-
-    def index(self, seq: int) -> int:
-        """Position of a live `seq` in this block's arrays, -1 if absent."""
-        seqs = self.seqs
-        n = len(seqs)
-        if not n:
-            return -1
-        if self.dense:
-            j = seq - seqs[0]
-            if j < 0 or j >= n:
-                return -1
-        else:
-            j = bisect_left(seqs, seq)
-            if j == n or seqs[j] != seq:
-                return -1
-        return j if self.live[j] else -1
-
-    def add(self, seq: int, off: int, ln: int, ts: int, size: int, subject: str) -> None:
-        seqs = self.seqs
-        if seqs and seq != seqs[-1] + 1:
-            self.dense = False
-        seqs.append(seq)
-        self.offs.append(off)
-        self.lens.append(ln)
-        self.tss.append(ts)
-        self.msz.append(size)
-        self.subs.append(subject)
-        self.live.append(1)
-        self.nlive += 1
-        self.live_bytes += ln
-
-
-class _Compaction:
-    """Rewrite of one block without its removed records. The event loop asks for it
-    (a snapshot of the live records), sync() writes and fsyncs `<block>.compact` in its
-    thread, and the event loop swaps it in, unless the block changed meanwhile."""
-
-    __slots__ = ("num", "path", "size", "meta_len", "js", "offs", "lens", "new_offs",
-                 "new_size", "new_crc")
-
-    def __init__(self, b: _Block) -> None:
-        live = b.live
-        self.num, self.path, self.size = b.num, b.path, b.size
-        self.meta_len = b.offs[0]
-        self.js = array("I", [j for j in range(len(live)) if live[j]])
-        self.offs = array("I", [b.offs[j] for j in self.js])
-        self.lens = array("I", [b.lens[j] for j in self.js])
-        self.new_offs = array("I")
-        self.new_size = 0
-        self.new_crc = 0
-
-    def write(self) -> bool:
-        """Runs in the sync thread: write the compacted copy; False if that failed."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            data = os.pread(fd, self.size, 0)
-        finally:
-            os.close(fd)
-        if len(data) != self.size:
-            return False
-        out = bytearray(data[:self.meta_len])
-        new_offs = self.new_offs
-        mv = memoryview(data)
-        for off, ln in zip(self.offs, self.lens):
-            rec = mv[off:off + ln]
-            if zlib.crc32(rec[4:]) != _U32.unpack_from(rec)[0]:
-                return False  # leave a damaged block alone; get() reports it
-            new_offs.append(len(out))
-            out += rec
-        mv.release()
-        tmp = self.path + ".compact"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(out)
-            done = 0
-            while done < len(out):
-                done += os.write(fd, view[done:])
-            view.release()
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        self.new_size = len(out)
-        self.new_crc = zlib.crc32(out)
-        return True
-
-
-class FileStore(_IndexedStore):
+class FileStore(FileReads, _IndexedStore):
     def __init__(self, directory: str, *,
                  block_size_max_bytes: int = BLOCK_SIZE_MAX_BYTES_DEFAULT,
                  hold_removals: bool = False) -> None:
@@ -231,27 +66,27 @@ class FileStore(_IndexedStore):
         which truncate_after cuts; the Raft log then replays the rest exactly."""
         assert block_size_max_bytes > 0
         self._hold = hold_removals
-        self._held: dict[int, tuple[_Block, bytearray]] = {}  # block num -> its held tombstones
+        self._held: dict[int, tuple[Block, bytearray]] = {}  # block num -> its held tombstones
         self._dir = os.fspath(directory)
         self._block_size_max = block_size_max_bytes
         self._lock = threading.Lock()  # pend buffers, fds, pending/unsynced/unlink sets
         self._sync_lock = threading.Lock()  # one sync at a time
         self._fds: OrderedDict[int, int] = OrderedDict()
-        self._pending: dict[int, _Block] = {}  # blocks with buffered bytes
+        self._pending: dict[int, Block] = {}  # blocks with buffered bytes
         self._unsynced: set[str] = set()  # written to the OS, not yet fdatasynced
         self._unlink: list[str] = []  # dropped blocks, unlinked after the next fsync
         self._dir_dirty = False
         self._closed = False
         self._compact_min = min(_COMPACT_BYTES_MIN, block_size_max_bytes // 2)
-        self._compact_requests: list[_Compaction] = []  # loop thread -> sync thread
-        self._compacted: list[_Compaction] = []  # sync thread -> loop thread
+        self._compact_requests: list[Compaction] = []  # loop thread -> sync thread
+        self._compacted: list[Compaction] = []  # sync thread -> loop thread
         self._idx = SubjectIndex()
         self._n = 0
         self._bytes = 0
         self._first = 1
         self._last = 0
         self._last_ts = 0
-        self._blocks: list[_Block] = []
+        self._blocks: list[Block] = []
         self._bases: list[int] = []
         self._rcache: tuple | None = None  # get() read-ahead: (block, its offs, start, end, bytes, verified)
         self._rnext: tuple | None = None  # (block, offset) right after the last record read
@@ -283,7 +118,8 @@ class FileStore(_IndexedStore):
         stale: list[str] = []
         for num in nums:
             path = self._block_path(num)
-            b, purge_below = self._load_block(num, path)
+            b, purge_below, self._last, self._last_ts = load_block(
+                num, path, self._last, self._last_ts)
             if purge_below:
                 # A purge/skip that may have crashed before unlinking the older blocks.
                 stale.extend(x.path for x in self._blocks)
@@ -319,145 +155,18 @@ class FileStore(_IndexedStore):
         if stale:
             self._fsync_dir()
 
-    def _load_block(self, num: int, path: str) -> tuple[_Block, int]:
-        with open(path, "rb") as f:
-            data = f.read()
-        n = len(data)
-        mv = memoryview(data)
-        b = _Block(num, path, self._last + 1)
-        purge_below = 0
-        crc32 = zlib.crc32
-        rec_unpack = _REC.unpack_from
-        msg_unpack = _MSG_BODY.unpack_from
-        intern = sys.intern
-        seqs_append, offs_append, lens_append = b.seqs.append, b.offs.append, b.lens.append
-        tss_append, msz_append, subs_append = b.tss.append, b.msz.append, b.subs.append
-        live_append = b.live.append
-        subjects: dict[bytes, str] = {}
-        prev = -1
-        off = 0
-        first_rec = True
-        try:
-            while off < n:
-                bad = n - off < 9
-                if not bad:
-                    crc, blen, typ = rec_unpack(data, off)
-                    end = off + 9 + blen
-                    bad = (end > n or blen < _MIN_BODY.get(typ, 1 << 40)
-                           or crc32(mv[off + 4:end]) != crc)
-                if bad:
-                    if self._valid_record_after(data, off + 1):
-                        raise CorruptStoreError(path, off, "bad checksum or length before valid data")
-                    if n - off >= 9 and end <= n and any(mv[off:end]):
-                        # Complete but damaged: a crash leaves a short record, not this.
-                        raise CorruptStoreError(path, off, "bad checksum in last record")
-                    with open(path, "r+b") as f:  # torn tail: never acknowledged
-                        f.truncate(off)
-                    n = off
-                    break
-                if typ == _MSG:
-                    seq, ts, slen, flags, hlen = msg_unpack(data, off + 9)
-                    if seq <= self._last:
-                        raise CorruptStoreError(path, off, f"sequence {seq} not above {self._last}")
-                    p = off + 9 + _MSG_BODY_LEN
-                    dlen = blen - _MSG_BODY_LEN - slen - hlen
-                    if dlen < 0:
-                        raise CorruptStoreError(path, off, "record fields exceed its length")
-                    raw_subject = data[p:p + slen]
-                    subject = subjects.get(raw_subject)
-                    if subject is None:
-                        subject = subjects[raw_subject] = intern(str(raw_subject, "utf-8"))
-                    if seq != prev + 1 and prev >= 0:
-                        b.dense = False
-                    prev = seq
-                    seqs_append(seq)  # _Block.add() inlined: replay is per record
-                    offs_append(off)
-                    lens_append(end - off)
-                    tss_append(ts)
-                    msz_append(30 + slen + dlen + (4 + hlen if hlen else 0))
-                    subs_append(subject)
-                    live_append(1)
-                    b.nlive += 1
-                    b.live_bytes += end - off
-                    self._last = seq
-                    self._last_ts = ts
-                elif typ == _DEL:
-                    (seq,) = _U64.unpack_from(data, off + 9)
-                    j = b.index(seq)
-                    if j >= 0:
-                        b.live[j] = 0
-                        b.nlive -= 1
-                        b.live_bytes -= b.lens[j]
-                else:  # META
-                    magic, version, last_seq, last_ts, pb = _META_BODY.unpack_from(data, off + 9)
-                    if magic != _MAGIC or version != _VERSION:
-                        raise CorruptStoreError(path, off, "unknown block format")
-                    if not first_rec:
-                        raise CorruptStoreError(path, off, "META record inside a block")
-                    if last_seq >= self._last or pb:
-                        self._last = last_seq
-                        self._last_ts = last_ts
-                    b.base = last_seq + 1
-                    b.live_bytes += end - off
-                    purge_below = pb
-                first_rec = False
-                off = end
-        finally:
-            mv.release()
-        b.size = b.pend_off = n
-        b.fcrc = zlib.crc32(data[:n]) if n < len(data) else zlib.crc32(data)
-        return b, purge_below
-
-    @staticmethod
-    def _valid_record_after(data: bytes, start: int) -> bool:
-        """Is there any well-formed record starting at or after `start`?"""
-        n = len(data)
-        rec_unpack = _REC.unpack_from
-        crc32 = zlib.crc32
-        # Only offsets whose type byte (at +8) is valid can start a record; the regex
-        # skips zero-filled or garbage stretches at C speed.
-        for m in _TYPE_BYTE.finditer(data, start + 8, n):
-            p = m.start() - 8
-            crc, blen, typ = rec_unpack(data, p)
-            if blen < _MIN_BODY[typ] or p + 9 + blen > n:
-                continue
-            if crc32(data[p + 4:p + 9 + blen]) == crc:
-                return True
-        return False
-
     # ------------------------------------------------------------------ index snapshot
-    # Written by a clean close so that reopening does not replay every record:
-    #   magic, version, byte order, last_seq, last_ts, subject table, then per block its
-    #   number, file size, file crc32 and index arrays; a crc32 of all that at the end.
-    # It is used only if every block file is exactly the one it describes (same set of
-    # files, sizes and crc32 of their contents); it is deleted when loaded, so it is
-    # never used twice. Anything else means a full replay, which checks every record.
+    # index.db (format: blockfile.py) is written by a clean close and deleted when loaded,
+    # so it is never used twice; without a usable one, opening replays every block.
 
     def _index_path(self) -> str:
         return os.path.join(self._dir, "index.db")
 
     def _save_index(self) -> None:
-        ids: dict[str, int] = {}
-        parts = [_INDEX_HEAD.pack(_INDEX_MAGIC, _VERSION, _BYTEORDER, self._last, self._last_ts,
-                                  len(self._blocks))]
-        blocks = []
-        for b in self._blocks:
-            sids = array("I", [ids.setdefault(x, len(ids)) for x in b.subs])
-            blocks.append((b, sids))
-        table = [x.encode() for x in ids]
-        parts.append(_U32.pack(len(table)))
-        parts.extend(_U16.pack(len(x)) + x for x in table)
-        for b, sids in blocks:
-            parts.append(_INDEX_BLOCK.pack(b.num, b.size, b.fcrc, b.base, b.dense, b.nlive,
-                                           len(b.seqs), b.live_bytes))
-            for a in (b.seqs, b.offs, b.lens, b.tss, b.msz, sids):
-                parts.append(a.tobytes())
-            parts.append(bytes(b.live))
-        body = b"".join(parts)
+        data = encode_index(self._blocks, self._last, self._last_ts)
         tmp = self._index_path() + ".tmp"
         with open(tmp, "wb") as f:
-            f.write(body)
-            f.write(_U32.pack(zlib.crc32(body)))
+            f.write(data)
         os.replace(tmp, self._index_path())
 
     def _load_index(self, nums: list[int]) -> bool:
@@ -474,42 +183,10 @@ class FileStore(_IndexedStore):
             return False
 
     def _apply_index(self, data: bytes, nums: list[int]) -> bool:
-        if len(data) < _INDEX_HEAD.size + 4:
+        got = decode_index(data, nums, self._block_path)
+        if got is None:
             return False
-        if zlib.crc32(memoryview(data)[:-4]) != _U32.unpack_from(data, len(data) - 4)[0]:
-            return False
-        magic, version, order, last, last_ts, nblocks = _INDEX_HEAD.unpack_from(data, 0)
-        if magic != _INDEX_MAGIC or version != _VERSION or order != _BYTEORDER:
-            return False
-        off = _INDEX_HEAD.size
-        (nsub,) = _U32.unpack_from(data, off)
-        off += 4
-        table = []
-        for _ in range(nsub):
-            (ln,) = _U16.unpack_from(data, off)
-            table.append(sys.intern(str(data[off + 2:off + 2 + ln], "utf-8")))
-            off += 2 + ln
-        blocks: list[_Block] = []
-        for _ in range(nblocks):
-            num, size, fcrc, base, dense, nlive, count, lb = _INDEX_BLOCK.unpack_from(data, off)
-            off += _INDEX_BLOCK.size
-            b = _Block(num, self._block_path(num), base)
-            b.size = b.pend_off = size
-            b.fcrc, b.dense, b.nlive, b.live_bytes = fcrc, bool(dense), nlive, lb
-            sids = array("I")
-            for a in (b.seqs, b.offs, b.lens, b.tss, b.msz, sids):
-                end = off + count * a.itemsize
-                a.frombytes(data[off:end])
-                off += count * a.itemsize
-            b.live = bytearray(data[off:off + count])
-            off += count
-            b.subs = [table[i] for i in sids]
-            blocks.append(b)
-        if off != len(data) - 4 or [b.num for b in blocks] != nums or not blocks:
-            return False
-        for b in blocks:
-            if not self._file_matches(b.path, b.size, b.fcrc):
-                return False
+        blocks, last, last_ts = got
         idx = self._idx
         n = nbytes = 0
         for b in blocks:
@@ -525,27 +202,14 @@ class FileStore(_IndexedStore):
         self._recompute_first(0)
         return True
 
-    @staticmethod
-    def _file_matches(path: str, size: int, fcrc: int) -> bool:
-        try:
-            with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_size != size:
-                    return False
-                crc = 0
-                while chunk := f.read(1 << 20):
-                    crc = zlib.crc32(chunk, crc)
-        except FileNotFoundError:
-            return False
-        return crc == fcrc
-
     # ------------------------------------------------------------------ blocks and I/O
-    def _new_block(self, num: int, last_seq: int, last_ts: int, purge_below: int) -> _Block:
+    def _new_block(self, num: int, last_seq: int, last_ts: int, purge_below: int) -> Block:
         """Start block `num` as the current one. Caller holds _lock."""
         path = self._block_path(num)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self._remember_fd(num, fd)
-        b = _Block(num, path, last_seq + 1)
-        b.pend += _meta_record(last_seq, last_ts, purge_below)
+        b = Block(num, path, last_seq + 1)
+        b.pend += meta_record(last_seq, last_ts, purge_below)
         b.size = b.live_bytes = len(b.pend)
         self._blocks.append(b)
         self._bases.append(b.base)
@@ -563,7 +227,7 @@ class FileStore(_IndexedStore):
                     os.close(fds.pop(old))
                     break
 
-    def _fd(self, b: _Block) -> int:
+    def _fd(self, b: Block) -> int:
         """Open descriptor for block b. Caller holds _lock."""
         fd = self._fds.get(b.num)
         if fd is None:
@@ -573,7 +237,7 @@ class FileStore(_IndexedStore):
             self._fds.move_to_end(b.num)
         return fd
 
-    def _write_out(self, b: _Block) -> None:
+    def _write_out(self, b: Block) -> None:
         """Hand b's buffered bytes to the OS. Caller holds _lock."""
         pend = b.pend
         if pend:
@@ -589,7 +253,7 @@ class FileStore(_IndexedStore):
             self._unsynced.add(b.path)
         self._pending.pop(b.num, None)
 
-    def _buffer(self, b: _Block, *parts: bytes) -> int:
+    def _buffer(self, b: Block, *parts: bytes) -> int:
         """Append record bytes to block b; returns the record's file offset. Holds no lock."""
         with self._lock:
             off = b.size
@@ -602,7 +266,7 @@ class FileStore(_IndexedStore):
                 self._write_out(b)
         return off
 
-    def _drop_block(self, b: _Block) -> None:
+    def _drop_block(self, b: Block) -> None:
         """Forget an emptied (non-current) block; its file goes at the next sync."""
         with self._lock:
             i = self._blocks.index(b)
@@ -617,7 +281,7 @@ class FileStore(_IndexedStore):
             self._unsynced.discard(b.path)
             self._unlink.append(b.path)
 
-    def _locate(self, seq: int) -> tuple[_Block, int] | None:
+    def _locate(self, seq: int) -> tuple[Block, int] | None:
         i = bisect_right(self._bases, seq) - 1
         if i < 0:
             return None
@@ -645,8 +309,8 @@ class FileStore(_IndexedStore):
         b, j = self._locate(seq)
         return b.tss[j]
 
-    def _request_compaction(self, b: _Block) -> None:
-        req = _Compaction(b)
+    def _request_compaction(self, b: Block) -> None:
+        req = Compaction(b)
         b.compacting = True
         with self._lock:
             self._compact_requests.append(req)
@@ -697,7 +361,7 @@ class FileStore(_IndexedStore):
         """Remove live sequences (ascending), block by block."""
         if self._compacted:
             self._apply_compactions()
-        by_block: dict[int, tuple[_Block, list[int]]] = {}
+        by_block: dict[int, tuple[Block, list[int]]] = {}
         for seq in seqs:
             loc = self._locate(seq)
             if loc is None:
@@ -727,7 +391,7 @@ class FileStore(_IndexedStore):
             if b.nlive == 0 and b is not cur:
                 self._drop_block(b)
                 continue
-            dels = b"".join(_del_record(seqs_a[j]) for j in js)
+            dels = b"".join(del_record(seqs_a[j]) for j in js)
             if self._hold:
                 with self._lock:
                     self._held.setdefault(b.num, (b, bytearray()))[1].extend(dels)
@@ -798,15 +462,15 @@ class FileStore(_IndexedStore):
         dlen = len(data)
         if hdr:
             hlen = len(hdr)
-            body_len = _MSG_BODY_LEN + slen + hlen + dlen
-            rec = b"".join((_MSG_HEAD.pack(body_len, _MSG, seq, ts, slen, _FLAG_HDR, hlen), sb, hdr, data))
+            body_len = MSG_BODY_LEN + slen + hlen + dlen
+            rec = b"".join((MSG_HEAD.pack(body_len, MSG, seq, ts, slen, FLAG_HDR, hlen), sb, hdr, data))
             size = 34 + slen + dlen + hlen
         else:
-            body_len = _MSG_BODY_LEN + slen + dlen
-            rec = b"".join((_MSG_HEAD.pack(body_len, _MSG, seq, ts, slen,
-                                           0 if hdr is None else _FLAG_HDR, 0), sb, data))
+            body_len = MSG_BODY_LEN + slen + dlen
+            rec = b"".join((MSG_HEAD.pack(body_len, MSG, seq, ts, slen,
+                                          0 if hdr is None else FLAG_HDR, 0), sb, data))
             size = 30 + slen + dlen
-        crc = _U32.pack(zlib.crc32(rec))  # one crc over everything after the crc field
+        crc = U32.pack(zlib.crc32(rec))  # one crc over everything after the crc field
         b = self._blocks[-1]
         if b.size >= self._block_size_max:
             b = self._roll()
@@ -821,7 +485,7 @@ class FileStore(_IndexedStore):
                 self._write_out(b)
             else:
                 self._pending[b.num] = b
-        seqs = b.seqs  # _Block.add() inlined
+        seqs = b.seqs  # Block.add() inlined
         if b.dense and seqs and seq != seqs[-1] + 1:
             b.dense = False
         seqs.append(seq)
@@ -860,7 +524,7 @@ class FileStore(_IndexedStore):
             i = self._append_run(b, msgs, i, ts)
         return first
 
-    def _append_run(self, b: _Block, msgs: list[tuple[str, bytes]], i: int, ts: int) -> int:
+    def _append_run(self, b: Block, msgs: list[tuple[str, bytes]], i: int, ts: int) -> int:
         """Append msgs[i:] to block b until it is full; returns the index of the first
         message not appended."""
         seq0 = seq = self._last + 1
@@ -869,7 +533,7 @@ class FileStore(_IndexedStore):
         seqs, offs, lens, tss, msz, subs = b.seqs, b.offs, b.lens, b.tss, b.msz, b.subs
         if seqs and seq != seqs[-1] + 1:
             b.dense = False
-        head_pack, u32_pack, crc32, join = _MSG_HEAD.pack, _U32.pack, zlib.crc32, b"".join
+        head_pack, u32_pack, crc32, join = MSG_HEAD.pack, U32.pack, zlib.crc32, b"".join
         idx_add = self._idx.add
         names: dict[str, tuple[str, bytes]] = {}
         parts: list[bytes] = []
@@ -883,8 +547,8 @@ class FileStore(_IndexedStore):
             subject, sb = name
             slen = len(sb)
             dlen = len(data)
-            body_len = _MSG_BODY_LEN + slen + dlen
-            rec = join((head_pack(body_len, _MSG, seq, ts, slen, 0, 0), sb, data))
+            body_len = MSG_BODY_LEN + slen + dlen
+            rec = join((head_pack(body_len, MSG, seq, ts, slen, 0, 0), sb, data))
             parts.append(u32_pack(crc32(rec)))
             parts.append(rec)
             size = 30 + slen + dlen
@@ -920,7 +584,7 @@ class FileStore(_IndexedStore):
         self._last_ts = ts
         return i
 
-    def _roll(self) -> _Block:
+    def _roll(self) -> Block:
         """The current block is full: start the next one."""
         with self._lock:
             b = self._new_block(self._blocks[-1].num + 1, self._last, self._last_ts, 0)
@@ -967,8 +631,8 @@ class FileStore(_IndexedStore):
         self._rcache = self._rnext = None
         next_num = self._blocks[-1].num + 1 if self._blocks else 1
         idx = self._idx
-        keep: list[_Block] = []
-        gone: list[_Block] = []
+        keep: list[Block] = []
+        gone: list[Block] = []
         for b in self._blocks:
             seqs = b.seqs
             j0 = bisect_right(seqs, seq)
@@ -1011,7 +675,7 @@ class FileStore(_IndexedStore):
         self._recompute_first(0)
         self.sync()
 
-    def _cut_block(self, b: _Block, j0: int) -> None:
+    def _cut_block(self, b: Block, j0: int) -> None:
         """Truncate block b's file before its record j0 (whose seq is above the cut) and write
         again the tombstones of its removed messages below it, which may have sat past it."""
         off = b.offs[j0]
@@ -1036,7 +700,7 @@ class FileStore(_IndexedStore):
         del b.live[j0:]
         seqs = b.seqs
         b.dense = seqs[-1] - seqs[0] + 1 == len(seqs)
-        dels = [_del_record(seqs[j]) for j in range(j0) if not b.live[j]]
+        dels = [del_record(seqs[j]) for j in range(j0) if not b.live[j]]
         if dels:
             self._buffer(b, b"".join(dels))
 
@@ -1091,98 +755,6 @@ class FileStore(_IndexedStore):
                 if req.write():
                     with self._lock:
                         self._compacted.append(req)
-
-    def get(self, seq: int) -> StoredMsg | None:
-        if self._closed:
-            raise ValueError("store is closed")
-        i = bisect_right(self._bases, seq) - 1
-        if i < 0:
-            return None
-        b = self._blocks[i]
-        j = b.index(seq)
-        if j < 0:
-            return None
-        off, ln = b.offs[j], b.lens[j]
-        rc = self._rcache
-        if rc is not None and rc[0] is b and rc[1] is b.offs and rc[2] <= off and off + ln <= rc[3]:
-            p = off - rc[2]  # read-ahead hit: those file bytes never change (compaction swaps offs)
-            raw = rc[4][p:p + ln]
-            checked = rc[5]
-        else:
-            raw = self._read_record(b, off, ln)
-            checked = False
-        if len(raw) != ln or (not checked and zlib.crc32(memoryview(raw)[4:]) != _U32.unpack_from(raw)[0]):
-            raise CorruptStoreError(b.path, off, f"checksum mismatch reading seq {seq}")
-        _, ts, slen, flags, hlen = _MSG_BODY.unpack_from(raw, 9)
-        p = 9 + _MSG_BODY_LEN + slen
-        hdr = raw[p:p + hlen] if flags & _FLAG_HDR else None
-        return StoredMsg(seq, b.subs[j], hdr, raw[p + hlen:], ts)
-
-    _RUN_REC = struct.Struct("<IIBQqHBI")  # crc, body_len, type, then the MSG body header
-
-    def get_run(self, start_seq: int, max_n: int) -> list[StoredMsg]:
-        """Messages at start_seq, start_seq + 1, ... (at most max_n), ending before the first
-        sequence not stored. Same checks as get(); records inside the read-ahead buffer of a
-        dense block are decoded straight from it (a consumer reading its next batch)."""
-        out: list[StoredMsg] = []
-        seq = start_seq
-        while len(out) < max_n:
-            m = self.get(seq)  # also fills the read-ahead buffer
-            if m is None:
-                break
-            out.append(m)
-            seq += 1
-            b = self._blocks[bisect_right(self._bases, m.seq) - 1]
-            rc = self._rcache
-            if not b.dense or rc is None or rc[0] is not b or rc[1] is not b.offs:
-                continue
-            start, end, buf, checked = rc[2], rc[3], rc[4], rc[5]
-            mv = memoryview(buf)
-            _RUN_REC = self._RUN_REC
-            offs, lens, live, subs = b.offs, b.lens, b.live, b.subs
-            j = seq - b.seqs[0]
-            stop = min(len(offs), j + max_n - len(out))
-            while j < stop and live[j]:
-                off, ln = offs[j], lens[j]
-                if off < start or off + ln > end:
-                    break
-                p = off - start
-                crc, _, _, _, ts, slen, flags, hlen = _RUN_REC.unpack_from(buf, p)
-                if not checked and zlib.crc32(mv[p + 4:p + ln]) != crc:
-                    raise CorruptStoreError(b.path, off, f"checksum mismatch reading seq {seq}")
-                q = p + _RUN_REC.size + slen
-                out.append(StoredMsg(seq, subs[j], buf[q:q + hlen] if flags & _FLAG_HDR else None,
-                                     buf[q + hlen:p + ln], ts))
-                seq += 1
-                j += 1
-        return out
-
-    def _read_record(self, b: _Block, off: int, ln: int) -> bytes:
-        """Record bytes at `off`. A read right where the previous one ended (a consumer walking
-        the stream) fetches up to _READ_AHEAD_BYTES of the already-written file with one pread
-        and keeps it in _rcache (block, its offs array, start, end, bytes, verified) for the
-        next gets. A sealed block (not the one being appended to) is read whole instead and
-        checked against its file crc32 in one call: when that matches, the records in the
-        buffer need no crc of their own (verified); when not, each record is still checked
-        as it is read, so the damaged one is reported."""
-        with self._lock:  # the sync thread may flush pend or recycle descriptors
-            if off >= b.pend_off:
-                p = off - b.pend_off
-                return bytes(b.pend[p:p + ln])
-            fd = self._fd(b)
-            seq_read = self._rnext == (b, off)
-            self._rnext = (b, off + ln)
-            if not seq_read:
-                return os.pread(fd, ln, off)
-            if b is not self._blocks[-1] and b.pend_off <= _VERIFY_BLOCK_MAX:
-                buf = os.pread(fd, b.pend_off, 0)
-                verified = len(buf) == b.pend_off and zlib.crc32(buf) == b.fcrc
-                self._rcache = (b, b.offs, 0, len(buf), buf, verified)
-                return buf[off:off + ln]
-            n = max(ln, min(_READ_AHEAD_BYTES, b.pend_off - off))
-            buf = os.pread(fd, n, off)
-        self._rcache = (b, b.offs, off, off + len(buf), buf, False)
-        return buf[:ln]
 
     def remove(self, seq: int) -> bool:
         return self._remove_seqs((seq,)) == 1

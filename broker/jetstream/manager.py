@@ -35,6 +35,7 @@ import trio
 from broker.jetstream import api, errors, streamapi, transform
 from broker.jetstream.consumers import ConsumerManager
 from broker.jetstream.filestore import FileStore
+from broker.jetstream.monitor import JetStreamMonitor
 from broker.jetstream.sourcing import DIRECT_GROUP, Sourcing
 from broker.jetstream.store import MemoryStore
 from broker.jetstream.stream import Stream, parse_go_duration
@@ -59,10 +60,12 @@ class _Runner:
     """Runtime attachments of one stream: inbox, subscriptions, writer task."""
 
     __slots__ = ("stream", "inbox", "wake", "subs", "direct_subs", "cancel", "done", "err_prefix",
-                 "applied", "syncing", "fsync", "closed", "sync_done", "busy", "at_batch_end", "drain")
+                 "applied", "syncing", "fsync", "closed", "sync_done", "busy", "at_batch_end", "drain",
+                 "replica")
 
-    def __init__(self, stream: Stream, at_batch_end=None, drain=None) -> None:
+    def __init__(self, stream: Stream, at_batch_end=None, drain=None, replica=None) -> None:
         self.stream = stream
+        self.replica = replica  # cluster/replica.py StreamReplica of a replicated stream
         self.at_batch_end = at_batch_end  # Server.at_batch_end, if the server has it
         self.drain = drain  # JetStream._drain: applies the inbox without the writer task
         self.busy = False  # the writer is between the chunks of a big batch
@@ -133,7 +136,7 @@ class _SyncThread:
         self._jobs.put(None)
 
 
-class JetStream:
+class JetStream(JetStreamMonitor):
     def __init__(self, server) -> None:
         self.server = server
         opts = server.opts
@@ -214,6 +217,8 @@ class JetStream:
             try:
                 with open(path, "rb") as f:
                     meta = _meta_decoder.decode(f.read())
+                if self.cluster is not None and meta.config.num_replicas > 1:
+                    continue  # a replica: opened with its Raft group when the meta log assigns it
                 stream = Stream(meta.config, self.open_store(meta.config), meta.created)
             except Exception as e:  # a damaged stream must not keep the others from starting
                 self.load_errors.append(f"JetStream stream '$G > {name}' could not be restored: {e}")
@@ -257,29 +262,39 @@ class JetStream:
             self.consumers.close()
         finally:
             for stream in self.streams.values():
+                runner = self._runners.get(stream.name)
                 try:
-                    stream.store.sync()
+                    if runner is not None and runner.replica is not None:
+                        runner.replica.close(snapshot=True)  # syncs the store with the snapshot
+                    else:
+                        stream.store.sync()
                 finally:
                     stream.store.close()
 
     # ---- stream attachment ----
-    def attach(self, stream: Stream) -> None:
-        """Subscribe a stream's subjects and start its writer task."""
-        runner = _Runner(stream, getattr(self.server, "at_batch_end", None), self._drain)
+    def attach(self, stream: Stream, replica=None) -> None:
+        """Subscribe a stream's subjects and start its writer task. A replicated stream's
+        subjects are subscribed only while this node leads it (`replica.takes_publishes`)."""
+        runner = _Runner(stream, getattr(self.server, "at_batch_end", None), self._drain, replica)
+        if replica is not None:
+            replica.runner = runner
         self._runners[stream.name] = runner
         self.streams[stream.name] = stream
         self._subscribe(runner)
         assert self._nursery is not None
         self._nursery.start_soon(self._writer, runner)
-        self.sourcing.attach(stream)
+        if replica is None:
+            self.sourcing.attach(stream)  # (a replicated stream's leader copies: cluster/replica.py)
         self.kick_timer()
 
     def _subscribe(self, runner: _Runner) -> None:
         stream = runner.stream
-        push = transform.wrap_push(stream.config, runner.push)  # subject_transform, if any
-        for subject in stream.config.subject_list():
-            runner.subs.append(self.server.subscribe(subject, push))
-        if stream.config.allow_direct:
+        replica = runner.replica
+        if replica is None or replica.takes_publishes:
+            push = transform.wrap_push(stream.config, runner.push)  # subject_transform, if any
+            for subject in stream.config.subject_list():
+                runner.subs.append(self.server.subscribe(subject, push))
+        if stream.config.allow_direct and (replica is None or replica.serves_reads):
             on_direct = streamapi.direct_get_handler(self, stream)
             for subject in (f"$JS.API.DIRECT.GET.{stream.name}", f"$JS.API.DIRECT.GET.{stream.name}.>"):
                 # one queue group with mirror_direct mirrors (sourcing.py): one of them answers
@@ -308,8 +323,16 @@ class JetStream:
             await runner.sync_done.wait()
         self.streams.pop(stream.name, None)
 
+    def replica(self, name: str):
+        """The StreamReplica of a replicated stream held here, else None."""
+        runner = self._runners.get(name)
+        return runner.replica if runner is not None else None
+
     async def sync_stream(self, stream: Stream) -> None:
-        """Make an admin change (purge, delete, new limits) durable before it is acknowledged."""
+        """Make an admin change (purge, delete, new limits) durable before it is acknowledged.
+        (A replicated stream's changes are durable once their entry committed.)"""
+        if self.replica(stream.name) is not None:
+            return
         if self.sync_always and stream.config.storage == "file":
             await trio.to_thread.run_sync(stream.store.sync)
 
@@ -337,8 +360,8 @@ class JetStream:
         stream = runner.stream
         try:
             with runner.cancel:
-                if self.sync_always and stream.config.storage == "file":
-                    runner.fsync = _SyncThread(stream.name)
+                if self.sync_always and stream.config.storage == "file" and runner.replica is None:
+                    runner.fsync = _SyncThread(stream.name)  # (a replica's writes are its Raft log's)
                 while True:
                     await runner.wake.wait()
                     runner.wake = trio.Event()
@@ -370,6 +393,9 @@ class JetStream:
             runner.done.set()
 
     def _apply(self, runner: _Runner, batch) -> None:
+        if runner.replica is not None:  # the stream leader proposes them (cluster/replica.py)
+            runner.replica.submit(batch)
+            return
         stream = runner.stream
         acks: list[tuple[str, bytes]] = []
         stored: list[tuple[int, str]] = []
@@ -434,6 +460,9 @@ class JetStream:
         """Store what mirror/source links (sourcing.py) queued for this stream: in its
         writer, like publishes, so limits, ordering and group commit hold for copies too."""
         stream = runner.stream
+        if runner.replica is not None:  # its leader proposes them (cluster/replica.py)
+            runner.replica.copies()
+            return
         refused = None
         if self.write_error is not None or self._over_limit(stream.config.storage):
             refused = errors.insufficient_resources()
@@ -603,6 +632,12 @@ class JetStream:
             now = time.time_ns()
             nxt = 0
             for stream in list(self.streams.values()):
+                replica = self.replica(stream.name)
+                if replica is not None:  # only its leader expires, by proposing it
+                    at = replica.expire_due(now)
+                    if at and (nxt == 0 or at < nxt):
+                        nxt = at
+                    continue
                 self.expire_stream(stream, now)
                 if stream.config.storage == "file" and self.sync_always and stream.name in self._marked:
                     self._marked.discard(stream.name)
@@ -617,7 +652,12 @@ class JetStream:
             self._timer_wake = trio.Event()
 
     def expire_stream(self, stream: Stream, now: int) -> None:
-        """Apply due expiries; subject delete markers it stored reach consumers like messages."""
+        """Apply due expiries; subject delete markers it stored reach consumers like messages.
+        A replicated stream's leader proposes them instead (every replica applies them)."""
+        replica = self.replica(stream.name)
+        if replica is not None:
+            replica.expire_due(now)
+            return
         if stream.expire(now):
             self.consumers.stream_purged(stream)
         if stream.markers:
@@ -631,7 +671,8 @@ class JetStream:
         while True:
             await trio.sleep(self.sync_interval_ns / 1e9)
             for stream in list(self.streams.values()):
-                if stream.config.storage == "file" and stream.name in self._runners:
+                runner = self._runners.get(stream.name)
+                if stream.config.storage == "file" and runner is not None and runner.replica is None:
                     await trio.to_thread.run_sync(stream.store.sync)
 
     # ---- the API ----
@@ -684,13 +725,18 @@ class JetStream:
         msg = stream.store.get(seq)
         if msg is None:
             return
-        if stream.config.retention == "workqueue" or not (self.consumers.needs_msg(stream, seq, msg.subject)
-                                                          or self.sourcing.wants(stream, seq, msg.subject)):
-            stream.remove_acked(seq)
+        replica = self.replica(stream_name)
+        if stream.config.retention == "workqueue" or not (
+                self.consumers.needs_msg(stream, seq, msg.subject) or self.sourcing.wants(stream, seq, msg.subject)
+                or (replica is not None and self.cluster.remote_interest(stream_name, msg.subject))):
+            if replica is not None:
+                replica.remove([seq])  # through the stream's leader, on every replica
+            else:
+                stream.remove_acked(seq)
 
-    def cluster_block(self) -> api.ClusterInfo | None:
-        """The `cluster` block of this node's stream and consumer infos in a cluster."""
-        return self.cluster.stream_block() if self.cluster is not None else None
+    def cluster_block(self, stream_name: str = "") -> api.ClusterInfo | None:
+        """The `cluster` block of this node's stream (and consumer) infos in a cluster."""
+        return self.cluster.stream_block(stream_name) if self.cluster is not None else None
 
     def count_api(self, error: bool) -> None:
         self.api_total += 1
@@ -701,95 +747,7 @@ class JetStream:
         if reply:
             self.server.publish(reply, "", None, api.encoder.encode(obj))
 
-    # ---- accounting and monitoring ----
-    def usage(self) -> tuple[int, int, int, int, int]:
-        """(memory bytes, file bytes, streams, consumers, messages)."""
-        mem = disk = msgs = cons = 0
-        for stream in self.streams.values():
-            st = stream.store.state()
-            msgs += st.messages
-            if stream.config.storage == "memory":
-                mem += st.bytes
-            else:
-                disk += st.bytes
-            cons += self.consumers.consumer_count(stream.name)
-        return mem, disk, len(self.streams), cons, msgs
-
-    def reserved(self) -> tuple[int, int]:
-        """Bytes reserved by streams with max_bytes set: (memory, file)."""
-        mem = disk = 0
-        for stream in self.streams.values():
-            if stream.config.max_bytes > 0:
-                if stream.config.storage == "memory":
-                    mem += stream.config.max_bytes
-                else:
-                    disk += stream.config.max_bytes
-        return mem, disk
-
-    def account_info(self) -> api.AccountInfoResponse:
-        mem, disk, nstreams, ncons, _ = self.usage()
-        rmem, rdisk = self.reserved()
-        return api.AccountInfoResponse(memory=mem, storage=disk, reserved_memory=rmem, reserved_storage=rdisk,
-                                       streams=nstreams, consumers=ncons,
-                                       api=api.ApiStats(total=self.api_total, errors=self.api_errors))
-
-    def _config_block(self) -> dict:
-        return {"max_memory": self.max_memory if self.max_memory > 0 else _default_max_memory(),
-                "max_storage": self.max_storage if self.max_storage > 0 else _default_max_storage(self.store_dir),
-                "store_dir": self.jetstream_dir,
-                "sync_interval": self.sync_interval_ns, "strict": True}
-
-    def varz(self) -> dict:
-        mem, disk, _, _, _ = self.usage()
-        rmem, rdisk = self.reserved()
-        stats = {"memory": mem, "storage": disk, "reserved_memory": rmem, "reserved_storage": rdisk,
-                 "accounts": 1, "ha_assets": 0,
-                 "api": {"level": api.API_LEVEL, "total": self.api_total, "errors": self.api_errors}}
-        return {"config": self._config_block(), "stats": stats, "limits": {"default_max_consumers": 1000}}
-
-    def jsz(self, query: dict) -> dict:
-        mem, disk, nstreams, ncons, msgs = self.usage()
-        rmem, rdisk = self.reserved()
-        out = {"memory": mem, "storage": disk, "reserved_memory": rmem, "reserved_storage": rdisk,
-               "accounts": 1, "ha_assets": 0,
-               "api": {"level": api.API_LEVEL, "total": self.api_total, "errors": self.api_errors},
-               "server_id": self.server.server_id, "now": api.rfc3339(time.time_ns()),
-               "config": self._config_block(), "limits": {"default_max_consumers": 1000},
-               "streams": nstreams, "consumers": ncons, "messages": msgs, "bytes": mem + disk}
-        if self.cluster is not None:
-            out["meta_cluster"] = self.cluster.meta_cluster()
-        if _truthy(query.get("accounts")) or _truthy(query.get("streams")):
-            out["account_details"] = [streamapi.account_detail(self, query)]
-        return out
-
-    def healthz(self) -> str | None:
-        if self.write_error is not None:
-            return self.write_error
-        return self.load_errors[0] if self.load_errors else None
-
 
 def _refuse(subject: str, hdr, data: bytes, now_ns: int):
     """Stands in for Stream.process while storage is over its limit or failed."""
     raise errors.insufficient_resources()
-
-
-def _truthy(value) -> bool:
-    if isinstance(value, list):
-        value = value[0] if value else ""
-    return str(value).lower() in ("1", "true", "yes")
-
-
-def _default_max_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4
-    except (ValueError, OSError):
-        return 1 << 30
-
-
-def _default_max_storage(path: str) -> int:
-    try:
-        os.makedirs(path, exist_ok=True)
-        st = os.statvfs(path)
-        return st.f_bavail * st.f_frsize * 3 // 4
-    except OSError:
-        return 1 << 40

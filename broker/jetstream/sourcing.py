@@ -344,31 +344,61 @@ class Sourcing:
     # ---- the writer side ----
     def apply(self, stream, now: int, refused: errors.JSError | None) -> list[tuple[int, str]]:
         """Store the copies queued for `stream` (called from its writer task)."""
-        batch = self.queued.pop(stream.name, None)
-        if not batch:
+        items = self.take(stream)
+        if not items:
             return []
-        stored: list[tuple[int, str]] = []
-        links = self.links.get(stream.name, [])
-        for link, oseq, subject, hdr, data, ts in batch:
-            if link.halted or oseq <= link.sseq or link not in links:
+        results: list = []
+        halted: set[int] = set()
+        for link, oseq, subject, hdr, data, ts in items:
+            if id(link) in halted:  # an earlier copy of this link failed: the rest waits for the retry
+                results.append(False)
                 continue
             try:
                 if refused is not None:
                     raise refused
                 if link.kind == "mirror":
                     if oseq <= stream.store.state().last_seq:
-                        link.sseq = oseq
+                        results.append(None)
                         continue
-                    seq, dup = stream.store_copy(subject, hdr, data, now, at_seq=oseq, ts=ts)
+                    results.append(stream.store_copy(subject, hdr, data, now, at_seq=oseq, ts=ts))
                 else:
-                    seq, dup = stream.store_copy(subject, hdr, data, now)
+                    results.append(stream.store_copy(subject, hdr, data, now))
             except errors.JSError as e:
+                halted.add(id(link))
+                results.append(e)
+        return self.settle(stream, items, results, now)
+
+    def take(self, stream) -> list:
+        """The queued copies still wanted: (link, origin seq, subject, hdr, data, ts) each."""
+        batch = self.queued.pop(stream.name, None)
+        if not batch:
+            return []
+        links = self.links.get(stream.name, [])
+        for link in links:
+            link.halted = False
+        return [item for item in batch if item[1] > item[0].sseq and item[0] in links]
+
+    def settle(self, stream, items: list, results: list, now: int) -> list[tuple[int, str]]:
+        """What storing `items` gave, one result each: (seq, duplicate), None (a mirror already
+        had it), a JSError (that link halts and retries from its last stored copy), False (not
+        tried: an earlier copy of the link failed). Returns the new (seq, subject) stored.
+        A replicated target's leader calls it once the entry with the copies applied."""
+        stored: list[tuple[int, str]] = []
+        links = self.links.get(stream.name, [])
+        for (link, oseq, subject, hdr, data, ts), r in zip(items, results):
+            if link.halted or link not in links or r is False:
+                continue
+            if r is None:
+                link.sseq = oseq
+                continue
+            if isinstance(r, errors.JSError):
                 log.debug("stream '%s': copy of '%s' seq %d not stored: %s",
-                          stream.name, link.origin, oseq, e.description)
+                          stream.name, link.origin, oseq, r.description)
                 link.halted = True
                 link.queued = link.sseq
                 link.retry_at = now + _RETRY_NS
                 continue
+            seq, dup = r
             link.sseq = oseq
             if not dup:
                 stored.append((seq, subject))

@@ -64,8 +64,10 @@ def _now() -> int:
 
 
 def _fresh(js, stream: Stream) -> None:
-    """Apply due expiries before reporting, so reads never show expired messages."""
-    js.expire_stream(stream, _now())
+    """Apply due expiries before reporting, so reads never show expired messages. (A
+    replicated stream expires only through its leader's entries: never on a read.)"""
+    if js.replica(stream.name) is None:
+        js.expire_stream(stream, _now())
 
 
 def stream_state(js, stream: Stream, subjects_filter: str = "") -> api.StreamState:
@@ -174,7 +176,7 @@ def _user_meta(cfg: api.StreamConfig) -> dict:
 
 
 def _info_like(js, stream: Stream, resp_cls, **extra):
-    block = js.cluster_block()
+    block = js.cluster_block(stream.name)
     if block is not None:
         extra["cluster"] = block
     return resp_cls(config=sc.with_version_metadata(stream.config), created=api.rfc3339(stream.created_ns),
@@ -233,7 +235,7 @@ async def _info(js, name: str, payload: bytes):
         total, limit = len(state.subjects), SUBJECTS_LIMIT
     return api.StreamInfoResponse(total=total, limit=limit, config=sc.with_version_metadata(stream.config),
                                   created=api.rfc3339(stream.created_ns), state=state,
-                                  cluster=js.cluster_block() or api.ClusterInfo(leader=js.server.server_name),
+                                  cluster=js.cluster_block(name) or api.ClusterInfo(leader=js.server.server_name),
                                   ts=api.rfc3339(_now()),
                                   **_sourcing_info(js, stream))
 
@@ -248,7 +250,10 @@ async def _delete(js, name: str, payload: bytes):
 
 async def delete_local(js, stream: Stream) -> None:
     name = stream.name
+    replica = js.replica(name)
     await js.detach(stream)
+    if replica is not None:
+        js.cluster.close_replica(replica)
     js.forget_meta(name)
     js.consumers.stream_deleted(stream)
     stream.store.delete()
@@ -260,6 +265,18 @@ async def _purge(js, name: str, payload: bytes):
     if stream is None:
         raise errors.stream_not_found()
     req = _decode(api.StreamPurgeRequest, payload, api.StreamPurgeRequest())
+    replica = js.replica(name)
+    if replica is not None:  # every replica purges when the entry applies
+        if stream.config.sealed:
+            raise errors.sealed()
+        if stream.config.deny_purge:
+            raise errors.purge_failed("stream purge not permitted")
+        if req.seq > 0 and req.keep > 0:
+            raise errors.bad_request()
+        from broker.jetstream.cluster import streamsm
+
+        purged = await replica.propose_wait(streamsm.Purge(req.filter, req.seq, req.keep))
+        return api.StreamPurgeResponse(success=True, purged=purged)
     purged = stream.purge(req.filter, req.seq, req.keep)
     js.consumers.stream_purged(stream)
     await js.sync_stream(stream)
@@ -297,7 +314,7 @@ async def _list(js, _name: str, payload: bytes):
 
 
 def list_item(js, s: Stream) -> api.StreamListItem:
-    block = js.cluster_block()
+    block = js.cluster_block(s.name)
     extra = {"cluster": block} if block is not None else {}
     return api.StreamListItem(config=sc.sorted_metadata(s.config), created=api.rfc3339(s.created_ns),
                               state=stream_state(js, s), ts=api.rfc3339(_now()), **_sourcing_info(js, s), **extra)
@@ -345,6 +362,12 @@ async def _msg_delete(js, name: str, payload: bytes):
     if req.seq <= 0:
         raise errors.bad_request()
     try:
+        replica = js.replica(name)
+        if replica is not None:  # every replica deletes it when the entry applies
+            from broker.jetstream.cluster import streamsm
+
+            await replica.propose_wait(streamsm.DeleteMsg(req.seq, req.no_erase))
+            return api.StreamMsgDeleteResponse(success=True)
         stream.delete_msg(req.seq)
     except errors.JSError as e:
         if e.err_code == 10057 and e.description != "message delete not permitted":

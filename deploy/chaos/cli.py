@@ -29,7 +29,8 @@ fault kinds (--kinds; default: every kind the target supports):
 examples:
   nats-chaos --server nats-server --seconds 60 --seed 1
   nats-chaos --server "python3 -m broker" --seconds 60 --seed 1
-  nats-chaos --server nats-server --seconds 600 --seed 7 --out long.json      # the long schedule
+  nats-chaos --server "python3 -m broker" --seconds 600 --warmup 130 --seed 2026 --out long.json
+                                   # the long schedule: every fault kind, 10 minutes (same for nats-server)
   nats-chaos --server nats-server --kinds powerloss-all --seconds 40          # power loss only
   nats-chaos --compose --seconds 120                  # after deploy/cluster-up.sh
   nats-chaos --urls nats://10.0.0.1:4222,nats://10.0.0.2:4222 --seconds 120

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from toxiproxy import Toxiproxy
 
+from .ports import free_port
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 PORT_WAIT_S = 30.0
@@ -38,12 +40,6 @@ TOXICS = {
     "reset-peer": {"type": "reset_peer", "attributes": {"timeout": 100}},
     "timeout": {"type": "timeout", "attributes": {"timeout": 0}},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:

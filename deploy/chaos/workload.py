@@ -13,8 +13,8 @@ expected one; the stored value names the writer, its counter and the revision it
 
 Ordering evidence: a redelivery counts as "after the ack was confirmed" only when it came
 after the confirmation on the same connection (so the server sent it later). Each
-connection numbers every message it parses (Stamper); deliveries and ack confirmations
-carry that number ("tick").
+connection numbers every message it parses (Stamper, which writes the number on the message
+object); deliveries and ack confirmations carry that number ("tick").
 
 Every loop is bounded by the run's end time and a count; every request has a timeout.
 """
@@ -58,29 +58,40 @@ class Recorder:
 
 
 class Stamper:
-    """Numbers every message a connection parses, keyed by reply subject (deliveries) and
-    by subject (request responses), so order on the wire survives nats-py's queues."""
+    """Numbers every message a connection parses and writes the number on the message object
+    nats-py builds for it (`of(msg)`), so order on the wire survives nats-py's queues.
+
+    The number travels with the object, not with a key such as the reply subject: two
+    deliveries can carry the same reply subject (a node that restarts with its consumer's
+    delivered state older than what it had sent hands out the same consumer sequences again,
+    `$JS.ACK.<stream>.<consumer>.1.<seq>.<dseq>.<ts>.<pending>` identical), and a key would give
+    the first one the second's number and the second the current one, after an ack
+    confirmation that in fact came later on the wire."""
+
+    ATTR = "_chaos_tick"
 
     def __init__(self, nc):
         self.tick = 0
-        self.by_reply: dict[str, int] = {}
-        self.by_subject: dict[str, int] = {}
+        self._parsing = 0  # the number of the message being parsed (nats-py parses one at a time)
         inner = nc._process_msg
+        build = nc._build_message
 
-        async def stamped(sid, subject, reply, data, headers):
+        async def counted(sid, subject, reply, data, headers):
             self.tick += 1
-            if reply:
-                self.by_reply[reply.decode()] = self.tick
-                if len(self.by_reply) > 100_000:
-                    for k in list(self.by_reply)[:50_000]:
-                        del self.by_reply[k]
-            self.by_subject[subject.decode()] = self.tick
-            if len(self.by_subject) > 100_000:  # unclaimed entries: keep the newest half
-                for k in list(self.by_subject)[:50_000]:
-                    del self.by_subject[k]
+            self._parsing = self.tick
             return await inner(sid, subject, reply, data, headers)
 
-        nc._process_msg = stamped  # the parser calls it through the instance
+        def stamped(*args, **kwargs):
+            msg = build(*args, **kwargs)
+            setattr(msg, self.ATTR, self._parsing)
+            return msg
+
+        nc._process_msg = counted  # the parser calls them through the instance
+        nc._build_message = stamped
+
+    def of(self, msg) -> int:
+        """The number of `msg` (the current one for a message that was not stamped)."""
+        return getattr(msg, self.ATTR, None) or self.tick
 
 
 async def connect(urls: list[str], name: str, pin: bool = False):
@@ -248,7 +259,7 @@ class Workload:
         rec = {"consumer": consumer, "value": value, "seq": seq, "t": None, "tick": None, "ok": False}
         try:
             resp = await nc.request(msg.reply, b"+ACK", timeout=REQUEST_TIMEOUT_S)
-            rec["tick"] = stamper.by_subject.pop(resp.subject, stamper.tick)
+            rec["tick"] = stamper.of(resp)
             rec["ok"] = True
         except Exception:  # noqa: BLE001 - unconfirmed: the server may or may not have it
             pass
@@ -262,7 +273,7 @@ class Workload:
         value = msg.data.decode(errors="replace")
         self.rec.h["deliveries"].append({
             "consumer": consumer, "value": value, "seq": md.sequence.stream, "n": md.num_delivered,
-            "tick": stamper.by_reply.pop(msg.reply, stamper.tick), "t": self.rec.now()})
+            "tick": stamper.of(msg), "t": self.rec.now()})
         return value, md.sequence.stream
 
     async def pull_consumer(self) -> None:

@@ -99,7 +99,8 @@ class TcpProxy:
                         mode = self._mode
                     if mode == "pass":
                         peers[s].sendall(data)
-        except OSError:
+        except (OSError, ValueError):
+            # OSError: a socket failed; ValueError: cut() closed one under select() (fd -1)
             return
         finally:
             _close(a)

@@ -70,6 +70,11 @@ CASES = {
     + b"PUB foo.bar 1\r\nc\r\n" * 10 + b"SUB foo 2\r\n" + b"PUB foo 1\r\nc\r\n" * 10 + b"UNSUB 1\r\n"
     + b"PUB foo 1\r\nd\r\n" * 10,
     "run_unsub_max": CONNECT + b"SUB foo 1\r\nSUB * 2\r\nUNSUB 1 7\r\n" + b"PUB foo 1\r\na\r\n" * 20,
+    # messages received before UNSUB <sid> <max> count toward max (in the same read, too)
+    "run_unsub_max_counts_earlier": CONNECT + b"SUB foo 1\r\nSUB foo q 2\r\nSUB * 3\r\nSUB > 4\r\n"
+    + b"PUB foo 1\r\na\r\n" * 3 + b"UNSUB 1 5\r\nUNSUB 2 3\r\nUNSUB 3 2\r\nUNSUB 4 0\r\n" + b"PUB foo 1\r\nb\r\n" * 6,
+    "unsub_max_not_counting_no_responders": CONNECT + b"SUB _INBOX.x 1\r\nPUB nobody _INBOX.x 2\r\nhi\r\n"
+    + b"UNSUB 1 2\r\nPUB nobody _INBOX.x 2\r\nhi\r\n" + b"PUB _INBOX.x 1\r\nz\r\n" * 3,
     "run_queue_and_plain": CONNECT + b"SUB foo q 1\r\nSUB foo 2\r\n" + b"PUB foo 2\r\nhi\r\n" * 16,
     "run_no_interest": CONNECT + b"SUB other 1\r\n" + b"PUB nobody 2\r\nhi\r\n" * 30 + b"PUB other 1\r\nx\r\n",
     "run_no_responders": CONNECT + b"SUB _INBOX.x 1\r\n" + b"PUB nobody _INBOX.x 2\r\nhi\r\n" * 10,

@@ -11,6 +11,7 @@ counters and the same subscriptions at the end.
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 import trio
 from hypothesis import given, settings, strategies as st
@@ -239,6 +240,11 @@ rframe_st = st.one_of(
     st.tuples(st.just("queue"), st.sampled_from(["q.x", "foo"]), st.integers(1, 3)),
     st.tuples(st.just("hmsg"), st.sampled_from(["foo", "bar"]), st.integers(1, 3)),
     st.tuples(st.just("ping")),
+    # a JetStream batch across a route: one subject, every frame its own reply
+    # (`<ack>@<stored subject>`, or a plain reply), as broker/routed.py renders and reads them
+    st.tuples(st.just("acks"), st.sampled_from(["foo", "bar", "q.x", "none.here"]),
+              st.lists(st.sampled_from(["orig.subj", "a.b", "", "plain", "@"]), min_size=1, max_size=12),
+              st.sampled_from(PAYLOADS)),
 )
 
 
@@ -253,6 +259,13 @@ def render_route(frames: list) -> bytes:
             _, subject, k = f
             for _ in range(k):
                 rproto.append_msg(out, subject, "", None, b"qq", ["grp"])
+        elif f[0] == "acks":
+            _, subject, stored, payload = f
+            for i, s in enumerate(stored):
+                reply = (f"_INBOX.r{i}" if s == "plain" else
+                         f"$JS.ACK.S.C.1.{i + 10}.{i + 1}.1700000000.{len(stored) - i - 1}" +
+                         ("@" if s == "@" else f"@{s}" if s else ""))  # "@": an empty subject after it
+                rproto.append_msg(out, subject, reply, None, payload + b"%d" % i, None)
         elif f[0] == "hmsg":
             _, subject, k = f
             for _ in range(k):
@@ -273,7 +286,8 @@ class RouteWorld:
         self.calls: list = []
         server.subscribe("q.*", lambda s, r, h, p: self.calls.append((s, r, h, p)))
         self.parser = rproto.RouteParser(on_msg=server.deliver_routed,
-                                         on_run=server.deliver_routed_run if runs else None)
+                                         on_run=server.deliver_routed_run if runs else None,
+                                         on_replies=server.deliver_routed_replies if runs else None)
 
     def state(self) -> dict:
         s = self.server
@@ -364,3 +378,40 @@ def test_a_payload_ending_at_the_split_window_edge_still_needs_its_crlf():
         assert got == pb.feed(data)
         assert (pa.error and pa.error.text) == (pb.error and pb.error.text)
         assert (pa.error is None) == (tail == b"\r\n")
+
+
+class _Stored(NamedTuple):
+    seq: int
+    subject: str
+    hdr: bytes | None
+    data: bytes
+    ts: int
+
+
+stored_st = st.lists(st.tuples(st.sampled_from(["orders.a", "orders.b", "inbox.1"]),
+                               st.sampled_from([None, b"NATS/1.0\r\nA: b\r\n\r\n"]),
+                               st.sampled_from(PAYLOADS), st.sampled_from([1700000000, 1700000001])),
+                     min_size=1, max_size=20)
+
+
+@settings(max_examples=100, deadline=None)
+@given(stored_st, st.integers(1, 50), st.integers(0, 100))
+def test_a_pull_batch_for_a_route_renders_what_delivering_one_by_one_writes(stored, dseq, extra):
+    """Server.deliver_ack_run to a route peer (broker/routed.render_ack_run) writes the very
+    frames, counts and bytes that delivering the batch's Outs one by one (deliver_as) does."""
+    from broker.jetstream.consumer import Run
+
+    msgs = [_Stored(100 + i, s, h, d, ts) for i, (s, h, d, ts) in enumerate(stored)]
+    run = Run("inbox.1", msgs, "$JS.ACK.S.C.1.", dseq, len(msgs) + extra)
+    routes = []
+    for batched in (True, False):
+        server = Server(Options(port=0))
+        route = make_route(1)
+        server.add_route_sub(route, "inbox.1", None, 1)
+        if batched:
+            assert server.deliver_ack_run(run.to, run.msgs, run.prefix.encode(), run.dseq, run.pending)
+        else:
+            for o in run.outs():
+                server.deliver_as(*o)
+        routes.append((bytes(route._out), route.out_msgs, route.out_bytes, server.out_msgs, server.out_bytes))
+    assert routes[0] == routes[1]

@@ -242,36 +242,48 @@ def stream_state(node: str, name: str) -> dict | None:
 
 
 def test_jetstream_file_stream_on_volume_survives_container_restart(cluster):
-    """-js -sd /data on the named volume, written by the image's non-root user."""
+    """-js -sd /data on the named volume, written by the image's non-root user. The stream is
+    R1: the meta group places it on one node (not necessarily n2, the node the client uses),
+    and that node's container is restarted."""
     async def main():
         c = await nats.connect(url("n2"))
         js = c.jetstream()
         await js.add_stream(name="DEPLOYVOL", subjects=["deploy.vol.>"], storage="file")
         for i in range(20):
             await js.publish(f"deploy.vol.{i % 4}", b"v%d" % i)
-        await until(lambda: (stream_state("n2", "DEPLOYVOL") or {}).get("messages") == 20, "20 messages on n2")
+        owner = (await js.stream_info("DEPLOYVOL")).cluster.leader
         await c.close()
+        return owner
 
-    asyncio.run(main())
-    before = stream_state("n2", "DEPLOYVOL")
+    owner = asyncio.run(main())
+    assert owner in NODES, owner
+
+    async def stored():
+        await until(lambda: (stream_state(owner, "DEPLOYVOL") or {}).get("messages") == 20, f"20 messages on {owner}")
+
+    asyncio.run(stored())
+    before = stream_state(owner, "DEPLOYVOL")
     assert before["last_seq"] == 20 and before["bytes"] > 0
+    assert [n for n in NODES if stream_state(n, "DEPLOYVOL") is not None] == [owner]
 
-    compose("restart", "n2")
+    compose("restart", owner)
 
     async def after():
-        await until(lambda: http("n2", "/healthz") == (200, {"status": "ok"}), "n2 healthy after restart")
+        await until(lambda: http(owner, "/healthz") == (200, {"status": "ok"}), f"{owner} healthy after restart")
         await until(lambda: all(route_names(n) == set(NODES) - {n} for n in NODES), "full mesh after restart")
+        await until(lambda: stream_state(owner, "DEPLOYVOL") is not None, f"DEPLOYVOL back on {owner}")
 
     asyncio.run(after())
-    state = stream_state("n2", "DEPLOYVOL")
+    state = stream_state(owner, "DEPLOYVOL")
     assert state is not None, "stream lost on restart: /data is not on the volume"
     assert (state["messages"], state["first_seq"], state["last_seq"], state["bytes"]) == \
         (20, 1, 20, before["bytes"])
-    assert http("n2", "/varz")[1]["jetstream"]["config"]["store_dir"].startswith("/data/")
+    assert http(owner, "/varz")[1]["jetstream"]["config"]["store_dir"].startswith("/data/")
 
 
-# JetStream is per node (no meta group yet): its internal subscriptions stay node-local, so
-# one request or publish through n2 is answered and stored by n2 alone.
+# The meta group answers one API request once, whichever node the client is on, and an R1
+# stream lives on the one node it was placed on: one PubAck for a publish through n2, and the
+# stream stored by that node alone.
 def test_jetstream_request_and_publish_get_exactly_one_answer_in_cluster(cluster):
     async def main():
         c = await nats.connect(url("n2"))
@@ -296,12 +308,13 @@ def test_jetstream_request_and_publish_get_exactly_one_answer_in_cluster(cluster
         assert created and all(b"DEPLOYONE" in r for r in created), created
         info = await answers("$JS.API.INFO", b"")
         acks = await answers("deploy.one.x", b"payload")
+        leader = (await c.jetstream().stream_info("DEPLOYONE")).cluster.leader
         owners = [n for n in NODES if stream_state(n, "DEPLOYONE") is not None]
         await c.close()
         assert len(info) == 1, f"{len(info)} answers to one $JS.API.INFO request"
         assert len(created) == 1, f"{len(created)} answers to one STREAM.CREATE request"
         assert len(acks) == 1, f"{len(acks)} PubAcks for one publish: {acks}"
-        assert owners == ["n2"], f"stream DEPLOYONE created on {owners}"
+        assert leader in NODES and owners == [leader], f"stream DEPLOYONE placed on {leader}, stored on {owners}"
 
     asyncio.run(main())
 

@@ -55,6 +55,18 @@ def start(argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
 
 
+def run_to_exit(argv: list[str]) -> tuple[int, str]:
+    """Start a server expected to refuse to start: its exit code and stderr."""
+    proc = start(argv)
+    try:
+        err = proc.communicate(timeout=30)[1].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode, err
+
+
 def messages(lines: list[str]) -> list[str]:
     out = []
     for line in lines:
@@ -112,17 +124,32 @@ def test_storage_directory_that_is_a_file_is_fatal(tmp_path):
     not_a_dir.write_text("a file")
     results = {}
     for name, argv in (("ours", ours_argv()), ("ref", [nats_server_binary()])):
-        proc = start(argv + ["-p", "-1", "-js", "-sd", str(not_a_dir)])
-        try:
-            err = proc.communicate(timeout=30)[1].decode()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        code, err = run_to_exit(argv + ["-p", "-1", "-js", "-sd", str(not_a_dir)])
         fatal = [m for m in messages(err.splitlines()) if "[FTL]" in m or m.startswith("Can't start JetStream")]
-        results[name] = (proc.returncode, fatal)
+        results[name] = (code, fatal)
     assert results["ours"] == results["ref"]
     assert results["ours"] == (1, ["Can't start JetStream: storage directory is not a directory"])
+
+
+@pytest.mark.parametrize("busy", ["client", "monitor", "cluster"])
+def test_a_port_already_in_use_is_one_fatal_line_and_exit_1(busy):
+    ports = {"client": free_port(), "monitor": free_port(), "cluster": free_port()}
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", ports[busy]))
+    holder.listen()
+    results = {}
+    try:
+        for name, argv in (("ours", ours_argv()), ("ref", [nats_server_binary()])):
+            code, err = run_to_exit(argv + ["-a", "127.0.0.1", "-p", str(ports["client"]), "-m",
+                                            str(ports["monitor"]), "--cluster", f"nats://127.0.0.1:{ports['cluster']}"])
+            fatal = [m.group(4) for m in map(LINE.match, err.splitlines()) if m and m.group(3) == "FTL"]
+            results[name] = (code, fatal)
+    finally:
+        holder.close()
+    assert results["ours"] == results["ref"]
+    code, fatal = results["ours"]
+    assert code == 1 and len(fatal) == 1 and "bind: address already in use" in fatal[0]
+    assert f"127.0.0.1:{ports[busy]}" in fatal[0]
 
 
 def test_storage_directory_is_created_at_startup(tmp_path):
@@ -297,15 +324,9 @@ def test_clustered_jetstream_startup_requirements_match_nats_server(tmp_path, ex
     """Clustered JetStream needs a server name, a cluster name and configured routes."""
     results = {}
     for name, argv in (("ours", ours_argv()), ("ref", [nats_server_binary()])):
-        proc = start(argv + ["-p", "-1", "-js", "-sd", str(tmp_path / name),
-                             "--cluster", f"nats://127.0.0.1:{free_port()}"] + extra)
-        try:
-            err = proc.communicate(timeout=30)[1].decode()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        code, err = run_to_exit(argv + ["-p", "-1", "-js", "-sd", str(tmp_path / name),
+                                        "--cluster", f"nats://127.0.0.1:{free_port()}"] + extra)
         usage = [ln for ln in err.splitlines() if ln.startswith("nats-server: ")]
         fatal = [] if usage else [m for m in messages(err.splitlines()) if m.startswith("Can't start JetStream")]
-        results[name] = (proc.returncode, fatal[0] if fatal else "", usage[0] if usage else "")
+        results[name] = (code, fatal[0] if fatal else "", usage[0] if usage else "")
     assert results["ours"] == results["ref"] == expected

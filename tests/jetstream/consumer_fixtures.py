@@ -39,6 +39,24 @@ def run(coro_fn, url: str):
     return asyncio.run(main())
 
 
+async def kv_nonempty(call, attempts: int = 5):
+    """Await `call()` (kv.keys / kv.history on a bucket known to hold entries),
+    again when nats-py raises NoKeysError falsely.
+
+    nats-py's KeyValue.watch() can queue its end-of-initial-values marker before
+    messages already buffered on the subscription were handed to its callback
+    (nats-io/nats.py#842): keys()/history() then raise NoKeysError although the
+    server delivered the entries. It is a client race, seen against nats-server
+    too; a server that really answers nothing still fails after `attempts`."""
+    from nats.js.errors import NoKeysError
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except NoKeysError:
+            if attempt == attempts - 1:
+                raise
+
+
 async def api(nc, subject: str, body=None) -> dict:
     payload = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     msg = await nc.request("$JS.API." + subject, payload, timeout=WAIT_S)

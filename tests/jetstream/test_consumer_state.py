@@ -149,6 +149,23 @@ def test_ack_all_and_term():
     assert c.term(4, T0) == [4] and not c.pending
 
 
+@pytest.mark.parametrize("policy", ["explicit", "all"])
+def test_ack_above_the_delivery_pointer_changes_nothing(policy):
+    """An ack for a stored message this state has not delivered (a reply subject held across
+    a crash that lost the lazily written delivered state) is ignored, floors included, as by
+    nats-server's processAckMsg; `delivered` tells the runtime not to confirm it."""
+    st = MemoryStore()
+    fill(st, 4)
+    c = make(st, ack_policy=policy)
+    pull(c, T0, batch=2)
+    assert c.delivered(2) and not c.delivered(3)
+    assert c.ack(3, T0, 3) == [] and c.term(4, T0, 4) == []
+    assert (c.adflr, c.asflr, sorted(c.pending)) == (0, 0, [1, 2])
+    out = pull(c, T0, batch=2)
+    assert [ack_tokens(o.reply)[5] for o in out] == ["3", "4"]
+    assert c.ack(4, T0) == ([1, 2, 3, 4] if policy == "all" else [4])
+
+
 def test_ack_wait_redelivery_max_deliver_and_backoff():
     st = MemoryStore()
     fill(st, 1)

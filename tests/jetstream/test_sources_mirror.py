@@ -20,6 +20,7 @@ import nats
 import pytest
 
 from tests.conftest import our_server, reference
+from tests.jetstream.consumer_fixtures import kv_nonempty
 
 VOLATILE = {"created", "ts", "first_ts", "last_ts", "time", "leader", "now", "server_id", "opt_start_time"}
 WAIT_S = 40.0  # nats-server retries a missing origin after ~10 s and notices a deleted one after ~20 s
@@ -288,9 +289,11 @@ async def _mirror_script(nc, js, storage):
     await _wait(done, "mirrors to catch up")
     await js.publish("foo.0", b"new")
 
-    async def done2():
-        return (await _req(nc, "$JS.API.STREAM.INFO.MIR"))["state"]["last_seq"] == 9
-    await _wait(done2, "mirror to copy a new message")
+    async def done2():  # every mirror has caught up with the new message, not only MIR
+        infos = [await _req(nc, f"$JS.API.STREAM.INFO.{n}") for n in ("MIR", "MFROM", "MFILT")]
+        return ([i["state"]["last_seq"] for i in infos[:2]] == [9, 9]
+                and all(i["mirror"]["lag"] == 0 for i in infos))
+    await _wait(done2, "mirrors to copy a new message")
     for name in ("MIR", "MFROM", "MFILT"):
         out.append(await _messages(nc, name))
         out.append(_mask(await _req(nc, f"$JS.API.STREAM.INFO.{name}", {"deleted_details": True})))
@@ -333,8 +336,8 @@ def test_kv_mirror_readable_through_nats_py(tmp_path):
             out.append("b present")
         except nats.js.errors.KeyNotFoundError:
             out.append("b deleted")
-        out.append(sorted(await copy.keys()))
-        out.append([(e.key, e.value, e.revision) for e in await copy.history("a")])
+        out.append(sorted(await kv_nonempty(copy.keys)))
+        out.append([(e.key, e.value, e.revision) for e in await kv_nonempty(lambda: copy.history("a"))])
         return out
 
     ref, ours = _both(tmp_path, body)

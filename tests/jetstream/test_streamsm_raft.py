@@ -16,7 +16,8 @@ import random
 import pytest
 
 from broker.jetstream.api import StreamConfig
-from broker.jetstream.cluster.streamsm import DeleteMsg, Expire, Purge, StreamSM, UpdateConfig, encode_op
+from broker.jetstream.cluster.streamsm import (ConsumerDelete, ConsumerUpsert, Copies, DeleteMsg, Expire, Purge,
+                                               StreamSM, UpdateConfig, encode_op)
 from broker.jetstream.store import MemoryStore
 from broker.jetstream.streamconfig import normalize
 from raft.core import RaftCore
@@ -119,6 +120,19 @@ class StreamCluster(Cluster):
                     h = f"NATS/1.0\r\nNats-Msg-Id: x{self.rng.randrange(15)}\r\n\r\n".encode()
                 msgs.append((f"r.{self.rng.randrange(5)}", h, self.rng.randbytes(self.rng.randrange(20))))
             op = sm.pub_batch(msgs, self.clock)
+            if sm.consumers and self.rng.random() < 0.4:  # consumer states ride along
+                op.consumers = [(name, v[0], self.rng.randbytes(8)) for name, v in sorted(sm.consumers.items())
+                                if self.rng.random() < 0.7]
+        elif r < 0.78:  # replicated consumers made, remade (another created) and reconfigured
+            op = ConsumerUpsert(f"c{self.rng.randrange(3)}", self.rng.randrange(1, 3), self.rng.randbytes(6))
+        elif r < 0.80:  # copies from a mirror link (at origin sequences, maybe already here) and a source
+            last = sm.store.state().last_seq
+            op = Copies(self.clock, [("mirror", f"r.{self.rng.randrange(5)}", None, self.rng.randbytes(5),
+                                      max(1, last + self.rng.randrange(-2, 3)), self.clock - 1),
+                                     ("source", f"r.{self.rng.randrange(5)}", None, self.rng.randbytes(5), 0, 0)])
+        elif r < 0.82 and sm.consumers:
+            name = self.rng.choice(sorted(sm.consumers))
+            op = ConsumerDelete(name, sm.consumers[name][0] if self.rng.random() < 0.8 else 99)
         elif r < 0.85:
             op = Expire(self.clock)
         elif r < 0.95:
@@ -229,6 +243,7 @@ def run(seed: int, steps: int = 300) -> dict:
         c.step()
     c.settle()
     c.check()
+    c.stats["consumers"] = len(c.ref.consumers)  # replicated consumers left at the end (compared above)
     return c.stats
 
 
@@ -238,12 +253,13 @@ def test_stream_over_raft(seed):
 
 
 def test_stream_over_raft_exercises_leader_changes_and_installs():
-    total = {"installs": 0, "chunks": 0, "dropped_proposals": 0, "leaders": 0, "restarts": 0}
+    total = {"installs": 0, "chunks": 0, "dropped_proposals": 0, "leaders": 0, "restarts": 0, "consumers": 0}
     for seed in range(30):
         stats = run(seed)
         for k in total:
             total[k] += len(stats[k]) if k == "leaders" else stats[k]
     assert total["installs"] > 0 and total["chunks"] > 0 and total["leaders"] > 30 and total["restarts"] > 0, total
+    assert total["consumers"] > 0, total
 
 
 @pytest.mark.slow

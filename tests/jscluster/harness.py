@@ -172,10 +172,25 @@ class JSCluster:
                 node.proc.start()
             if wait_leader:
                 self.wait_ready()
+        except AssertionError as exc:
+            said = self.exited_nodes()
+            self.stop()
+            if said:
+                raise AssertionError(f"{exc}\n{said}") from exc
+            raise
         except BaseException:
             self.stop()
             raise
         return self
+
+    def exited_nodes(self) -> str:
+        """Which nodes are no longer running, with the end of each one's log (for a failure)."""
+        out = []
+        for name, node in self.nodes.items():
+            if node.proc.proc is not None and node.proc.proc.poll() is not None:
+                tail = "\n".join(node.proc.log_text().splitlines()[-15:])
+                out.append(f"node {name} exited with {node.proc.proc.returncode}; its log ends:\n{tail}")
+        return "\n".join(out)
 
     def stop(self) -> None:
         for node in self.nodes.values():
@@ -462,6 +477,38 @@ async def publish(js, subject: str, data: bytes, headers: dict | None = None, un
     return await until_routed(lambda: js.publish(subject, data, headers=headers), until)
 
 
+async def publish_acked(nc, subject: str, tag: str, lo: int, hi: int, acked: dict[int, int],
+                        window: int = 50, size: int = 0, stream: str = "", wait: float = 60.0) -> None:
+    """Publish messages lo..hi-1 (payload "<tag>-<i>" padded to `size` bytes, Nats-Msg-Id
+    "<tag>-<i>"), `window` in flight, each retried with its id (no responders, timeouts, 503s
+    while there is no leader) until acknowledged within `wait` s; acked[i] = its stream
+    sequence, as acked. With `stream`, every PubAck must name that stream."""
+    import nats.errors
+
+    async def one(i: int) -> None:
+        mid = f"{tag}-{i}"
+        deadline = time.monotonic() + wait
+        last: Any = None
+        while True:
+            try:
+                msg = await nc.request(subject, mid.encode().ljust(size, b"."), timeout=2,
+                                       headers={"Nats-Msg-Id": mid})
+                body = json.loads(msg.data)
+                if "error" not in body:
+                    assert not stream or body["stream"] == stream, body
+                    acked[i] = body["seq"]
+                    return
+                assert body["error"].get("code") == 503, body
+                last = body
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                last = exc
+            assert time.monotonic() < deadline, f"publish {mid} not acknowledged within {wait}s (last: {last!r})"
+            await asyncio.sleep(0.2)
+
+    for start in range(lo, hi, window):
+        await asyncio.gather(*(one(i) for i in range(start, min(start + window, hi))))
+
+
 def stream_config(name: str, subjects: list[str] | None = None, **kw) -> dict:
     cfg = {"name": name, "subjects": subjects if subjects is not None else [f"{name}.>"],
            "retention": "limits", "storage": "file", "num_replicas": 1}
@@ -518,27 +565,179 @@ def key_paths(obj: Any, prefix: str = "") -> set[str]:
 
 # -- fixtures -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=kind_params())
-def jsc(request, tmp_path_factory) -> Iterator[JSCluster]:
-    """A shared three-node cluster per server kind. Tests that kill or stop nodes call
-    `jsc.restore()` in a finally block so the next test gets all three nodes back."""
-    kind = request.param
-    cl = JSCluster(kind, tmp_path_factory.mktemp(f"jsc-{kind}"))
+def shared_cluster(request, tmp_path_factory, prefix: str, **kw) -> Iterator[JSCluster]:
+    """The body of a module-scoped fixture parametrized by kind_params(): one three-node
+    cluster of that kind, started once and shared by the module's tests (`yield from`)."""
+    cl = JSCluster(request.param, tmp_path_factory.mktemp(f"{prefix}-{request.param}"), **kw)
     cl.start()
     try:
         yield cl
     finally:
         cl.stop()
+
+
+def run(coro):
+    """Run a nats-py coroutine from a sync test (pytest runs trio here, nats-py is asyncio)."""
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="module", params=kind_params())
+def jsc(request, tmp_path_factory) -> Iterator[JSCluster]:
+    """A shared three-node cluster per server kind. Tests that kill or stop nodes call
+    `jsc.restore()` in a finally block so the next test gets all three nodes back."""
+    yield from shared_cluster(request, tmp_path_factory, "jsc")
 
 
 @pytest.fixture(scope="module", params=kind_params())
 def jsc_sys(request, tmp_path_factory) -> Iterator[JSCluster]:
     """A shared three-node cluster per server kind with a system account (for meta leader
     stepdown, which only the system account may ask for). Same restore() contract as jsc."""
-    kind = request.param
-    cl = JSCluster(kind, tmp_path_factory.mktemp(f"jsc-sys-{kind}"), system_account=True)
-    cl.start()
-    try:
-        yield cl
-    finally:
-        cl.stop()
+    yield from shared_cluster(request, tmp_path_factory, "jsc-sys", system_account=True)
+
+
+# -- replicated streams (tests/jscluster/test_streams_r3.py) -----------------------------------
+
+def stream_state_on(cl: JSCluster, name: str, stream: str) -> dict | None:
+    """The stream's state in node `name`'s own store, from its /jsz?streams=1 (None when the
+    node holds no such stream). A per-node read: it needs no leader and no quorum."""
+    doc = cl.jsz(name, "streams=1")
+    for acc in doc.get("account_details") or []:
+        for sd in acc.get("stream_detail") or []:
+            if sd.get("name") == stream:
+                return sd.get("state") or {}
+    return None
+
+
+async def stream_info_any(cl: JSCluster, stream: str, via: list[str] | None = None,
+                          timeout: float = 2.0) -> dict | None:
+    """STREAM.INFO through the first node of `via` (default: live nodes) that answers without
+    an error; None when none does."""
+    return await api_any(cl, f"$JS.API.STREAM.INFO.{stream}", via, timeout)
+
+
+async def api_any(cl: JSCluster, subject: str, via: list[str] | None = None, timeout: float = 2.0) -> dict | None:
+    """An API request through the first node of `via` (default: live nodes) that answers
+    without an error; None when none does."""
+    for name in via or cl.live():
+        try:
+            nc = await cl.connect(name)
+        except Exception:
+            continue
+        try:
+            resp = await api(nc, subject, timeout=timeout)
+            if "error" not in resp:
+                return resp
+        except Exception:
+            pass
+        finally:
+            await nc.close()
+    return None
+
+
+def make_stream_leader(cl: JSCluster, stream: str, want: str, timeout: float = 60.0) -> dict:
+    """Make node `want` the leader of `stream` with `$JS.API.STREAM.LEADER.STEPDOWN.<stream>`
+    and body {"placement": {"preferred": want}} (nats-server 2.11+ honours it); if a server
+    refuses the body, plain stepdowns until `want` wins. Returns the STREAM.INFO (asked through
+    `want`) that names `want` as leader."""
+    state = {"plain": False, "last": None}
+
+    async def attempt() -> dict | None:
+        info = await stream_info_any(cl, stream, via=[want])
+        if info is None:
+            return None
+        if (info.get("cluster") or {}).get("leader") == want:
+            return info
+        nc = await cl.connect(want)
+        try:
+            body: Any = b"" if state["plain"] else {"placement": {"preferred": want}}
+            try:
+                resp = await api(nc, f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=3)
+            except Exception as exc:
+                state["last"] = exc
+                return None
+            state["last"] = resp
+            if "error" in resp:
+                state["plain"] = not state["plain"]
+                await asyncio.sleep(0.5)
+                return None
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # this election's outcome before asking again
+                await asyncio.sleep(0.2)
+                info = await stream_info_any(cl, stream, via=[want])
+                leader = ((info or {}).get("cluster") or {}).get("leader")
+                if leader == want:
+                    return info
+                if leader:
+                    return None
+            return None
+        finally:
+            await nc.close()
+
+    return wait_for(lambda: run_sync(attempt), f"{want} leading {stream} (last stepdown answer: "
+                    f"{state['last']!r})", timeout, interval=0.2)
+
+
+class ProxiedJSCluster(JSCluster):
+    """A JSCluster whose routes all cross proxies of the toxiproxy-API server
+    (deploy/chaos/toxiproxy_server.py): one proxy per ordered node pair, each node's --routes
+    are its proxies to the other two, and every node advertises an unreachable cluster
+    address so route gossip cannot bypass the proxies (as deploy/chaos/cluster.py's
+    LocalCluster does). `isolate(name)` disables every proxy to and from `name` (closing the
+    live route connections); `heal()` enables them all again. Client ports are not proxied."""
+
+    def __init__(self, kind: str, workdir: Path, names: tuple[str, ...] = NAMES):
+        super().__init__(kind, workdir, names)
+        import socket
+        self._dead = socket.socket()  # bound, never listening: the advertised cluster address
+        self._dead.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{self._dead.getsockname()[1]}"
+        self.edges: dict[str, tuple[str, str, int, int]] = {}  # proxy -> (from, to, listen, upstream)
+        taken = {p for nd in self.nodes.values() for p in (nd.port, nd.http_port, nd.cluster_port)}
+        for a, node in self.nodes.items():
+            urls = []
+            for b, other in self.nodes.items():
+                if a != b:
+                    listen = free_port()
+                    while listen in taken:  # nothing listens on the nodes' ports yet
+                        listen = free_port()
+                    taken.add(listen)
+                    self.edges[f"{a}_to_{b}"] = (a, b, listen, other.cluster_port)
+                    urls.append(f"nats://127.0.0.1:{listen}")
+            extra = node.proc.extra
+            extra[extra.index("--routes") + 1] = ",".join(urls)
+            extra += ["--cluster_advertise", dead]
+        self._toxi = None
+        self._toxi_api = None
+        self.proxies: dict = {}
+
+    def start(self, wait_leader: bool = True) -> "JSCluster":
+        from tests.chaos.toxi import ToxiproxyProc
+        if self._toxi is None:
+            self._toxi = ToxiproxyProc(self.workdir / "toxiproxy.log")
+            self._toxi_api = self._toxi.__enter__()
+            for pname, (_a, _b, listen, upstream) in self.edges.items():
+                self.proxies[pname] = self._toxi_api.create(upstream=f"127.0.0.1:{upstream}", name=pname,
+                                                            listen=f"127.0.0.1:{listen}")
+        return super().start(wait_leader)
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            if self._toxi is not None:
+                self._toxi.__exit__(None, None, None)
+                self._toxi = None
+            self._dead.close()
+
+    def routes_of(self, name: str) -> int:
+        return http_json(self.nodes[name].http_port, "/routez").get("num_routes", 0)
+
+    def isolate(self, name: str) -> list[str]:
+        """Disable every proxy between `name` and the other nodes; returns the proxies cut."""
+        cut = [p for p, (a, b, _l, _u) in self.edges.items() if name in (a, b)]
+        for p in cut:
+            self.proxies[p].disable()
+        return cut
+
+    def heal(self) -> None:
+        self._toxi_api.reset()

@@ -13,16 +13,13 @@ from pathlib import Path
 
 import pytest
 from nats.js.errors import ServiceUnavailableError
+from tests.jetstream.consumer_fixtures import kv_nonempty
 
 from tests.jscluster.harness import (CLUSTER_NAME, JSCluster, api, api_all, api_retry, key_paths, kind_params,
-                                     normalize, peer_id, publish, stream_config, until_routed, wait_for)
+                                     normalize, peer_id, publish, run, stream_config, until_routed, wait_for)
 
 NO_META_LEADER = {"code": 503, "err_code": 10008, "description": "JetStream system temporarily unavailable"}
 NO_PLACEMENT = {"code": 400, "err_code": 10005, "description": "no suitable peers for placement"}
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 async def close_all(conns) -> None:
@@ -171,7 +168,7 @@ def test_kv_and_object_store_across_nodes(jsc: JSCluster):
             seen = {}
             for n, kv in (("n2", kv2), ("n3", kv3)):
                 e = await kv.get("alpha")
-                seen[n] = (e.value, e.revision, sorted(await kv.keys()), (await kv.get("beta.x")).value)
+                seen[n] = (e.value, e.revision, sorted(await kv_nonempty(kv.keys)), (await kv.get("beta.x")).value)
             watchers = {"n2": await kv2.watchall(include_history=False),
                         "n3": await kv3.watchall(include_history=False)}
             initial = {}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -15,11 +14,8 @@ from broker.jetstream.cluster.meta import raft_id
 from raft.storage import wal_segments
 from raft import OsDisk
 from tests.conftest import ServerProc, free_port
-from tests.jscluster.harness import CLUSTER_NAME, JSCluster, api, api_all, api_retry, publish, stream_config, wait_for
-
-
-def run(coro):
-    return asyncio.run(coro)
+from tests.jscluster.harness import (CLUSTER_NAME, JSCluster, api, api_all, api_retry, publish, run, stream_config,
+                                     wait_for)
 
 
 def test_raft_traffic_for_unknown_groups_or_garbage_is_dropped_and_logged(tmp_path):
@@ -33,14 +29,17 @@ def test_raft_traffic_for_unknown_groups_or_garbage_is_dropped_and_logged(tmp_pa
                     await nc.publish(f"$NRG._meta_.{rid}", b"not msgpack at all")
                     await nc.publish(f"$NRG._meta_.{rid}", b"")
                 await nc.flush()
-                # replicated streams are refused until they land, as before, on create and update
-                r3 = await api(nc, "$JS.API.STREAM.CREATE.R3", stream_config("R3", num_replicas=3))
-                assert r3["error"] == {"code": 500, "err_code": 10074,
-                                       "description": "replicas > 1 not supported in non-clustered mode"}
+                # a replicated stream is made and removed as usual after the garbage
+                r3 = await api_retry(nc, "$JS.API.STREAM.CREATE.R3", stream_config("R3", num_replicas=3))
+                assert "error" not in r3, r3
+                assert len(r3["cluster"]["replicas"]) == 2, r3
                 assert "error" not in await api_retry(nc, "$JS.API.STREAM.CREATE.R1", stream_config("R1"))
-                up = await api(nc, "$JS.API.STREAM.UPDATE.R1", stream_config("R1", num_replicas=3))
-                assert up["error"]["err_code"] == 10074, up
+                # more replicas than servers: refused, nothing changes
+                up = await api(nc, "$JS.API.STREAM.UPDATE.R1", stream_config("R1", num_replicas=5))
+                assert up["error"] == {"code": 400, "err_code": 10005,
+                                       "description": "no suitable peers for placement"}, up
                 await api(nc, "$JS.API.STREAM.DELETE.R1")
+                assert (await api_retry(nc, "$JS.API.STREAM.DELETE.R3"))["success"] is True
                 # the meta group still works from every node
                 for i, name in enumerate(jsc.names()):
                     c = await jsc.connect(name)

@@ -658,3 +658,106 @@ async def test_random_faults_keep_every_group_consistent(tmp_path, clock, seed):
         for (name, index), data in acked.items():
             assert cell.machines[(VOTERS[0], name)].items.count(data) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_inline_small_saves_are_durable_before_anything_applies(tmp_path):
+    """With inline_small_saves an idle loop persists a small Ready itself instead of in a
+    thread: what was applied is on disk (a reopened storage holds every entry) and the
+    outcomes are the same as with the thread."""
+    path = str(tmp_path / "g")
+    machine = ListMachine()
+    async with trio.open_nursery() as nursery:
+        host = RaftHost(lambda name, m: None, tick_interval_s=0.02, inline_small_saves=True)
+        g = host.add_group("g", RaftConfig(node_id=1), Storage.open(OsDisk(path), ConfState((1,))), machine, seed=1)
+        await nursery.start(host.run)
+        with trio.fail_after(30):
+            while not g.is_leader:
+                await trio.sleep(0.02)
+            indexes = [(await g.propose(b"v%d" % i))[0] for i in range(5)]
+        nursery.cancel_scope.cancel()
+    assert machine.items[-5:] == [b"v%d" % i for i in range(5)]
+    _, _, entries = Storage.open(OsDisk(path), ConfState((1,))).initial_state()
+    stored = {e.index: e.data for e in entries}
+    assert [stored[i] for i in indexes] == [b"v%d" % i for i in range(5)]
+
+
+class _Box:
+    """A transport that gathers what the loop sends between hold() and flush(), as the
+    broker's route batches do, and records what was still unflushed at each save and apply."""
+
+    def __init__(self, net: "_BoxNet", node_id: int) -> None:
+        self.net, self.node_id = net, node_id
+        self.holding = False
+        self.pending: list = []
+        self.outside_hold = 0
+        self.at_save: list[list[str]] = []
+        self.at_apply: list[list[str]] = []
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def flush(self) -> None:
+        self.holding = False
+        pending, self.pending = self.pending, []
+        for group, m in pending:
+            host = self.net.hosts.get(m.dst)
+            if host is not None:
+                host.deliver(group, decode_message(encode(m)))
+
+    def send(self, group: str, m) -> None:
+        if not self.holding:
+            self.outside_hold += 1
+        self.pending.append((group, m))
+
+    def unflushed(self) -> list[str]:
+        return [type(m).__name__ for _, m in self.pending]
+
+
+class _BoxNet:
+    def __init__(self) -> None:
+        self.hosts: dict[int, RaftHost] = {}
+        self.boxes: dict[int, _Box] = {}
+
+
+async def test_outbox_sends_leave_before_each_fsync_and_before_anything_applies(tmp_path):
+    """With an Outbox every message is sent while the loop holds, and the loop flushes before
+    it persists (a leader's appends are on the wire during its fsync) and before it applies
+    (acknowledgements leave first); proposals still apply everywhere in order."""
+    net = _BoxNet()
+    groups = {}
+    async with trio.open_nursery() as nursery:
+        for i in VOTERS:
+            box = net.boxes[i] = _Box(net, i)
+            host = net.hosts[i] = RaftHost(box.send, tick_interval_s=TICK, fsync_in_thread=False, outbox=box)
+            storage = Storage.open(OsDisk(str(tmp_path / f"n{i}")), ConfState(VOTERS))
+            save = storage.save
+
+            def recording_save(hs, snap, entries, box=box, save=save):
+                box.at_save.append(box.unflushed())
+                save(hs, snap, entries)
+
+            storage.save = recording_save
+            machine = ListMachine()
+            apply = machine.apply
+
+            def recording_apply(entry, box=box, apply=apply):
+                box.at_apply.append(box.unflushed())
+                return apply(entry)
+
+            machine.apply = recording_apply
+            groups[i] = (host.add_group("g", RaftConfig(node_id=i), storage, machine, seed=i), machine)
+            await nursery.start(host.run)
+        with trio.fail_after(30):
+            while not any(g.is_leader for g, _ in groups.values()):
+                await trio.sleep(TICK)
+            leader = next(g for g, _ in groups.values() if g.is_leader)
+            for k in range(20):
+                await leader.propose(b"p%d" % k)
+            while not all(len(m.items) == 20 for _, m in groups.values()):
+                await trio.sleep(TICK)
+        nursery.cancel_scope.cancel()
+    for i, box in net.boxes.items():
+        assert box.outside_hold == 0, i
+        assert box.at_save and all(u == [] for u in box.at_save), (i, box.at_save)
+        assert box.at_apply and all(u == [] for u in box.at_apply), (i, box.at_apply)
+    assert all(m.items == [b"p%d" % k for k in range(20)] for _, m in groups.values())

@@ -42,6 +42,8 @@ class StreamAssignment(msgspec.Struct, frozen=True):
     config: StreamConfig
     peers: list[str]  # server names; peers[0] is the preferred (for R1: the only) host
     created: int  # ns, the meta leader's clock when it proposed the stream
+    voters: list[str] = []  # its Raft group's first voters when not all peers (grown from R1: its host)
+    epoch: int = 0  # bumped by every change of the replica count: a new Raft group each time
 
 
 class ConsumerAssignment(msgspec.Struct, frozen=True):
@@ -49,7 +51,7 @@ class ConsumerAssignment(msgspec.Struct, frozen=True):
     name: str
     config: bytes  # the consumer's config as JSON, as its host made it
     created: int  # ns, the host's clock when it made the consumer
-    host: str  # the server holding the consumer (its stream's server)
+    host: str  # the server holding the consumer (one of its stream's peers)
 
 
 class AssignStream(msgspec.Struct, tag="assign_stream"):
@@ -62,6 +64,7 @@ class UpdateStream(msgspec.Struct, tag="update_stream"):
     name: str
     config: StreamConfig
     reply: str = ""
+    assignment: StreamAssignment | None = None  # a new placement (the replica count changed)
 
 
 class RemoveStream(msgspec.Struct, tag="remove_stream"):
@@ -159,9 +162,16 @@ class MetaState:
             old = self.streams.get(op.name)
             if old is None:
                 return []
-            sa = msgspec.structs.replace(old, config=op.config)
+            sa = op.assignment if op.assignment is not None else msgspec.structs.replace(old, config=op.config)
             self.streams[op.name] = sa
-            return [Action("update", sa, op.reply)] if self.me in sa.peers else []
+            was, now = self.me in old.peers, self.me in sa.peers
+            if was and now:
+                return [Action("update", sa, op.reply)]
+            if now:  # a new replica here: made, then filled from the others
+                return [Action("create", sa)]
+            if was:  # no longer a replica here: the stream lives on elsewhere
+                return [Action("remove", sa)]
+            return []
         if isinstance(op, RemoveStream):
             old = self.streams.pop(op.name, None)
             self.consumers.pop(op.name, None)
@@ -171,7 +181,7 @@ class MetaState:
         if isinstance(op, AssignConsumer):
             ca = op.consumer
             sa = self.streams.get(ca.stream)
-            if sa is None or not sa.peers or sa.peers[0] != ca.host:
+            if sa is None or ca.host not in sa.peers:
                 return []  # its stream is gone or lives elsewhere now: a stale report
             self.consumers.setdefault(ca.stream, {})[ca.name] = ca
             return [Action("consumer", sa, op.reply, ca)] if self.me == ca.host else []
@@ -217,7 +227,7 @@ class MetaState:
                 continue
             old = before.get(name)
             if old is not None and self.me in old.peers and old.created == sa.created:
-                if old.config != sa.config:
+                if old.config != sa.config or old.peers != sa.peers or old.epoch != sa.epoch:
                     makes.append(Action("update", sa))
             else:
                 makes.append(Action("create", sa))

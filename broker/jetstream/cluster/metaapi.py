@@ -36,11 +36,15 @@ log = logging.getLogger("broker.jetstream.cluster")
 NO_LEADER_WAIT_S = 1.0
 GATHER_TIMEOUT_S = 1.5
 META_OPS = {"STREAM.CREATE", "STREAM.UPDATE", "STREAM.DELETE", "STREAM.NAMES", "STREAM.LIST", "INFO",
-            "META.LEADER.STEPDOWN"}
+            "META.LEADER.STEPDOWN", "STREAM.PEER.REMOVE"}
 
 
 class _Placement(msgspec.Struct):
     preferred: str = ""
+
+
+class PeerRemoveRequest(msgspec.Struct):
+    peer: str = ""
 
 
 class StepdownRequest(msgspec.Struct):
@@ -104,6 +108,9 @@ class MetaApi:
             return False
         host = self.meta.host_of(stream) if stream else None
         if host is not None:
+            sa = self.meta.streams[stream]
+            if len(sa.peers) > 1:
+                return self._replicated_answers(op, subject, sa, reply, payload)
             return host == self.me
         if self.leader_ready:
             return True  # nothing hosts it: the single-node handlers answer "not found"
@@ -113,6 +120,55 @@ class MetaApi:
         if self.leader_name is None and self._requester_here(reply):
             self._nursery.start_soon(self._answer_unavailable, op, reply)
         return False
+
+    def _replicated_answers(self, op: str, subject: str, sa: m.StreamAssignment, reply: str,
+                            payload: bytes) -> bool:
+        """A replicated stream: its leader answers, for the stream and for its consumers (they
+        live on the stream's leader; replicated ones move with it)."""
+        replica = self.js.replica(sa.name)
+        if replica is None or not replica.ready:
+            return False
+        if op == "STREAM.LEADER.STEPDOWN":
+            self._stream_stepdown(replica, reply, payload)
+            return False
+        if op == "CONSUMER.LEADER.STEPDOWN":  # its consumers live on the stream's leader: that moves
+            t = subject.split(".")
+            name = t[6] if len(t) > 6 else ""
+            if self.js.consumers.lookup(sa.name, name) is None:
+                self.js.count_api(True)
+                self.js.reply_json(reply, error_response(op, errors.JSError(404, 10014, "consumer not found")))
+            else:
+                self._stream_stepdown(replica, reply, payload, op)
+            return False
+        return True
+
+    def _stream_stepdown(self, replica, reply: str, payload: bytes, op: str = "STREAM.LEADER.STEPDOWN") -> None:
+        kind = "stream" if op.startswith("STREAM.") else "consumer"
+        preferred = None
+        try:
+            want = _preferred(payload)
+            if want:
+                if want not in replica.sa.peers:
+                    raise errors.JSError(400, 10005, f'preferred server "{want}" not known')
+                if want == self.me:
+                    raise errors.JSError(400, 10005, f'preferred server "{want}" is already leader')
+                preferred = m.raft_id(want)
+        except errors.JSError as e:
+            self.js.count_api(True)
+            self.js.reply_json(reply, error_response(op, e))
+            return
+
+        def done(index, result, error) -> None:
+            if error is None:
+                self.js.count_api(False)
+                self.js.reply_json(reply, {"type": api.PREFIX + f"{kind}_leader_stepdown_response", "success": True})
+            else:
+                self.js.count_api(True)
+                self.js.reply_json(reply, error_response(op, errors.JSError(
+                    400, 10005, "no suitable peers for placement") if isinstance(error, ProposalRejected)
+                    else unavailable()))
+
+        replica.step_down(preferred, done)
 
     def _requester_here(self, reply: str) -> bool:
         """The requester is a client of this node: its reply subscription is here."""
@@ -152,7 +208,8 @@ class MetaApi:
     # ---- requests the meta leader answers ----
     async def _meta_request(self, op: str, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
         js = self.js
-        name = subject.split(".")[-1] if op in ("STREAM.CREATE", "STREAM.UPDATE", "STREAM.DELETE") else ""
+        name = subject.split(".")[-1] if op in ("STREAM.CREATE", "STREAM.UPDATE", "STREAM.DELETE",
+                                                "STREAM.PEER.REMOVE") else ""
         try:
             if op == "STREAM.CREATE":
                 self._create(name, reply, payload)
@@ -173,6 +230,8 @@ class MetaApi:
                 js.reply_json(reply, resp)
             elif op == "META.LEADER.STEPDOWN":
                 self._stepdown(reply, payload)
+            elif op == "STREAM.PEER.REMOVE":
+                self._peer_remove(name, reply, payload)
         except errors.JSError as e:
             js.count_api(e.counts_as_error)
             js.reply_json(reply, error_response(op, e))
@@ -199,8 +258,6 @@ class MetaApi:
         members = len(set(self.group.voters) | set(self.group.learners))
         if cfg.num_replicas > members:
             raise no_placement()
-        if cfg.num_replicas > 1:  # until replicated streams land: refused as before
-            raise errors.replicas_not_supported()
         self.js.check_reservation(cfg)
         peers = m.place(cfg.num_replicas, self._members_online(), self.meta.stream_counts(),
                         self._rng.randrange(1 << 30))
@@ -214,9 +271,58 @@ class MetaApi:
         old = existing.config if existing is not None else None
         others = [sa.config for sa in self.meta.streams.values()]
         cfg = streamapi.prepare_update(self.js, name, payload, old, self._lookup, others, clustered=True)
-        if cfg.num_replicas > 1:
-            raise errors.replicas_not_supported()
-        self._propose(m.UpdateStream(name, cfg, reply), "STREAM.UPDATE", reply)
+        placed = None
+        if cfg.num_replicas != old.num_replicas:
+            placed = self._replace(existing, cfg)
+        self._propose(m.UpdateStream(name, cfg, reply, placed), "STREAM.UPDATE", reply)
+
+    def _peer_remove(self, name: str, reply: str, payload: bytes) -> None:
+        """STREAM.PEER.REMOVE: the peer is replaced by a server that holds no copy; the group
+        changes its members (replica.py), the new peer restores a snapshot and catches up."""
+        sa = self.meta.streams.get(name)
+        if sa is None:
+            raise errors.stream_not_found()
+        try:
+            req = msgspec.json.decode(payload or b"{}", type=PeerRemoveRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise errors.invalid_json(str(e)) from None
+        if not req.peer:
+            raise errors.bad_request()
+        if req.peer not in sa.peers:
+            raise errors.JSError(400, 10040, "peer not a member")
+        free = [n for n in self._members_online() if n not in sa.peers]
+        if len(sa.peers) == 1 or not free:  # (moving a single copy is not built: its data would not follow)
+            raise errors.JSError(503, 10075, "peer remap failed")
+        new = m.place(1, free, self.meta.stream_counts(), self._rng.randrange(1 << 30))
+        rest = [p for p in sa.peers if p != req.peer]
+        placed = msgspec.structs.replace(sa, peers=rest + new, voters=rest)
+
+        def done(index, result, error) -> None:
+            self.js.count_api(error is not None)
+            self.js.reply_json(reply, {"type": api.PREFIX + "stream_remove_peer_response", "success": True}
+                               if error is None else error_response("STREAM.PEER.REMOVE", unavailable()))
+
+        self.group.propose_nowait(m.encode_op(m.UpdateStream(name, sa.config, "", placed)), done)
+
+    def _replace(self, sa: m.StreamAssignment, cfg) -> m.StreamAssignment:
+        """The placement of a stream whose replica count changes (transitions.py)."""
+        members = len(set(self.group.voters) | set(self.group.learners))
+        if cfg.num_replicas > members:
+            raise no_placement()
+        if len(sa.peers) == 1 and cfg.num_replicas > 1:
+            host = sa.peers[0]
+            others = m.place(cfg.num_replicas - 1, [n for n in self._members_online() if n != host],
+                             self.meta.stream_counts(), self._rng.randrange(1 << 30))
+            if others is None:
+                raise no_placement()
+            return msgspec.structs.replace(sa, config=cfg, peers=[host] + others, voters=[host], epoch=sa.epoch + 1)
+        if len(sa.peers) > 1 and cfg.num_replicas == 1:
+            replica = self.js.replica(sa.name)
+            leader = replica.leader_name if replica is not None else None
+            keep = leader if leader in sa.peers else sa.peers[0]
+            return msgspec.structs.replace(sa, config=cfg, peers=[keep], voters=[], epoch=sa.epoch + 1)
+        # between two counts above one (peers added to or removed from a running group): not yet
+        raise errors.JSError(400, 10061, "Replicas configuration can not be updated")
 
     def _delete(self, name: str, reply: str) -> None:
         if name not in self.meta.streams:
@@ -237,17 +343,12 @@ class MetaApi:
 
     def _stepdown(self, reply: str, payload: bytes) -> None:
         preferred = None
-        if payload.strip():
-            try:
-                req = msgspec.json.decode(payload, type=StepdownRequest)
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                raise errors.invalid_json(str(e)) from None
-            want = req.placement.preferred if req.placement is not None else ""
-            if want:
-                rid = m.raft_id(want)
-                if rid not in self.group.voters:
-                    raise errors.JSError(400, 10005, f'preferred server "{want}" not known')
-                preferred = rid
+        want = _preferred(payload)
+        if want:
+            rid = m.raft_id(want)
+            if rid not in self.group.voters:
+                raise errors.JSError(400, 10005, f'preferred server "{want}" not known')
+            preferred = rid
 
         def done(index, result, error) -> None:
             if error is None:
@@ -358,6 +459,17 @@ class MetaApi:
         return reports
 
 
+def _preferred(payload: bytes) -> str:
+    """The `placement.preferred` server of a stepdown request ("" when none)."""
+    if not payload.strip():
+        return ""
+    try:
+        req = msgspec.json.decode(payload, type=StepdownRequest)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise errors.invalid_json(str(e)) from None
+    return req.placement.preferred if req.placement is not None else ""
+
+
 def _log_failure(index, result, error) -> None:
     if error is not None:
         log.debug("JetStream cluster: meta proposal failed: %s", error)
@@ -380,6 +492,10 @@ def error_response(op: str, e: errors.JSError):
         sub = op[len("CONSUMER."):]
         if sub in consumer_api.KINDS:
             return consumer_api.error_body(sub, e)
+    if op == "STREAM.LEADER.STEPDOWN":
+        return {"type": api.PREFIX + "stream_leader_stepdown_response", "error": e.as_dict()}
+    if op == "STREAM.PEER.REMOVE":
+        return {"type": api.PREFIX + "stream_remove_peer_response", "error": e.as_dict()}
     if op == "META.LEADER.STEPDOWN":
         return {"type": api.PREFIX + "meta_leader_stepdown_response", "error": e.as_dict()}
     if op == "INFO":

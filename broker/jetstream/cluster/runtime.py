@@ -28,6 +28,10 @@ from broker.jetstream import api, streamapi
 from broker.jetstream import errors
 from broker.jetstream.cluster import meta as m
 from broker.jetstream.cluster.metaapi import MetaApi, _log_failure, error_response
+from broker.jetstream.cluster.replica import (CATCHUP_REPLY, CATCHUP_SUBJECT, REMOVE_SUBJECT,
+                                              StreamReplica)
+from broker.jetstream.cluster import streamsm as ssm
+from broker.jetstream.cluster import transitions
 from raft import ConfState, OsDisk, RaftConfig, Storage, StorageCorruption
 from raft.messages import ConfChange
 
@@ -54,7 +58,8 @@ class JetStreamCluster(MetaApi):
         self.my_id = m.raft_id(self.me)
         self.cluster_name = self.server.opts.cluster_name
         self.meta = m.MetaState(self.me)
-        self.host = RaftHost(self._send, tick_interval_s=TICK_S)
+        self._held: dict | None = None  # the output batch the Raft loop holds (hold/flush)
+        self.host = RaftHost(self._send, tick_interval_s=TICK_S, inline_small_saves=True, outbox=self)
         self.group = None
         self.online: dict[str, float] = {}  # route-connected JetStream servers -> since (monotonic)
         self.routed: set[str] = set()  # every route-connected server
@@ -76,6 +81,8 @@ class JetStreamCluster(MetaApi):
         self._consumer_sent: dict[tuple, float] = {}  # what was last asked of the leader, when
         self._consumer_sync_at = 0.0
         self._first_campaign = False
+        self.replicas: dict[str, "StreamReplica"] = {}  # replicated streams held here, by Raft group
+        self._interest: dict[tuple[str, str, int], list[str]] = {}  # consumer -> its filter subjects
 
     # ---- lifecycle ----
     @property
@@ -90,6 +97,9 @@ class JetStreamCluster(MetaApi):
             self._subs.append(sub(f"$JSC.SI.{self.my_id}", self._on_gather_request, cluster_wide=True))
             self._subs.append(sub(f"$JSC.R.{self.my_id}.*", self._on_gather_reply, cluster_wide=True))
             self._subs.append(sub(META_PROPOSE, self._on_forwarded_proposal, cluster_wide=True))
+            self._subs.append(sub(f"{CATCHUP_SUBJECT}.{self.my_id}.*", self._on_catchup_request, cluster_wide=True))
+            self._subs.append(sub(f"{CATCHUP_REPLY}.{self.my_id}.*", self._on_catchup_chunk, cluster_wide=True))
+            self._subs.append(sub(f"{REMOVE_SUBJECT}.{self.my_id}.*", self._on_remove_request, cluster_wide=True))
             await nursery.start(self.host.run)
             task_status.started()
             nursery.start_soon(self._actions_loop)
@@ -169,7 +179,98 @@ class JetStreamCluster(MetaApi):
             self.server.unsubscribe(s)
         self._subs.clear()
 
+    # ---- replicated streams ----
+    def start_soon(self, fn, *args) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    def _replica_for(self, subject: str) -> StreamReplica | None:
+        return self.replicas.get(subject.rsplit(".", 1)[-1])
+
+    def _on_catchup_request(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        r = self._replica_for(subject)
+        if r is not None:
+            r.on_catchup_request(reply, payload)
+
+    def _on_catchup_chunk(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        r = self._replica_for(subject)
+        if r is not None:
+            r.on_catchup_chunk(payload)
+
+    def _on_remove_request(self, subject: str, reply: str, hdr: bytes | None, payload: bytes) -> None:
+        r = self._replica_for(subject)
+        if r is not None:
+            r.on_remove_request(payload)
+
+    def remote_interest(self, stream: str, subject: str) -> bool:
+        """Does a consumer of the stream hosted on another server want messages on `subject`?
+        (Interest retention: a message stays while one does.)"""
+        from broker import subjects as subj
+
+        for ca in self.meta.consumers.get(stream, {}).values():
+            if ca.host == self.me:
+                continue
+            key = (stream, ca.name, ca.created)
+            filters = self._interest.get(key)
+            if filters is None:
+                try:
+                    cfg = msgspec.json.decode(ca.config)
+                except msgspec.DecodeError:
+                    cfg = {}
+                filters = [f for f in (cfg.get("filter_subjects") or [cfg.get("filter_subject") or ""]) if f]
+                if len(self._interest) > 10_000:
+                    self._interest.clear()
+                self._interest[key] = filters
+            if not filters or any(subj.match(f, subject) for f in filters):
+                return True
+        return False
+
+    def answer_created(self, replica: StreamReplica, reply: str) -> None:
+        js = self.js
+        js.count_api(False)
+        js.reply_json(reply, streamapi._info_like(js, replica.stream, api.StreamCreateResponse, did_create=True))
+
+    async def _open_replica(self, sa: m.StreamAssignment, reply: str, adopt: bool = False):
+        js = self.js
+        path = os.path.join(js.stream_dir(sa.name), "meta.json")
+        try:
+            with open(path, "rb") as f:
+                old_created = msgspec.json.decode(f.read()).get("created")
+        except (OSError, msgspec.DecodeError, AttributeError):
+            old_created = None
+        if old_created is not None and old_created != sa.created:
+            js.remove_files(sa.name)  # an older stream of the same name
+        r = StreamReplica(self, sa)
+        stream = r.open(reply, adopt)
+        self.replicas[r.group_name] = r
+        js.attach(stream, r)
+        await js.consumers.restore(stream)
+        log.info("JetStream cluster opened replica of stream '$G > %s' (group %s, peers %s)",
+                 sa.name, r.group_name, ", ".join(sa.peers))
+        return stream
+
+    def close_replica(self, r: StreamReplica, snapshot: bool = False) -> None:
+        r.close(snapshot=snapshot)
+        self.replicas.pop(r.group_name, None)
+        if r.sa.config.storage == "memory":
+            import shutil
+
+            shutil.rmtree(os.path.join(self.js.jetstream_dir, "$SYS", "_js_", r.group_name), ignore_errors=True)
+
     # ---- transport ----
+    def hold(self) -> None:
+        """The Raft loop runs synchronously from now: what it and the state machines write to
+        connections (route frames of $NRG messages, PubAcks, consumer deliveries) joins one
+        output batch, written out directly at flush() (raft.host.Outbox)."""
+        server = self.server
+        if server.batch is None:
+            server.batch = self._held = {}
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and self.server.batch is held:
+            self.server.end_batch(held)
+
     def _send(self, group: str, message) -> None:
         from raft.messages import encode
 
@@ -323,14 +424,19 @@ class JetStreamCluster(MetaApi):
         for name in list(self.js.streams):
             if not self.meta.hosted_here(name):
                 continue
+            replica = self.js.replica(name)
+            if replica is not None and not replica.ready:
+                continue  # a replicated stream's consumers live on its leader
             local = self.js.consumers.by_stream.get(name, {})
             recorded = self.meta.consumers.get(name, {})
             for cname, e in list(local.items()):
                 ca = recorded.get(cname)
-                if ca is None or ca.created != e.c.created_ns:
+                if ca is None or ca.created != e.c.created_ns or ca.host != self.me:
                     self._ask_once(("assign", name, cname, e.c.created_ns), m.AssignConsumer(
                         self._consumer_assignment(e)), now)
             for cname, ca in list(recorded.items()):
+                if ca.host != self.me:
+                    continue  # a replicated stream's consumer made on another of its peers
                 e = local.get(cname)
                 if e is None or e.c.created_ns != ca.created:
                     self._ask_once(("remove", name, cname, ca.created), m.RemoveConsumer(name, cname, ca.created), now)
@@ -383,6 +489,14 @@ class JetStreamCluster(MetaApi):
         sa = a.stream
         stream = js.streams.get(sa.name)
         if a.kind == "create":
+            if len(sa.peers) > 1:
+                replica = js.replica(sa.name)
+                fresh = stream is None or replica is None or stream.created_ns != sa.created
+                stream = await self._make_current(sa, a.reply)
+                replica = js.replica(sa.name)
+                if not fresh and a.reply and replica is not None and replica.ready:
+                    self.answer_created(replica, a.reply)  # the same create again: its leader answers
+                return
             stream = await self._make_current(sa)
             resp = streamapi._info_like(js, stream, api.StreamCreateResponse, did_create=True)
             if a.reply:
@@ -390,6 +504,30 @@ class JetStreamCluster(MetaApi):
                 js.reply_json(a.reply, resp)
         elif a.kind == "update":
             if stream is None:
+                return
+            replica = js.replica(sa.name)
+            if replica is not None and len(sa.peers) == 1:
+                await transitions.demote(self, replica, sa, a.reply)
+                return
+            if replica is None and len(sa.peers) > 1:
+                await transitions.promote(self, stream, sa, a.reply)
+                return
+            if replica is not None and replica.sa.epoch != sa.epoch:
+                return  # another change of replicas (not made here)
+            if replica is not None and replica.sa.peers != sa.peers:
+                replica.reassign(sa)  # a peer replaced: its leader changes the group's members
+                return
+            if replica is not None:
+                if not replica.ready:
+                    return  # the stream's leader proposes it and answers
+                try:
+                    await replica.propose_wait(ssm.UpdateConfig(sa.config, time.time_ns()))
+                    resp = streamapi._info_like(js, stream, api.StreamUpdateResponse)
+                except errors.JSError as e:
+                    resp = api.StreamUpdateResponse(error=api.ApiError(e.code, e.err_code, e.description))
+                if a.reply:
+                    js.count_api(False)
+                    js.reply_json(a.reply, resp)
                 return
             try:
                 resp = await streamapi.update_local(js, stream, sa.config)
@@ -408,14 +546,23 @@ class JetStreamCluster(MetaApi):
                 js.count_api(True)
                 js.reply_json(a.reply, error_response("STREAM.CREATE", errors.stream_name_exists()))
         elif a.kind == "remove":
+            answer = True
+            replica = js.replica(sa.name)
+            if replica is not None and sa.name in self.meta.streams and self.me not in sa.peers:
+                await transitions.hand_over(self, replica, sa)  # it lives on with fewer replicas
+                answer = False
+            if replica is not None:  # one replica answers: its leader, or with none the first peer
+                answer = replica.is_leader or (replica.leader_name is None and sa.peers[0] == self.me)
+            elif len(sa.peers) > 1:
+                answer = sa.peers[0] == self.me
             if stream is not None:
                 await streamapi.delete_local(js, stream)
                 log.info("JetStream cluster removed stream '$G > %s'", sa.name)
-            if a.reply:
+            if a.reply and answer:
                 js.count_api(False)
                 js.reply_json(a.reply, api.StreamDeleteResponse(success=True))
 
-    async def _make_current(self, sa: m.StreamAssignment):
+    async def _make_current(self, sa: m.StreamAssignment, reply: str = ""):
         """This node's copy of an assigned stream, as assigned: made if missing, made anew if
         the local one is an older stream of the same name, its config brought up to date."""
         js = self.js
@@ -424,6 +571,26 @@ class JetStreamCluster(MetaApi):
             log.info("JetStream cluster replacing stream '$G > %s': it was deleted and made anew", sa.name)
             await streamapi.delete_local(js, stream)
             stream = None
+        replica = js.replica(sa.name)
+        if len(sa.peers) > 1 and stream is not None and (replica is None or replica.sa.epoch != sa.epoch):
+            if replica is None and sa.voters == [self.me]:  # grew from this copy while it was away
+                await transitions.promote(self, stream, sa, "")
+                return js.streams[sa.name]
+            await streamapi.delete_local(js, stream)  # an old copy: filled again from the others
+            stream = None
+        if len(sa.peers) == 1 and replica is not None:  # shrank to this copy while away
+            await transitions.demote(self, replica, sa, "")
+            return js.streams[sa.name]
+        if len(sa.peers) > 1:
+            if stream is None:
+                return await self._open_replica(sa, reply)
+            replica = js.replica(sa.name)
+            if replica is not None and replica.ready and not streamapi._same_config(stream.config, sa.config):
+                try:
+                    await replica.propose_wait(ssm.UpdateConfig(sa.config, time.time_ns()))
+                except errors.JSError as e:  # lost the leadership meanwhile: the next leader does it
+                    log.info("JetStream cluster: updating stream '$G > %s' failed: %s", sa.name, e.description)
+            return stream
         if stream is None:
             streamapi.create_local(js, sa.config, sa.created)
             log.info("JetStream cluster created stream '$G > %s'", sa.name)
@@ -446,7 +613,10 @@ class JetStreamCluster(MetaApi):
                 await self._make_current(sa)
 
     # ---- what the node shows ----
-    def stream_block(self) -> api.ClusterInfo:
+    def stream_block(self, stream_name: str = "") -> api.ClusterInfo:
+        replica = self.js.replica(stream_name) if stream_name else None
+        if replica is not None:
+            return replica.cluster_info()
         return api.ClusterInfo(name=self.cluster_name, leader=self.me)
 
     def meta_cluster(self) -> dict:

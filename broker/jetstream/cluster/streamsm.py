@@ -86,6 +86,29 @@ class PubBatch(msgspec.Struct, tag="pub", array_like=True):
     base_seq: int  # the stream's last_seq when the leader proposed it
     ts: int  # the leader's clock, ns
     msgs: list[tuple[str, bytes | None, bytes]]  # (subject, header block or None, payload)
+    # consumer states the leader replicates with this entry: (name, created, state); a
+    # delivery leaves the leader only once the state recording it committed
+    consumers: list[tuple[str, int, bytes]] = []
+
+
+class Copies(msgspec.Struct, tag="copy", array_like=True):
+    """Messages a mirror or source link of the leader read from its origin: (link, subject,
+    header, data, origin seq for a mirror else 0, origin timestamp for a mirror else 0). Once
+    one copy of a link fails, the rest of that link's copies in the entry are not tried."""
+    ts: int
+    items: list[tuple[str, str, bytes | None, bytes, int, int]]
+
+
+class ConsumerUpsert(msgspec.Struct, tag="cup", array_like=True):
+    """A replicated consumer made or reconfigured: its config (JSON) and creation time."""
+    name: str
+    created: int
+    config: bytes
+
+
+class ConsumerDelete(msgspec.Struct, tag="cdel", array_like=True):
+    name: str
+    created: int
 
 
 class Expire(msgspec.Struct, tag="exp", array_like=True):
@@ -112,7 +135,8 @@ class UpdateConfig(msgspec.Struct, tag="cfg", array_like=True):
     ts: int
 
 
-StreamOp = Union[PubBatch, Expire, Purge, DeleteMsg, RemoveAcked, UpdateConfig]
+StreamOp = Union[PubBatch, Expire, Purge, DeleteMsg, RemoveAcked, UpdateConfig, ConsumerUpsert, ConsumerDelete,
+                 Copies]
 
 _encoder = msgspec.msgpack.Encoder()
 _op_decoder = msgspec.msgpack.Decoder(StreamOp)
@@ -166,6 +190,7 @@ class Summary(msgspec.Struct):
     dedupe_order: list[tuple[int, str]]  # (ts, msg id) in the order the window prunes them
     last_msg_id: str
     pending: list[tuple[int, bytes]] = []  # entries (index, data) a catching-up replica holds
+    consumers: list[tuple[str, int, bytes, bytes]] = []  # replicated consumers: name, created, config, state
 
 
 _summary_decoder = msgspec.msgpack.Decoder(Summary)
@@ -215,6 +240,9 @@ class StreamSM:
         # took a leader's snapshot older than this state): snapshot soon, or a crash before
         # the next one needs a catch-up from a peer.
         self.snapshot_wanted = False
+        self.last_op: StreamOp | None = None  # the operation apply() last carried out (the wiring reads it)
+        # replicated consumers of the stream: name -> [created, config JSON, state (b"" until one)]
+        self.consumers: dict[str, list] = {}
 
     @property
     def catching_up(self) -> bool:
@@ -235,6 +263,7 @@ class StreamSM:
         DeleteMsg -> True; RemoveAcked / Expire -> removed count; UpdateConfig -> None; any
         refused operation -> MsgError. None when skipped (replay) or held (catching up)."""
         self.ensure_started()
+        self.last_op = None
         index = entry.index
         if index <= self.applied_index:
             return None
@@ -242,8 +271,10 @@ class StreamSM:
             if not self._deferred or index > self._deferred[-1][0]:
                 self._deferred.append((index, entry.data))
             return None
-        result = self._apply_op(decode_op(entry.data))
+        op = decode_op(entry.data)
+        result = self._apply_op(op)
         self.applied_index = index
+        self.last_op = op
         return result
 
     def _apply_op(self, op: StreamOp) -> Any:
@@ -253,7 +284,13 @@ class StreamSM:
             if last != op.base_seq:
                 raise StreamDiverged(f"stream {stream.name}: batch proposed at last_seq {op.base_seq}, "
                                      f"this replica is at {last} (applied index {self.applied_index})")
+            for name, created, state in op.consumers:
+                known = self.consumers.get(name)
+                if known is not None and known[0] == created:
+                    known[2] = state
             msgs = op.msgs
+            if not msgs:
+                return []
             if stream.batch_ok():  # no limits, not sealed: header-less messages append as a run
                 size_max = stream.config.max_msg_size
                 if all(h is None and (size_max < 0 or len(d) <= size_max) for _, h, d in msgs):
@@ -266,6 +303,8 @@ class StreamSM:
                 except errors.JSError as e:
                     out.append(MsgError.of(e))
             return out
+        if type(op) is Copies:
+            return self._copies(op)
         try:
             if type(op) is Expire:
                 return stream.expire(op.ts)
@@ -276,11 +315,45 @@ class StreamSM:
                 return True
             if type(op) is RemoveAcked:
                 return sum(1 for seq in op.seqs if stream.remove_acked(seq))
+            if type(op) is ConsumerUpsert:
+                known = self.consumers.get(op.name)
+                if known is not None and known[0] == op.created:
+                    known[1] = op.config
+                else:
+                    self.consumers[op.name] = [op.created, op.config, b""]
+                return None
+            if type(op) is ConsumerDelete:
+                known = self.consumers.get(op.name)
+                if known is not None and known[0] == op.created:
+                    del self.consumers[op.name]
+                return None
             assert type(op) is UpdateConfig, op
             stream.update(op.config, op.ts)
+            st = self.store.state()
+            first = op.config.first_seq
+            if st.last_seq == 0 and st.messages == 0 and isinstance(first, int) and first > 1:
+                self.store.skip_to(first)  # a new stream's first_seq (its first entry is its config)
             return None
         except errors.JSError as e:
             return MsgError.of(e)
+
+    def _copies(self, op: Copies) -> list:
+        """Per copy: (seq, duplicate), None (a mirror already has that sequence), a MsgError,
+        or False (not tried: an earlier copy of its link failed)."""
+        stream, out, failed = self.stream, [], set()
+        for link, subject, hdr, data, at_seq, ots in op.items:
+            if link in failed:
+                out.append(False)
+                continue
+            if at_seq and at_seq <= self.store.state().last_seq:
+                out.append(None)
+                continue
+            try:
+                out.append(stream.store_copy(subject, hdr, data, op.ts, at_seq=at_seq, ts=ots))
+            except errors.JSError as e:
+                failed.add(link)
+                out.append(MsgError.of(e))
+        return out
 
     def snapshot(self) -> bytes:
         """The state summary at applied_index, once the store has made it durable."""
@@ -301,7 +374,7 @@ class StreamSM:
             s = _summary_decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise CorruptEntry(f"undecodable stream snapshot: {exc}") from None
-        if self._started and s.index <= self.applied_index:
+        if self._started and 0 < s.index <= self.applied_index:
             # This replica is already there or past it (a catch-up went further). Raft now
             # keeps this older snapshot while the store may be durable beyond it: snapshot soon.
             # Entries the snapshot holds (taken while its replica was catching up) that are
@@ -429,6 +502,7 @@ class StreamSM:
         give back: ids of removed messages) on the same Stream object, rebuilt over the store."""
         self._reset_stream(s.config, s.created)
         stream = self.stream
+        self.consumers = {name: [created, cfg, state] for name, created, cfg, state in s.consumers}
         stream._dedupe = {msg_id: (seq, ts) for msg_id, seq, ts in s.dedupe}
         stream._dedupe_order = deque(s.dedupe_order)
         stream.last_msg_id = s.last_msg_id
@@ -471,7 +545,8 @@ class StreamSM:
         dedupe = [(k, v[0], v[1]) for k, v in stream._dedupe.items()]
         return Summary(self.applied_index, stream.config, stream.created_ns,
                        st.first_seq, st.last_seq, st.last_ts, st.messages, st.bytes, deleted,
-                       dedupe, list(stream._dedupe_order), stream.last_msg_id)
+                       dedupe, list(stream._dedupe_order), stream.last_msg_id,
+                       consumers=[(n, v[0], v[1], v[2]) for n, v in sorted(self.consumers.items())])
 
     def fingerprint(self) -> tuple:
         """Everything two replicas must agree on (tests compare it)."""
@@ -484,5 +559,5 @@ class StreamSM:
         ttls = sorted(t for t in stream._ttls if store.get(t[1]) is not None)
         return (store.state(), msgs, sorted((k, v) for k, v in stream._dedupe.items()),
                 list(stream._dedupe_order), stream.last_msg_id, _encoder.encode(stream.config),
-                stream.created_ns, ttls)
+                stream.created_ns, ttls, sorted((n, tuple(v)) for n, v in self.consumers.items()))
 
