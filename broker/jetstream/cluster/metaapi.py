@@ -11,6 +11,7 @@ node; `on_api` decides on each node, at delivery, whether it answers:
 - while there is no meta leader, a request that needs one waits up to NO_LEADER_WAIT_S for an
   election; then the node the requester is connected to (the one holding its reply
   subscription) answers 503 "JetStream system temporarily unavailable".
+  META.LEADER.STEPDOWN never waits: only a leader ready when it arrives decides it.
 Names and account info come from the assignments; LIST and account usage gather each node's
 view of its own streams over `$JSC.SI.<node>` requests.
 
@@ -103,6 +104,10 @@ class MetaApi:
         if op in META_OPS:
             if self.leader_ready:
                 self._nursery.start_soon(self._meta_request, op, subject, reply, hdr, payload)
+            elif op == "META.LEADER.STEPDOWN":
+                pass  # meant for the leader of the moment, which may have stepped down for it
+                # already: deciding it again after the election would step a second leader down
+                # (and answer twice); nats-server's non-leaders drop it too
             elif self.is_leader or self.leader_name is None:
                 self._waiting.append((time.monotonic() + NO_LEADER_WAIT_S, subject, reply, hdr, payload))
             return False
