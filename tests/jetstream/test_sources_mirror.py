@@ -299,6 +299,12 @@ async def _mirror_script(nc, js, storage):
         out.append(_mask(await _req(nc, f"$JS.API.STREAM.INFO.{name}", {"deleted_details": True})))
     # a mirror has no subjects: publishing to the origin's subject reaches only the origin
     out.append(json.loads((await nc.request("foo.9", b"x", timeout=5)).data))
+
+    async def done3():  # the update and the list below show the mirrors' state: let them copy foo.9
+        infos = [await _req(nc, f"$JS.API.STREAM.INFO.{n}") for n in ("MIR", "MFROM", "MFILT")]
+        return ([i["state"]["last_seq"] for i in infos[:2]] == [10, 10]
+                and all(i["mirror"]["lag"] == 0 for i in infos))
+    await _wait(done3, "mirrors to copy the message published to ORIG")
     out.append(_mask(await _req(nc, "$JS.API.STREAM.UPDATE.MIR", {
         "name": "MIR", "storage": storage, "mirror": {"name": "ORIG"}, "max_msgs": 100})))
     out.append(_mask(await _req(nc, "$JS.API.STREAM.LIST")))
