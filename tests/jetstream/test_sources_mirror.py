@@ -247,8 +247,10 @@ async def _source_script(nc, js, storage):
     await js.publish("foo.1", b"later", headers={"Nats-Msg-Id": "late"})
     await js.publish("bar.y", b"b2")
 
-    async def later_done():
-        return (await _req(nc, "$JS.API.STREAM.INFO.SRC"))["state"]["messages"] == 12
+    async def later_done():  # LIM too: it copies ORIG's new message (seq 7) on its own
+        a = (await _req(nc, "$JS.API.STREAM.INFO.SRC"))["state"]["messages"]
+        b = (await _req(nc, "$JS.API.STREAM.INFO.LIM"))["sources"][0].get("seq")
+        return a == 12 and b == 7
     await _wait(later_done, "sources to copy new messages")
     out.append(_per_source(await _messages(nc, "SRC")))
     out.append(await _messages(nc, "LIM"))
