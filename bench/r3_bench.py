@@ -550,6 +550,45 @@ def _open(port: int):
     return s
 
 
+class ServerClosed(ConnectionError):
+    """The server closed a failover worker's connection."""
+
+    def __init__(self) -> None:
+        super().__init__("server closed the connection")
+
+
+def _failure_note(e: Exception) -> str:
+    """A failover worker's note on what ended it: ServerClosed's text alone, anything else
+    with its class."""
+    return str(e) if isinstance(e, ServerClosed) else f"{e.__class__.__name__}: {e}"
+
+
+def _recv_ready(s, until: float) -> tuple[float, bytes] | None:
+    """A failover worker's read: wait for its non-blocking socket `s` until the monotonic time
+    `until` (20 ms at the most, so that the worker's loop sees its stop flag and sends what is
+    due) and read what arrived: (receive time, data), or None when nothing did. When the
+    server closed the connection, closes `s` and raises ServerClosed."""
+    import select
+    r, _, _ = select.select([s], [], [], max(0.0, min(0.02, until - time.monotonic())))
+    if not r:
+        return None
+    try:
+        data = s.recv(65536)
+    except BlockingIOError:
+        return None
+    if not data:
+        s.close()
+        raise ServerClosed()
+    return time.monotonic(), data
+
+
+def _answer_pings(s, parser) -> None:
+    """PONG the server PINGs `parser` (ReplyParser, FrameParser) has counted."""
+    if parser.pings:
+        s.sendall(b"PONG\r\n" * parser.pings)
+        parser.pings = 0
+
+
 def _pub_worker(port: int, mode: str, total: int, size: int, timeout: float, q) -> None:
     """sync: one publish at a time; async: INFLIGHT in flight, a new one per reply, until
     `total` replies. Replies are counted by token, never parsed (loadgen.TokenCounter: a
@@ -611,7 +650,6 @@ def _failover_worker(port: int, size: int, retry: float, stop, ready, kill_at, f
     reaped), `first_ok` gets the receive time of the first success of a publish sent after
     it. Puts (sends, acks, errors, max_seq, note): sends {index: t}, acks [(index, t, ok)],
     error texts (first 20)."""
-    import select
     sends: dict[int, float] = {}
     acks: list[tuple[int, float, bool]] = []
     errs: list[str] = []
@@ -632,17 +670,10 @@ def _failover_worker(port: int, size: int, retry: float, stop, ready, kill_at, f
                 s.sendall(b"PUB r3.fo %b%d %d\r\n%b\r\n" % (REPLY_PREFIX, i, size, payload))
                 sends[i] = last_send = time.monotonic()
                 waiting = i
-            r, _, _ = select.select([s], [], [], max(0.0, min(0.02, last_send + retry - time.monotonic())))
-            if not r:
+            got = _recv_ready(s, last_send + retry)
+            if got is None:
                 continue
-            try:
-                data = s.recv(65536)
-            except BlockingIOError:
-                continue
-            if not data:
-                note = "server closed the connection"
-                break
-            at = time.monotonic()
+            at, data = got
             for subj, hdr, body in parser.feed(data):
                 idx = int(subj[len(REPLY_PREFIX):])
                 ok, seq, err = classify_reply(hdr, body)
@@ -660,12 +691,10 @@ def _failover_worker(port: int, size: int, retry: float, stop, ready, kill_at, f
                     if not ok:  # 503 / error: fail fast, try again shortly (not a hot loop)
                         last_send = time.monotonic() - retry + 0.01
                         waiting = -1
-            if parser.pings:
-                s.sendall(b"PONG\r\n" * parser.pings)
-                parser.pings = 0
+            _answer_pings(s, parser)
         s.close()
     except Exception as e:  # noqa: BLE001
-        note = f"{e.__class__.__name__}: {e}"
+        note = _failure_note(e)
     q.put((sends, acks, errs, max_seq, note))
 
 
@@ -767,9 +796,7 @@ def _consume_worker(port: int, consumer: str, total: int, batch: int, ack: bool,
                     for subj, _hdr, body in parser.feed(data):
                         if subj == info_inbox:
                             doc = json.loads(body)
-                    if parser.pings:
-                        s.sendall(b"PONG\r\n" * parser.pings)
-                        parser.pings = 0
+                    _answer_pings(s, parser)
                 if doc is None:
                     continue
                 res["info"] = {"num_ack_pending": doc.get("num_ack_pending"),
@@ -795,7 +822,6 @@ def _cfailover_worker(port: int, consumer: str, expires: float, stop, ready, kil
     measured is the servers', not this client's expiry). `ready`: a first message arrived; `first_ok`: receive time of the first message
     on sid 2. Puts (deliveries [(t, after, dc, sseq)], statuses [(t, sid, text)] (first 30),
     requests, note)."""
-    import select
     import loadgen
     deliveries: list[tuple[float, bool, int, int]] = []
     statuses: list[tuple[float, str, str]] = []
@@ -821,17 +847,10 @@ def _cfailover_worker(port: int, consumer: str, expires: float, stop, ready, kil
                 s.sendall(pull_frame(consumer, inbox + b"%d" % nreq, 1, exp_ns))
                 last_send = time.monotonic()
                 outstanding = True
-            r, _, _ = select.select([s], [], [], max(0.0, min(0.02, last_send + expires - time.monotonic())))
-            if not r:
+            got = _recv_ready(s, last_send + expires)
+            if got is None:
                 continue
-            try:
-                data = s.recv(65536)
-            except BlockingIOError:
-                continue
-            if not data:
-                note = "server closed the connection"
-                break
-            at = time.monotonic()
+            at, data = got
             acks = []
             for _subj, sid, reply, hdr, _body in parser.feed(data):
                 st = status_line(hdr) if hdr else None
@@ -850,12 +869,10 @@ def _cfailover_worker(port: int, consumer: str, expires: float, stop, ready, kil
                 outstanding = False
             if acks:
                 s.sendall(ack_frames(acks))
-            if parser.pings:
-                s.sendall(b"PONG\r\n" * parser.pings)
-                parser.pings = 0
+            _answer_pings(s, parser)
         s.close()
     except Exception as e:  # noqa: BLE001
-        note = f"{e.__class__.__name__}: {e}"
+        note = _failure_note(e)
     q.put((deliveries, statuses, nreq, note))
 
 
