@@ -582,6 +582,19 @@ def _recv_ready(s, until: float) -> tuple[float, bytes] | None:
     return time.monotonic(), data
 
 
+def _recv_timed(s, bufsize: int) -> bytes | None:
+    """A measuring worker's read on its socket with a timeout: what arrived, or None when the
+    timeout passed first. Raises ConnectionError when the server closed the connection."""
+    import socket as _socket
+    try:
+        data = s.recv(bufsize)
+    except _socket.timeout:
+        return None
+    if not data:
+        raise ConnectionError("server closed the connection")
+    return data
+
+
 def _answer_pings(s, parser) -> None:
     """PONG the server PINGs `parser` (ReplyParser, FrameParser) has counted."""
     if parser.pings:
@@ -594,7 +607,6 @@ def _pub_worker(port: int, mode: str, total: int, size: int, timeout: float, q) 
     `total` replies. Replies are counted by token, never parsed (loadgen.TokenCounter: a
     token split across reads is counted once). Puts (replies, errors, sent, seconds, cpu,
     timed_out, note)."""
-    import socket as _socket
     import loadgen
     try:
         s = _open(port)
@@ -617,12 +629,9 @@ def _pub_worker(port: int, mode: str, total: int, size: int, timeout: float, q) 
             if time.perf_counter() > deadline:
                 timed_out = True
                 break
-            try:
-                data = s.recv(1 << 20)
-            except _socket.timeout:
+            data = _recv_timed(s, 1 << 20)
+            if data is None:
                 continue
-            if not data:
-                raise ConnectionError("server closed the connection")
             got = c_reply.feed(data)
             errors += c_err.feed(data) + c_503.feed(data)
             pings = c_ping.feed(data)
@@ -704,7 +713,6 @@ def _consume_worker(port: int, consumer: str, total: int, batch: int, ack: bool,
     explicit: their reply subjects found (AckScanner) and a `+ACK` sent to each, then
     CONSUMER.INFO is asked over the same connection until num_ack_pending is 0 and the ack
     floor is at the last delivered stream seq. Puts a dict."""
-    import socket as _socket
     import loadgen
     res: dict[str, Any] = {"got": 0, "seconds": 0.0, "cpu": 0.0, "timed_out": False, "note": "",
                            "statuses": [], "nstatus": 0, "requests": 0, "redelivered": 0, "max_sseq": 0,
@@ -735,12 +743,9 @@ def _consume_worker(port: int, consumer: str, total: int, batch: int, ack: bool,
             if time.perf_counter() > deadline:
                 res["timed_out"] = True
                 break
-            try:
-                data = s.recv(1 << 20)
-            except _socket.timeout:
+            data = _recv_timed(s, 1 << 20)
+            if data is None:
                 continue
-            if not data:
-                raise ConnectionError("server closed the connection")
             if ack:
                 replies = scanner.feed(data)
                 n = len(replies)
@@ -787,12 +792,9 @@ def _consume_worker(port: int, consumer: str, total: int, batch: int, ack: bool,
                 doc = None
                 until = time.perf_counter() + 2.0
                 while doc is None and time.perf_counter() < until:
-                    try:
-                        data = s.recv(1 << 16)
-                    except _socket.timeout:
+                    data = _recv_timed(s, 1 << 16)
+                    if data is None:
                         continue
-                    if not data:
-                        raise ConnectionError("server closed the connection")
                     for subj, _hdr, body in parser.feed(data):
                         if subj == info_inbox:
                             doc = json.loads(body)
