@@ -180,6 +180,41 @@ def run_memory(name: str, srv: Server, conns: int, subs: int) -> dict:
         srv.stop()
 
 
+def startup_pth_files() -> list[str]:
+    """The .pth files of this interpreter's site-packages that run code at every start (lines
+    beginning with `import`): they add to any Python process's resident memory."""
+    import site
+    out = []
+    for d in site.getsitepackages():
+        try:
+            names = sorted(n for n in os.listdir(d) if n.endswith(".pth"))
+        except OSError:
+            continue
+        for n in names:
+            try:
+                text = Path(d, n).read_text(errors="replace")
+            except OSError:
+                continue
+            if any(line.startswith(("import ", "import\t")) for line in text.splitlines()):
+                out.append(n)
+    return out
+
+
+def memory_conditions(root: Path) -> str:
+    """Compile our packages' bytecode first, as a server's first start writes it (unless
+    PYTHONDONTWRITEBYTECODE is set) and a regular pip install does: the fresh-server figure is
+    then that of every later start, not of one that also compiles every module. Says so, and
+    which interpreter and start-up .pth files the figure includes."""
+    import compileall
+    ok = all(compileall.compile_dir(str(root / pkg), quiet=2) for pkg in ("broker", "cluster", "raft"))
+    venv = sys.prefix != sys.base_prefix
+    pth = startup_pth_files()
+    return (f"memory: ours runs on {sys.executable} ({'a venv' if venv else 'not a venv'}); "
+            f"bytecode of broker/, cluster/, raft/ {'compiled' if ok else 'NOT all compiled'} first "
+            f"(PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}); "
+            f".pth files importing at start-up: {', '.join(pth) if pth else 'none'}")
+
+
 def median_result(rs: list[loadgen.Result]) -> loadgen.Result:
     """The run with the median rate (its CPU numbers belong to that same run)."""
     ordered = sorted(rs, key=lambda r: r.msgs_per_s)
@@ -254,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                               + (f"  ERRORS {res.errors}" if res.errors else ""), flush=True)
             for srv in servers.values():
                 srv.stop()
+        if "ours" in servers and any(n in MEMORY for n in names):
+            print("  " + memory_conditions(args.ours_root.resolve()), flush=True)
         for name in (n for n in names if n in MEMORY):
             memory[name] = {}
             for kind, srv in servers.items():

@@ -15,7 +15,6 @@ import os
 import re
 import sys
 import urllib.parse
-from dataclasses import dataclass, field
 
 VERSION = "2.15.1"
 MAX_PAYLOAD_MAX_SIZE = 8 * 1024 * 1024  # above this nats-server only warns
@@ -30,9 +29,11 @@ class ConfigError(Exception):
         self.usage = usage
 
 
-@dataclass
 class Options:
-    """nats-server's options, with its defaults (see the module docstring for the ports)."""
+    """nats-server's options, with its defaults (see the module docstring for the ports).
+
+    A plain class, not a dataclass: `dataclasses` (and the __init__ it would compile) is about
+    0.2 MiB that a fresh core node would keep for nothing (tests/core/test_footprint.py)."""
 
     host: str = "0.0.0.0"; port: int = 4222  # noqa: E702
     server_name: str = ""  # empty -> the server fills in its id
@@ -52,7 +53,7 @@ class Options:
     max_memory_store: int = -1; max_file_store: int = -1  # noqa: E702
     sync_interval: str = "always"  # "always" or a Go duration such as "2m"
     cluster_name: str = ""; cluster_host: str = ""; cluster_port: int = 0  # noqa: E702
-    routes: list[str] = field(default_factory=list)
+    routes: list[str]  # a fresh list per instance (__init__)
     cluster_advertise: str = ""; no_advertise: bool = False  # noqa: E702
     client_advertise: str = ""
     pedantic: bool = False
@@ -64,9 +65,20 @@ class Options:
     check_config: bool = False; config_digest: str = ""  # noqa: E702  -t; the file's sha256
     cluster_username: str = ""; cluster_password: str = ""; connect_retries: int = 0  # noqa: E702
     # Internal: which defaults were overridden, for the baseline rules.
-    _http_host_set: bool = field(default=False, repr=False, compare=False)
-    _auth_timeout_set: bool = field(default=False, repr=False, compare=False)
-    _random_port: bool = field(default=False, repr=False, compare=False)  # port 0 came from -1
+    _http_host_set: bool = False
+    _auth_timeout_set: bool = False
+    _random_port: bool = False  # port 0 came from -1
+
+    def __init__(self, **values) -> None:
+        self.routes = []
+        for name, value in values.items():
+            if name != "routes" and not hasattr(Options, name):
+                raise TypeError(f"Options() got an unexpected keyword argument {name!r}")
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in Options.__annotations__ if not k.startswith("_"))
+        return f"Options({shown})"
 
 
 # --------------------------------------------------------------------- durations, sizes
