@@ -51,6 +51,17 @@ def test_failover_counts_only_publishes_sent_after_the_old_leader_died():
     assert r3_bench.failover_time(kill, sends, acks[:2]) == pytest.approx(0.004)  # dead_at defaults to kill
 
 
+def _feed_split(parser, data: bytes, step) -> list:
+    """Feed `data` to `parser` (ReplyParser, AckScanner, FrameParser) in pieces of the sizes
+    `step()` gives, one after the other; everything its feed returned, in order."""
+    got, pos = [], 0
+    while pos < len(data):
+        n = step()
+        got += parser.feed(data[pos:pos + n])
+        pos += n
+    return got
+
+
 def test_reply_parser_cuts_frames_across_any_split():
     ack = b'{"stream":"R3","seq":7}'
     frames = (b"MSG _INBOX.r3.1 1 %d\r\n%b\r\n" % (len(ack), ack)
@@ -60,11 +71,7 @@ def test_reply_parser_cuts_frames_across_any_split():
     rng = random.Random(3)
     for _ in range(50):
         parser = r3_bench.ReplyParser()
-        got, pos = [], 0
-        while pos < len(frames):
-            step = rng.randint(1, 9)
-            got += parser.feed(frames[pos:pos + step])
-            pos += step
+        got = _feed_split(parser, frames, lambda: rng.randint(1, 9))
         assert [g[0] for g in got] == [b"_INBOX.r3.1", b"_INBOX.r3.2", b"_INBOX.r3.3"]
         assert parser.pings == 1
         assert [r3_bench.classify_reply(h, p)[:2] for _, h, p in got] == [(True, 7), (False, None), (False, None)]
@@ -155,12 +162,7 @@ def test_ack_scanner_finds_each_reply_once_across_any_split():
     want += [b"$JS.ACK.R3.C1.1.%d.%d.1733370000000000000.%d" % (i, i, 1000 - i) for i in range(42, 51)]
     rng = random.Random(11)
     for _ in range(30):
-        scanner = r3_bench.AckScanner()
-        got, pos = [], 0
-        while pos < len(stream):
-            step = rng.choice([1, 2, 7, 33, 100, 700, 5000])
-            got += scanner.feed(stream[pos:pos + step])
-            pos += step
+        got = _feed_split(r3_bench.AckScanner(), stream, lambda: rng.choice([1, 2, 7, 33, 100, 700, 5000]))
         assert got == want
     # the token the ack-none path counts occurs once per delivery, none in status replies
     counter = __import__("loadgen").TokenCounter(b" $JS.ACK.")
@@ -175,11 +177,7 @@ def test_frame_parser_gives_sid_reply_headers_and_payload():
     rng = random.Random(5)
     for _ in range(30):
         parser = r3_bench.FrameParser()
-        got, pos = [], 0
-        while pos < len(stream):
-            step = rng.randint(1, 12)
-            got += parser.feed(stream[pos:pos + step])
-            pos += step
+        got = _feed_split(parser, stream, lambda: rng.randint(1, 12))
         assert got == [(b"r3.t", b"2", b"$JS.ACK.R3.CFO.1.9.9.0.0", b"", b"xxx"),
                        (b"_INBOX.r3f.a.4", b"1", b"", b"NATS/1.0 409 Leadership Change\r\n\r\n", b""),
                        (b"_INBOX.r3c.info", b"1", b"", b"", b"{}")]
