@@ -58,16 +58,23 @@ async def fetch_all(js, durable: str, stream: str, n: int) -> list[int]:
     return got
 
 
+async def stream_and_durable(nc, stream: str, n: int) -> None:
+    """Stream `stream` (subjects <stream, lower case>.>) holding `n` messages on <lower>.x, and
+    its explicit-ack durable "d" (ack_wait 30 s), created without an error."""
+    low = stream.lower()
+    await add_stream(nc, stream, [f"{low}.>"])
+    await publish(nc, f"{low}.x", b"m", n)
+    r = await add_consumer(nc, stream, {"durable_name": "d", "name": "d", "ack_policy": "explicit",
+                                        "ack_wait": 30_000 * MS}, "d")
+    assert "error" not in r
+
+
 def test_ack_above_the_delivery_pointer_is_not_confirmed(srv):
     """An ack for a stored message the consumer has not delivered yet (here: a reply subject
     built for seq 3 while only seq 1 went out) gets no confirmation; seq 3 is then delivered.
     Whatever was confirmed is never delivered afterwards."""
     async def go(nc):
-        await add_stream(nc, "AP", ["ap.>"])
-        await publish(nc, "ap.x", b"m", 3)
-        r = await add_consumer(nc, "AP", {"durable_name": "d", "name": "d", "ack_policy": "explicit",
-                                          "ack_wait": 30_000 * MS}, "d")
-        assert "error" not in r
+        await stream_and_durable(nc, "AP", 3)
         js = nc.jetstream()
         sub = await js.pull_subscribe_bind("d", stream="AP")
         (first,) = await sub.fetch(1, timeout=5)
@@ -93,11 +100,7 @@ def test_ack_of_a_delivery_the_crash_forgot_is_not_confirmed(tmp_path):
     srv = our_server(tmp_path).start()
     try:
         async def before(nc):
-            await add_stream(nc, "AC", ["ac.>"])
-            await publish(nc, "ac.x", b"m", 5)
-            r = await add_consumer(nc, "AC", {"durable_name": "d", "name": "d", "ack_policy": "explicit",
-                                              "ack_wait": 30_000 * MS}, "d")
-            assert "error" not in r
+            await stream_and_durable(nc, "AC", 5)
             state = os.path.join(srv.store_dir, "jetstream", "$G", "streams", "AC", "obs", "d", "state.json")
             with open(state, "rb") as f:
                 undelivered = f.read()  # written at create: nothing delivered yet
