@@ -103,6 +103,21 @@ def test_table_reports_a_kind_that_failed_at_create_and_keeps_the_others_numbers
     assert single.splitlines()[0] == "| metric | nats-server |"
 
 
+def test_nats_server_sync_kind_gets_its_own_ratio_column_and_targets_stay_against_the_default():
+    assert r3_bench.parse_kinds("nats-server-sync,ours") == ["nats-server-sync", "ours"]
+    assert r3_bench.build_parser().parse_args([]).kinds is None  # main: all three, or two with --consume
+    samples = {"nats-server": {"sync_leader": [8000.0]}, "nats-server-sync": {"sync_leader": [2500.0]},
+               "ours": {"sync_leader": [2000.0]}}
+    lines = r3_bench.format_table(samples, {}, list(r3_bench.KINDS), ["sync_leader"]).splitlines()
+    assert lines[0] == ("| metric | nats-server | nats-server-sync | ours | ours / nats-server "
+                        "| ours / nats-server-sync |")
+    assert lines[2].endswith("| 8,000 | 2,500 | 2,000 | 0.25x | 0.80x |")
+    assert "NOT met (0.25x)" in r3_bench.target_lines(samples, ["sync_leader"])[0]
+    # without ours there is nothing to divide
+    assert r3_bench.format_table(samples, {}, ["nats-server", "nats-server-sync"], ["sync_leader"]
+                                 ).splitlines()[0] == "| metric | nats-server | nats-server-sync |"
+
+
 # ---- --consume -------------------------------------------------------------------------------
 
 def test_consume_flags_and_metric_keys():
