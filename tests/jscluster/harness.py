@@ -634,24 +634,34 @@ async def api_any(cl: JSCluster, subject: str, via: list[str] | None = None, tim
     return None
 
 
-def make_stream_leader(cl: JSCluster, stream: str, want: str, timeout: float = 60.0) -> dict:
-    """Make node `want` the leader of `stream` with `$JS.API.STREAM.LEADER.STEPDOWN.<stream>`
-    and body {"placement": {"preferred": want}} (nats-server 2.11+ honours it); if a server
-    refuses the body, plain stepdowns until `want` wins. Returns the STREAM.INFO (asked through
-    `want`) that names `want` as leader."""
-    state = {"plain": False, "last": None}
+async def consumer_info_any(cl: JSCluster, stream: str, durable: str, via: list[str] | None = None,
+                            timeout: float = 2.0) -> dict | None:
+    """CONSUMER.INFO through the first node of `via` (default: live nodes) answering without error."""
+    return await api_any(cl, f"$JS.API.CONSUMER.INFO.{stream}.{durable}", via, timeout)
+
+
+def make_leader(cl: JSCluster, want: str, info: Callable[[], Any], stepdown: str, what: str,
+                timeout: float = 60.0) -> dict:
+    """Make node `want` the leader of a replicated stream or consumer: `info()` (a coroutine
+    function) asks its INFO (None: no answer), `stepdown` is its `...LEADER.STEPDOWN...`
+    subject, asked through `want` with body {"placement": {"preferred": want}} (nats-server
+    2.11+ honours it); while a server refuses that body, plain stepdowns until `want` wins.
+    Each stepdown's election is waited for (a leader other than the one before it, at most
+    10 s) before the next. Returns the INFO that names `want` as leader."""
+    state: dict = {"plain": False, "last": None}
 
     async def attempt() -> dict | None:
-        info = await stream_info_any(cl, stream, via=[want])
-        if info is None:
+        doc = await info()
+        leader = ((doc or {}).get("cluster") or {}).get("leader")
+        if leader == want:
+            return doc
+        if leader is None:  # no leader (or no answer) yet: nothing to step down
             return None
-        if (info.get("cluster") or {}).get("leader") == want:
-            return info
         nc = await cl.connect(want)
         try:
             body: Any = b"" if state["plain"] else {"placement": {"preferred": want}}
             try:
-                resp = await api(nc, f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=3)
+                resp = await api(nc, stepdown, body, timeout=3)
             except Exception as exc:
                 state["last"] = exc
                 return None
@@ -663,18 +673,31 @@ def make_stream_leader(cl: JSCluster, stream: str, want: str, timeout: float = 6
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:  # this election's outcome before asking again
                 await asyncio.sleep(0.2)
-                info = await stream_info_any(cl, stream, via=[want])
-                leader = ((info or {}).get("cluster") or {}).get("leader")
-                if leader == want:
-                    return info
-                if leader:
+                doc = await info()
+                now = ((doc or {}).get("cluster") or {}).get("leader")
+                if now == want:
+                    return doc
+                if now and now != leader:
                     return None
             return None
         finally:
             await nc.close()
 
-    return wait_for(lambda: run_sync(attempt), f"{want} leading {stream} (last stepdown answer: "
+    return wait_for(lambda: run_sync(attempt), f"{want} leading {what} (last stepdown answer: "
                     f"{state['last']!r})", timeout, interval=0.2)
+
+
+def make_stream_leader(cl: JSCluster, stream: str, want: str, timeout: float = 60.0) -> dict:
+    """make_leader for `stream` (its INFO asked through `want`)."""
+    return make_leader(cl, want, lambda: stream_info_any(cl, stream, via=[want]),
+                       f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", stream, timeout)
+
+
+def make_consumer_leader(cl: JSCluster, stream: str, durable: str, want: str, timeout: float = 60.0) -> dict:
+    """make_leader for the consumer `stream`/`durable` (its INFO asked through any live node)."""
+    return make_leader(cl, want, lambda: consumer_info_any(cl, stream, durable),
+                       f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{durable}", f"consumer {stream}/{durable}",
+                       timeout)
 
 
 class ProxiedJSCluster(JSCluster):

@@ -32,9 +32,10 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from tests.jscluster.harness import (CLUSTER_NAME, JSCluster, api, api_any, api_retry, key_paths, kind_params,
-                                     normalize, peer_id, publish_acked, run, run_sync, shared_cluster,
-                                     stream_config, stream_state_on, wait_for)
+from tests.jscluster.harness import (CLUSTER_NAME, JSCluster, api, api_retry, consumer_info_any, key_paths,
+                                     kind_params, make_consumer_leader, normalize, peer_id, publish_acked,
+                                     run, run_sync, shared_cluster, stream_config, stream_state_on,
+                                     wait_for)
 
 WAIT = 60.0  # generous: elections, restarts and catch-up on a shared 2-core machine
 ACK_WAIT_NS = 2_000_000_000
@@ -84,12 +85,6 @@ async def publish_range(nc, stream: str, tag: str, lo: int, hi: int, window: int
     return seqs
 
 
-async def consumer_info_any(cl: JSCluster, stream: str, durable: str, via: list[str] | None = None,
-                            timeout: float = 2.0) -> dict | None:
-    """CONSUMER.INFO through the first node of `via` (default: live nodes) answering without error."""
-    return await api_any(cl, f"$JS.API.CONSUMER.INFO.{stream}.{durable}", via, timeout)
-
-
 def wait_consumer_current(cl: JSCluster, stream: str, durable: str, timeout: float = WAIT) -> dict:
     """CONSUMER.INFO whose cluster block names a leader and both other nodes as current replicas."""
     def ok():
@@ -100,46 +95,6 @@ def wait_consumer_current(cl: JSCluster, stream: str, durable: str, timeout: flo
             return info
         return None
     return wait_for(ok, f"{stream}/{durable}: a consumer leader and both replicas current", timeout, interval=0.2)
-
-
-def make_consumer_leader(cl: JSCluster, stream: str, durable: str, want: str, timeout: float = WAIT) -> None:
-    """nats-server: make `want` the consumer leader with `$JS.API.CONSUMER.LEADER.STEPDOWN` and
-    body {"placement": {"preferred": want}} (plain stepdowns while that is refused)."""
-    state: dict = {"plain": False, "last": None}
-
-    async def attempt() -> bool:
-        info = await consumer_info_any(cl, stream, durable)
-        leader = ((info or {}).get("cluster") or {}).get("leader")
-        if leader == want:
-            return True
-        if leader is None:
-            return False
-        nc = await cl.connect(want)
-        try:
-            body: Any = b"" if state["plain"] else {"placement": {"preferred": want}}
-            try:
-                resp = await api(nc, f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{durable}", body, timeout=3)
-            except Exception as exc:
-                state["last"] = exc
-                return False
-            state["last"] = resp
-            if "error" in resp:
-                state["plain"] = not state["plain"]
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                await asyncio.sleep(0.3)
-                info = await consumer_info_any(cl, stream, durable)
-                now = ((info or {}).get("cluster") or {}).get("leader")
-                if now == want:
-                    return True
-                if now and now != leader:
-                    return False
-            return False
-        finally:
-            await nc.close()
-
-    wait_for(lambda: run_sync(attempt), f"{want} leading consumer {stream}/{durable} (last answer "
-             f"{state['last']!r})", timeout, interval=0.3)
 
 
 # -- tracking deliveries and acknowledgements ----------------------------------------------------------
