@@ -51,15 +51,19 @@ def test_failover_counts_only_publishes_sent_after_the_old_leader_died():
     assert r3_bench.failover_time(kill, sends, acks[:2]) == pytest.approx(0.004)  # dead_at defaults to kill
 
 
-def _feed_split(parser, data: bytes, step) -> list:
-    """Feed `data` to `parser` (ReplyParser, AckScanner, FrameParser) in pieces of the sizes
-    `step()` gives, one after the other; everything its feed returned, in order."""
-    got, pos = [], 0
-    while pos < len(data):
-        n = step()
-        got += parser.feed(data[pos:pos + n])
-        pos += n
-    return got
+def _random_splits(make_parser, data: bytes, seed: int, rounds: int, step):
+    """`rounds` times, a fresh `make_parser()` (ReplyParser, AckScanner, FrameParser) fed `data`
+    in pieces of the sizes `step(rng)` gives (rng: random.Random(seed), one for all rounds);
+    yields (the parser, everything its feed returned, in order) after each round."""
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        parser = make_parser()
+        got, pos = [], 0
+        while pos < len(data):
+            n = step(rng)
+            got += parser.feed(data[pos:pos + n])
+            pos += n
+        yield parser, got
 
 
 def test_reply_parser_cuts_frames_across_any_split():
@@ -68,10 +72,7 @@ def test_reply_parser_cuts_frames_across_any_split():
               + b"PING\r\n"
               + b"HMSG _INBOX.r3.2 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n"
               + b'MSG _INBOX.r3.3 1 53\r\n{"error":{"code":503,"err_code":10074,"description":"x"}}\r\n')
-    rng = random.Random(3)
-    for _ in range(50):
-        parser = r3_bench.ReplyParser()
-        got = _feed_split(parser, frames, lambda: rng.randint(1, 9))
+    for parser, got in _random_splits(r3_bench.ReplyParser, frames, 3, 50, lambda rng: rng.randint(1, 9)):
         assert [g[0] for g in got] == [b"_INBOX.r3.1", b"_INBOX.r3.2", b"_INBOX.r3.3"]
         assert parser.pings == 1
         assert [r3_bench.classify_reply(h, p)[:2] for _, h, p in got] == [(True, 7), (False, None), (False, None)]
@@ -175,9 +176,8 @@ def test_ack_scanner_finds_each_reply_once_across_any_split():
     want = [b"$JS.ACK.R3.C1.1.%d.%d.1733370000000000000.%d" % (i, i, 1000 - i) for i in range(1, 41)]
     want += [b"$JS.ACK.R3.C1.1.41.41.0.0"]
     want += [b"$JS.ACK.R3.C1.1.%d.%d.1733370000000000000.%d" % (i, i, 1000 - i) for i in range(42, 51)]
-    rng = random.Random(11)
-    for _ in range(30):
-        got = _feed_split(r3_bench.AckScanner(), stream, lambda: rng.choice([1, 2, 7, 33, 100, 700, 5000]))
+    for _, got in _random_splits(r3_bench.AckScanner, stream, 11, 30,
+                                 lambda rng: rng.choice([1, 2, 7, 33, 100, 700, 5000])):
         assert got == want
     # the token the ack-none path counts occurs once per delivery, none in status replies
     counter = __import__("loadgen").TokenCounter(b" $JS.ACK.")
@@ -189,10 +189,7 @@ def test_frame_parser_gives_sid_reply_headers_and_payload():
               + b"PING\r\n"
               + b"HMSG _INBOX.r3f.a.4 1 34 34\r\nNATS/1.0 409 Leadership Change\r\n\r\n\r\n"
               + b"MSG _INBOX.r3c.info 1 2\r\n{}\r\n")
-    rng = random.Random(5)
-    for _ in range(30):
-        parser = r3_bench.FrameParser()
-        got = _feed_split(parser, stream, lambda: rng.randint(1, 12))
+    for parser, got in _random_splits(r3_bench.FrameParser, stream, 5, 30, lambda rng: rng.randint(1, 12)):
         assert got == [(b"r3.t", b"2", b"$JS.ACK.R3.CFO.1.9.9.0.0", b"", b"xxx"),
                        (b"_INBOX.r3f.a.4", b"1", b"", b"NATS/1.0 409 Leadership Change\r\n\r\n", b""),
                        (b"_INBOX.r3c.info", b"1", b"", b"", b"{}")]
