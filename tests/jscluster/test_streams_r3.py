@@ -271,6 +271,20 @@ async def create_r3(nc, name: str, **kw) -> dict:
     return resp
 
 
+async def create_r3_publish_via_follower(cl: JSCluster, stream: str, tag: str):
+    """Create the R3 stream `stream` through n1, then connect to a node that is not its leader.
+    Returns (leader, via, nc, Publisher(nc, stream, tag)); the caller closes nc."""
+    nc0 = await cl.connect("n1")
+    try:
+        await create_r3(nc0, stream)
+    finally:
+        await nc0.close()
+    leader = cl.stream_leader(stream)
+    via = next(n for n in cl.names() if n != leader)
+    nc = await cl.connect(via)
+    return leader, via, nc, Publisher(nc, stream, tag)
+
+
 def wait_replicas_current(cl: JSCluster, stream: str, timeout: float = WAIT) -> dict:
     """STREAM.INFO whose cluster block shows both followers current with no lag."""
     def ok():
@@ -299,15 +313,7 @@ def test_10000_publishes_with_msg_ids_survive_leader_kill_exactly_once_on_every_
     stream = "R3DEDUP"
 
     async def main():
-        nc0 = await cl.connect("n1")
-        try:
-            await create_r3(nc0, stream)
-        finally:
-            await nc0.close()
-        leader = cl.stream_leader(stream)
-        via = next(n for n in cl.names() if n != leader)
-        nc = await cl.connect(via)
-        pub = Publisher(nc, stream, "d")
+        leader, via, nc, pub = await create_r3_publish_via_follower(cl, stream, "d")
         killed: dict = {}
 
         async def chaos():
@@ -371,15 +377,7 @@ def test_expected_last_sequence_chain_stays_correct_across_leader_failover(r3c: 
         return await pub.publish(i, headers={"Nats-Expected-Last-Sequence": str(expect)})
 
     async def main():
-        nc0 = await cl.connect("n1")
-        try:
-            await create_r3(nc0, stream)
-        finally:
-            await nc0.close()
-        leader = cl.stream_leader(stream)
-        via = next(n for n in cl.names() if n != leader)
-        nc = await cl.connect(via)
-        pub = Publisher(nc, stream, "c")
+        leader, _via, nc, pub = await create_r3_publish_via_follower(cl, stream, "c")
         refusals = []
         try:
             last = 0
