@@ -384,14 +384,21 @@ def test_pause_and_resume_survive_a_consumer_leader_kill(cf: JSCluster):
             await nc.close()
 
     try:
-        run(paused_part())
-        cl.kill(leader)
-        new_leader = consumer_leader(cl, stream, durable, via, not_=leader)
-        msgs = run(resumed_part())
+        new_leader, msgs = across_leader_kill(cl, stream, durable, leader, via, paused_part, resumed_part)
         print(f"\n[{cl.kind}] pause: consumer leader {leader} killed, then {new_leader}; client on {via}")
         assert [triple(m) for m in msgs] == [(i, i, 1) for i in range(1, 11)]
     finally:
         cl.restore()
+
+
+def across_leader_kill(cl: JSCluster, stream: str, durable: str, leader: str, via: str, before, after):
+    """run(before()); SIGKILL the consumer leader `leader`; wait for CONSUMER.INFO through `via`
+    to name another live leader; run(after()). Returns (that new leader, what after() returned).
+    The caller restores the cluster."""
+    run(before())
+    cl.kill(leader)
+    new_leader = consumer_leader(cl, stream, durable, via, not_=leader)
+    return new_leader, run(after())
 
 
 async def _check(info_coro, pred) -> bool:
@@ -457,10 +464,7 @@ def test_reset_answers_and_position_survive_a_consumer_leader_kill(cf: JSCluster
             await nc.close()
 
     try:
-        run(before())
-        cl.kill(leader)
-        new_leader = consumer_leader(cl, stream, durable, via, not_=leader)
-        info, msgs = run(after())
+        new_leader, (info, msgs) = across_leader_kill(cl, stream, durable, leader, via, before, after)
         print(f"\n[{cl.kind}] reset: consumer leader {leader} killed right after the reset, then {new_leader}")
         assert position(info) == (0, 11, 0, 11, 0, 0, 9), info
         assert [triple(m) for m in msgs] == [(11 + i, i, 1) for i in range(1, 10)]
