@@ -1013,6 +1013,58 @@ def warm_up(cl, node: str, size: int, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def _reap(p, q, wait: float, fallback):
+    """What the generator process `p` puts on `q` within `wait` s (`fallback` when nothing
+    comes); then `p` is joined, and terminated if it has not ended within 5 s."""
+    try:
+        return q.get(timeout=wait)
+    except Exception:  # noqa: BLE001 - queue.Empty
+        return fallback
+    finally:
+        p.join(5)
+        if p.is_alive():
+            p.terminate()
+            p.join(2)
+
+
+def _kill_under_load(cl, victim: str, target, args: tuple, timeout: float, not_ready: str, short: str,
+                     fallback) -> tuple[float | None, float | None, Any]:
+    """A failover round's generator and kill: `target(*args, stop, ready, kill_at, first_ok, q)`
+    runs in a process (a failover worker); once it has set `ready` (else KindFailed(not_ready)
+    after `timeout` s or when it died), 0.5 s of steady state, then `victim` is SIGKILLed
+    (cl.kill returns once it is reaped) and the process told the reaping time in `kill_at`;
+    then at most `timeout` s for its `first_ok` and 0.3 s more, and the process is stopped.
+    Returns (the kill's start, the reaping time, what the process reported or `fallback`)."""
+    import loadgen
+    stop = loadgen._ctx.RawValue("b", 0)
+    ready = loadgen._ctx.RawValue("b", 0)
+    kill_v = loadgen._ctx.RawValue("d", 0.0)
+    first_ok = loadgen._ctx.RawValue("d", 0.0)
+    q = loadgen._ctx.Queue()
+    p = loadgen._ctx.Process(target=target, args=(*args, stop, ready, kill_v, first_ok, q), daemon=True)
+    p.start()
+    kill_at = dead_at = None
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.value:
+            if time.monotonic() > deadline or not p.is_alive():
+                raise KindFailed(not_ready, short=short)
+            time.sleep(0.02)
+        time.sleep(0.5)  # steady state
+        kill_at = time.monotonic()
+        cl.kill(victim)  # SIGKILL, then reaped: dead from here on
+        dead_at = time.monotonic()
+        kill_v.value = dead_at
+        deadline = time.monotonic() + timeout
+        while not first_ok.value and time.monotonic() < deadline and p.is_alive():
+            time.sleep(0.01)
+        time.sleep(0.3)  # a little more steady state after the failover
+    finally:
+        stop.value = 1
+        got = _reap(p, q, 10, fallback)
+    return kill_at, dead_at, got
+
+
 def run_pub(cl, node: str, mode: str, total: int, size: int, timeout: float, via: str) -> PubResult:
     import loadgen
     q = loadgen._ctx.Queue()
@@ -1021,15 +1073,8 @@ def run_pub(cl, node: str, mode: str, total: int, size: int, timeout: float, via
     p = loadgen._ctx.Process(target=_pub_worker, args=(cl.node(node).port, mode, total, size, timeout, q),
                              daemon=True)
     p.start()
-    try:
-        replies, errors, sent, seconds, gcpu, timed_out, note = q.get(timeout=timeout + 30)
-    except Exception:  # noqa: BLE001 - queue.Empty
-        replies, errors, sent, seconds, gcpu, timed_out, note = 0, 0, 0, 0.0, 0.0, True, "generator hung"
-    finally:
-        p.join(5)
-        if p.is_alive():
-            p.terminate()
-            p.join(2)
+    replies, errors, sent, seconds, gcpu, timed_out, note = _reap(
+        p, q, timeout + 30, (0, 0, 0, 0.0, 0.0, True, "generator hung"))
     wall = time.perf_counter() - t0
     return PubResult(mode, via, node, sent, replies, errors, seconds,
                      gen_cpu=gcpu / seconds if seconds else 0.0,
@@ -1053,46 +1098,13 @@ class FailoverResult:
 
 
 def failover_round(cl, size: int, retry: float, timeout: float) -> FailoverResult:
-    import loadgen
     leader, _ = stream_state(cl, timeout)
     meta = cl.meta_leader()
     follower = [n for n in cl.live() if n != leader][0]
-    stop = loadgen._ctx.RawValue("b", 0)
-    ready = loadgen._ctx.RawValue("b", 0)
-    kill_v = loadgen._ctx.RawValue("d", 0.0)
-    first_ok = loadgen._ctx.RawValue("d", 0.0)
-    q = loadgen._ctx.Queue()
-    p = loadgen._ctx.Process(target=_failover_worker,
-                             args=(cl.node(follower).port, size, retry, stop, ready, kill_v, first_ok, q),
-                             daemon=True)
-    p.start()
-    kill_at = dead_at = None
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready.value:
-            if time.monotonic() > deadline or not p.is_alive():
-                raise KindFailed(f"failover: no acknowledged publish through {follower} before the kill",
-                                 short="no PubAck before the kill")
-            time.sleep(0.02)
-        time.sleep(0.5)  # steady state
-        kill_at = time.monotonic()
-        cl.kill(leader)  # SIGKILL, then reaped: dead from here on
-        dead_at = time.monotonic()
-        kill_v.value = dead_at
-        deadline = time.monotonic() + timeout
-        while not first_ok.value and time.monotonic() < deadline and p.is_alive():
-            time.sleep(0.01)
-        time.sleep(0.3)  # a little more steady state after the failover
-    finally:
-        stop.value = 1
-        try:
-            sends, acks, errs, max_seq, note = q.get(timeout=10)
-        except Exception:  # noqa: BLE001 - queue.Empty
-            sends, acks, errs, max_seq, note = {}, [], [], 0, "failover publisher did not report"
-        p.join(5)
-        if p.is_alive():
-            p.terminate()
-            p.join(2)
+    kill_at, dead_at, (sends, acks, errs, max_seq, note) = _kill_under_load(
+        cl, leader, _failover_worker, (cl.node(follower).port, size, retry), timeout,
+        f"failover: no acknowledged publish through {follower} before the kill", "no PubAck before the kill",
+        ({}, [], [], 0, "failover publisher did not report"))
     took = failover_time(kill_at, sends, acks, dead_at) if dead_at is not None else None
     res = FailoverResult(took, leader, follower, meta == leader, acked=sum(1 for a in acks if a[2]),
                          max_seq=max_seq, errors=errs, note=note)
@@ -1180,15 +1192,7 @@ def run_consume(cl, node: str, consumer: str, total: int, batch: int, ack: str, 
                              args=(cl.node(node).port, consumer, total, batch, ack != "none", timeout, q),
                              daemon=True)
     p.start()
-    try:
-        r = q.get(timeout=timeout + 30)
-    except Exception:  # noqa: BLE001 - queue.Empty
-        r = {"timed_out": True, "note": "generator hung"}
-    finally:
-        p.join(5)
-        if p.is_alive():
-            p.terminate()
-            p.join(2)
+    r = _reap(p, q, timeout + 30, {"timed_out": True, "note": "generator hung"})
     wall = time.perf_counter() - t0
     cpu1 = node_cpu(cl)
     secs = r.get("seconds", 0.0)
@@ -1217,45 +1221,13 @@ class ConsumerFailoverResult:
 
 
 def consumer_failover_round(cl, expires: float, timeout: float) -> ConsumerFailoverResult:
-    import loadgen
     stream_leader, _ = stream_state(cl, timeout)
     leader, _ = consumer_state(cl, FO_CONSUMER, timeout)
     via = non_leader(cl, leader, stream_leader)
-    stop = loadgen._ctx.RawValue("b", 0)
-    ready = loadgen._ctx.RawValue("b", 0)
-    kill_v = loadgen._ctx.RawValue("d", 0.0)
-    first_ok = loadgen._ctx.RawValue("d", 0.0)
-    q = loadgen._ctx.Queue()
-    p = loadgen._ctx.Process(target=_cfailover_worker,
-                             args=(cl.node(via).port, FO_CONSUMER, expires, stop, ready, kill_v, first_ok, q),
-                             daemon=True)
-    p.start()
-    kill_at = None
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready.value:
-            if time.monotonic() > deadline or not p.is_alive():
-                raise KindFailed(f"consumer failover: no message through {via} before the kill",
-                                 short="no message before the kill")
-            time.sleep(0.02)
-        time.sleep(0.5)  # steady state
-        kill_at = time.monotonic()
-        cl.kill(leader)  # SIGKILL, then reaped
-        kill_v.value = time.monotonic()
-        deadline = time.monotonic() + timeout
-        while not first_ok.value and time.monotonic() < deadline and p.is_alive():
-            time.sleep(0.01)
-        time.sleep(0.3)
-    finally:
-        stop.value = 1
-        try:
-            deliveries, statuses, nreq, note = q.get(timeout=10)
-        except Exception:  # noqa: BLE001
-            deliveries, statuses, nreq, note = [], [], 0, "failover consumer did not report"
-        p.join(5)
-        if p.is_alive():
-            p.terminate()
-            p.join(2)
+    kill_at, _, (deliveries, statuses, nreq, note) = _kill_under_load(
+        cl, leader, _cfailover_worker, (cl.node(via).port, FO_CONSUMER, expires), timeout,
+        f"consumer failover: no message through {via} before the kill", "no message before the kill",
+        ([], [], 0, "failover consumer did not report"))
     took = consume_failover_time(kill_at, [(d[0], d[1]) for d in deliveries]) if kill_at is not None else None
     res = ConsumerFailoverResult(took, leader, via, stream_leader, delivered=len(deliveries),
                                  repeats=repeats([d[3] for d in deliveries]),
