@@ -1253,19 +1253,26 @@ def make_cluster(kind: str, workdir: Path, args):
     return cl
 
 
+def start_with_stream(cl, kind: str, args, out) -> str:
+    """Start `cl` (KindFailed when it does not come up within --timeout), say how long that
+    took, create the stream R3; returns its leader."""
+    t0 = time.monotonic()
+    try:
+        cl.start(wait_leader=False)
+        cl.wait_ready(timeout=args.timeout)
+    except Exception as e:  # noqa: BLE001
+        raise KindFailed(f"cluster did not start: {e}", short="cluster did not start") from e
+    out(f"{kind}: cluster ready in {time.monotonic() - t0:.2f}s")
+    create_stream(cl, args.timeout)
+    leader, _ = stream_state(cl, args.timeout)
+    return leader
+
+
 def bench_consume_kind(kind: str, args, workdir: Path, samples: dict[str, list[float]], out) -> None:
     cl = make_cluster(kind, workdir, args)
     _live_clusters.append(cl)
     try:
-        t0 = time.monotonic()
-        try:
-            cl.start(wait_leader=False)
-            cl.wait_ready(timeout=args.timeout)
-        except Exception as e:  # noqa: BLE001
-            raise KindFailed(f"cluster did not start: {e}", short="cluster did not start") from e
-        out(f"{kind}: cluster ready in {time.monotonic() - t0:.2f}s")
-        create_stream(cl, args.timeout)
-        leader, _ = stream_state(cl, args.timeout)
+        leader = start_with_stream(cl, kind, args, out)
         warm_up(cl, leader, args.size, args.timeout)
         res = run_pub(cl, leader, "async", args.consume_msgs, args.size, args.timeout, via="fill")
         if res.note or res.timed_out or res.errors:
@@ -1357,15 +1364,7 @@ def bench_kind(kind: str, args, workdir: Path, samples: dict[str, list[float]], 
     cl = make_cluster(kind, workdir, args)
     _live_clusters.append(cl)
     try:
-        t0 = time.monotonic()
-        try:
-            cl.start(wait_leader=False)
-            cl.wait_ready(timeout=args.timeout)
-        except Exception as e:  # noqa: BLE001
-            raise KindFailed(f"cluster did not start: {e}", short="cluster did not start") from e
-        out(f"{kind}: cluster ready in {time.monotonic() - t0:.2f}s")
-        create_stream(cl, args.timeout)
-        leader, _ = stream_state(cl, args.timeout)
+        leader = start_with_stream(cl, kind, args, out)
         out(f"{kind}: stream {STREAM} (R3, file) created, leader {leader}")
         for node in cl.names():
             warm_up(cl, node, args.size, args.timeout)
