@@ -391,8 +391,8 @@ class AckScanner:
 
 
 class FrameParser:
-    """Like ReplyParser, with the sid and reply subject: feed() returns
-    [(subject, sid, reply, header bytes, payload)]."""
+    """Cuts MSG / HMSG frames out of a byte stream split anywhere; PINGs are counted so the
+    caller can answer them. feed() returns [(subject, sid, reply, header bytes, payload)]."""
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -422,7 +422,7 @@ class FrameParser:
                 continue
             if line == b"PING":
                 self.pings += 1
-            del buf[:end + 2]
+            del buf[:end + 2]  # PONG, +OK, INFO, -ERR (the caller sees -ERR via the socket)
         return out
 
 
@@ -476,37 +476,12 @@ def api_error(resp: dict) -> str | None:
     return f"err_code {err.get('err_code')}: {err.get('description', '')} (code {err.get('code')})"
 
 
-class ReplyParser:
-    """Cuts MSG / HMSG frames out of a byte stream split anywhere; PINGs are counted so the
-    caller can answer them. feed() returns [(subject, header bytes, payload)]."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.pings = 0
+class ReplyParser(FrameParser):
+    """FrameParser without the sid and reply subject: feed() returns [(subject, header bytes,
+    payload)]."""
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes, bytes]]:
-        self.buf += data
-        out = []
-        buf = self.buf
-        while True:
-            end = buf.find(b"\r\n")
-            if end < 0:
-                break
-            line = bytes(buf[:end])
-            if line.startswith(b"MSG ") or line.startswith(b"HMSG "):
-                parts = line.split()
-                total = int(parts[-1])
-                hdr = int(parts[-2]) if parts[0] == b"HMSG" else 0
-                if len(buf) < end + 2 + total + 2:
-                    break
-                body = bytes(buf[end + 2:end + 2 + total])
-                out.append((parts[1], body[:hdr], body[hdr:]))
-                del buf[:end + 2 + total + 2]
-                continue
-            if line == b"PING":
-                self.pings += 1
-            del buf[:end + 2]  # PONG, +OK, INFO, -ERR (the caller sees -ERR via the socket)
-        return out
+        return [(subj, hdr, body) for subj, _sid, _reply, hdr, body in super().feed(data)]
 
 
 def classify_reply(headers: bytes, payload: bytes) -> tuple[bool, int | None, str | None]:
