@@ -19,6 +19,7 @@ import time
 import trio
 
 from broker.optrace import trace_ops
+from cluster.outbuf import write_some
 from broker.protocol import (OP_CONNECT, OP_INFO, OP_PING, OP_PONG, OP_PUB, OP_RUN, OP_SUB, OP_UNSUB,
                              Parser, err_frame, expand_run, run_bodies)
 from broker.subjects import valid_literal, valid_subject
@@ -278,19 +279,9 @@ class ClientConn:
         nats-server's reader does), unless the writer task is mid-write or TLS is on; what
         does not fit is left to the writer task."""
         out = self.out
-        if out and not self._writing and not self._closing and self._fd >= 0:
-            try:
-                k = os.write(self._fd, out)
-            except (BlockingIOError, InterruptedError):
-                k = 0
-            except OSError:
-                k = 0  # the writer task will meet the same error and close properly
-            if k == len(out):
-                self.out = bytearray()
-                return
-            if k:
-                del out[:k]
-        if (self.out or self._closing) and not self._kicked:
+        if out and not self._writing and not self._closing and self._fd >= 0 and write_some(self._fd, out):
+            return
+        if (out or self._closing) and not self._kicked:
             self._kicked = True
             self._wake.set()
 

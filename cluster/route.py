@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import trio
 
 from cluster import protocol as proto
+from cluster.outbuf import write_some
 
 log = logging.getLogger("cluster.route")
 
@@ -160,19 +161,9 @@ class Route:
         """End of an output batch: one non-blocking write straight to the socket unless
         the writer task is mid-write; what does not fit is left to the writer."""
         out = self._out
-        if out and not self._sending and not self._closing and self._fd >= 0:
-            try:
-                k = os.write(self._fd, out)
-            except (BlockingIOError, InterruptedError):
-                k = 0
-            except OSError:
-                k = 0  # the writer task meets the same error and closes the route
-            if k == len(out):
-                self._out = bytearray()
-                return
-            if k:
-                del out[:k]
-        if (self._out or self._closing) and not self._wake_set:
+        if out and not self._sending and not self._closing and self._fd >= 0 and write_some(self._fd, out):
+            return
+        if (out or self._closing) and not self._wake_set:
             self._wake_set = True
             self._wake.set()
 
