@@ -19,6 +19,9 @@ import time
 
 from tests.conftest import ROOT, free_port, wait_port
 
+sys.path.insert(0, str(ROOT / "bench"))
+from loadgen import rss_kib  # noqa: E402  (bench/loadgen.py: VmRSS of a process)
+
 # imported only by JetStream, routes, monitoring or config files: msgspec alone (its _core
 # imports datetime, decimal, uuid, typing_extensions) is about 1.3 MiB resident
 NOT_AT_START = ("msgspec", "decimal", "uuid", "datetime", "cluster.protocol", "cluster.manager",
@@ -51,20 +54,12 @@ def test_core_node_imports_nothing_it_does_not_use():
     subprocess.run([sys.executable, "-S", "-c", code], check=True, env=_clean_env(), cwd=ROOT)
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
 def _settled_rss_kib(pid: int) -> int:
     """VmRSS once three readings 0.1 s apart agree (startup ends with a heap trim)."""
-    readings = [_rss_kib(pid)]
+    readings = [rss_kib(pid)]
     for _ in range(100):
         time.sleep(0.1)
-        readings.append(_rss_kib(pid))
+        readings.append(rss_kib(pid))
         if len(readings) >= 3 and readings[-1] == readings[-2] == readings[-3]:
             break
     return readings[-1]

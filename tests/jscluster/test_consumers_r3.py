@@ -23,6 +23,7 @@ printed (pytest -s) as notes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 from typing import Any, Callable, Iterator
@@ -126,6 +127,10 @@ class Tracker:
             return False
         self.confirmed.setdefault(seq, time.monotonic())
         return True
+
+    def times_delivered(self) -> dict[int, int]:
+        """seq -> how many deliveries of it arrived."""
+        return dict(collections.Counter(s for s, _, _ in self.deliveries))
 
     def seen(self, phase: str | None = None) -> set[int]:
         return {s for s, _, p in self.deliveries if phase is None or p == phase}
@@ -448,9 +453,7 @@ def test_push_consumer_with_deliver_group_survives_leader_failover(cc: JSCluster
 
     try:
         leader, per_sub, info = run(main())
-        counts: dict[int, int] = {}
-        for s, _, _ in tr.deliveries:
-            counts[s] = counts.get(s, 0) + 1
+        counts = tr.times_delivered()
         note(cl.kind, f"push/deliver group: leader {leader} killed; deliveries per subscriber {per_sub}; "
                       f"{sum(c > 1 for c in counts.values())} messages delivered more than once; "
                       f"{len(tr.ack_failures)} AckSync timeouts; confirmed {len(tr.confirmed)}")
@@ -511,9 +514,7 @@ def test_workqueue_r3_processes_each_once_across_failover_and_empties_every_repl
 
     try:
         leader, c_leader, via = run(main())
-        counts: dict[int, int] = {}
-        for s, _, _ in tr.deliveries:
-            counts[s] = counts.get(s, 0) + 1
+        counts = tr.times_delivered()
         assert not tr.violations, f"delivered again after their AckSync was answered: {tr.violations[:10]}"
         assert set(counts) == set(range(1, 301))
         unconfirmed = sorted(set(range(1, 301)) - set(tr.confirmed))
